@@ -1,0 +1,59 @@
+"""Keyed-hash pseudonyms for patient, study and series identifiers.
+
+Raw identifiers (PatientID, StudyInstanceUID, folder names that are often accession
+numbers) never enter the corpus. HMAC-SHA256 with a secret key makes the pseudonyms
+stable across runs yet irreversible for anyone without the key; a plain hash would be
+reversible by enumerating the (small) space of MRNs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_ENV = "KEYSLICE_PSEUDONYM_KEY"
+
+
+class MissingKeyError(RuntimeError):
+    """Raised where a deliberate key is required (publishing) and none is configured."""
+
+
+@dataclass(frozen=True)
+class Pseudonymizer:
+    key: bytes
+    source: str  # "env", "file" or "generated": publish insists on a deliberate key
+
+    def __call__(self, kind: str, value: str, length: int = 16) -> str:
+        """Pseudonym of ``value`` in namespace ``kind`` (e.g. ``"study"``, ``"patient"``)."""
+        digest = hmac.new(self.key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        return f"{kind[:2]}-{digest[:length]}"
+
+
+def load_pseudonymizer(corpus_dir: Path, *, create: bool = True) -> Pseudonymizer:
+    """Key from ``$KEYSLICE_PSEUDONYM_KEY``, else the corpus' own key file.
+
+    A build without a configured key generates one into ``<corpus>/.keyslice/pseudonym.key``
+    (mode 0600) so reruns give the same pseudonyms; keep that file private.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return Pseudonymizer(env.encode(), "env")
+    key_file = Path(corpus_dir) / ".keyslice" / "pseudonym.key"
+    if key_file.exists():
+        return Pseudonymizer(key_file.read_bytes().strip(), "file")
+    if not create:
+        raise MissingKeyError(
+            f"no pseudonymisation key: set {KEY_ENV} (and keep it secret) or build the corpus first"
+        )
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode()
+    tmp = key_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    os.replace(tmp, key_file)
+    return Pseudonymizer(key, "generated")
