@@ -1,0 +1,1 @@
+"""Prefect flows of keyslice: the corpus build (and, later, its deployments)."""

@@ -1,0 +1,180 @@
+"""The ``keyslice`` command line.
+
+Commands import their heavy dependencies (Prefect, torch) lazily so that ``keyslice sql``
+and ``keyslice status`` answer in a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Turn CT studies and their reports into a Medical VQA dataset.")
+console = Console()
+
+
+def _quiet_prefect() -> None:
+    """Ephemeral local Prefect API, no telemetry: a build must not phone home."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+class OutFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[str], force_stage: list[str],
+           workers: Optional[int], runner: str, device: Optional[str]) -> dict:
+    _quiet_prefect()
+    from flows.build import run_build
+    from keyslice.config import BuildConfig
+
+    overrides = {"input_dir": str(input_dir), "out_dir": str(out), "model": model, "device": device,
+                 "max_workers": workers, "force_stages": list(force_stage) or None}
+    cfg = (BuildConfig.from_yaml(config, **overrides) if config
+           else BuildConfig.from_dict({k: v for k, v in overrides.items() if v is not None}))
+    with console.status(f"building corpus in {out} ..."):
+        return run_build(cfg, task_runner=runner)
+
+
+def _print_run(result: dict) -> None:
+    console.print(f"run {result['run_id']}: {result['n_studies']} studies, {result['n_done']} stages done, "
+                  f"{result['n_skipped']} skipped (already done), {result['n_failed']} failed, "
+                  f"{result['n_blocked']} blocked")
+
+
+@app.command()
+def build(
+    input_dir: Path = typer.Option(..., "--input", help="folder of studies (see README: input contract)"),
+    out: Path = typer.Option(..., "--out", help="corpus folder; created or resumed"),
+    config: Optional[Path] = typer.Option(None, help="YAML build config; flags override it"),
+    model: Optional[str] = typer.Option(None, help="selector model: preset, hf-hub id or local checkpoint dir"),
+    force_stage: list[str] = typer.Option([], "--force-stage", help="recompute this stage (and later ones)"),
+    workers: Optional[int] = typer.Option(None, help="studies processed concurrently"),
+    runner: str = typer.Option("threads", help="task runner: threads or dask"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+) -> None:
+    """Run the Prefect build flow over INPUT into OUT; reruns resume (done stages are skipped)."""
+    result = _build(input_dir, out, config, model, force_stage, workers, runner, device)
+    _print_run(result)
+    _print_status(out)
+    if result["n_failed"]:
+        console.print("[yellow]some studies failed: `keyslice status --out ...` lists them; "
+                      "fix the input and rerun `keyslice build` to retry them[/yellow]")
+
+
+def _print_status(out: Path) -> None:
+    from keyslice.status import corpus_status
+
+    status = corpus_status(out)
+    table = Table(title=f"corpus {out}")
+    table.add_column("stage")
+    table.add_column("studies done", justify="right")
+    for stage, n in status.stage_done.items():
+        table.add_row(stage, str(n))
+    console.print(table)
+    rows = Table(title="rows per table")
+    rows.add_column("table")
+    rows.add_column("rows", justify="right")
+    for name, n in status.table_rows.items():
+        rows.add_row(name, str(n))
+    console.print(rows)
+    if status.open_failures:
+        failed = Table(title="failed studies (latest error per stage)")
+        for col in ("study_id", "stage", "error_type", "message", "attempt"):
+            failed.add_column(col, overflow="fold")
+        for f in status.open_failures:
+            failed.add_row(f["study_id"], f["stage"], f["error_type"], f["message"], str(f["attempt"]))
+        console.print(failed)
+
+
+@app.command()
+def status(out: Path = typer.Option(..., "--out", help="corpus folder")) -> None:
+    """Per-stage counts, rows per table, and the studies whose last attempt failed (with the error)."""
+    if not out.exists():
+        raise typer.BadParameter(f"{out} does not exist; build a corpus first with `keyslice build`")
+    _print_status(out)
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL over the views studies, series, findings, assignments, "
+                                           "selections, vqa, failures, runs"),
+    out: Path = typer.Option(..., "--out", help="corpus folder"),
+    fmt: OutFormat = typer.Option(OutFormat.table, "--format", help="table (print), csv, json or parquet"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="file for csv/json/parquet"),
+) -> None:
+    """Query the corpus with DuckDB."""
+    import duckdb
+
+    from keyslice.sql import query as run_query
+
+    try:
+        result = run_query(out, query)
+    except duckdb.Error as exc:
+        console.print(f"[red]query failed:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    if fmt is OutFormat.table:
+        table = Table()
+        for name in result.column_names:
+            table.add_column(name, overflow="fold")
+        for row in result.to_pylist():
+            table.add_row(*("" if v is None else str(v) for v in row.values()))
+        console.print(table)
+        return
+    if output is None:
+        raise typer.BadParameter("--format csv|json|parquet needs --output FILE")
+    if fmt is OutFormat.parquet:
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, output)
+    elif fmt is OutFormat.csv:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result, output)
+    else:
+        output.write_text(json.dumps(result.to_pylist(), default=str, indent=1))
+    console.print(f"{result.num_rows} rows written to {output}")
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="corpus folder (default: a new temp dir)"),
+    model: Optional[str] = typer.Option(None, help="selector model (default: the bundled demo model)"),
+) -> None:
+    """Build the bundled sample corpus (real DICOM from shared/data, assembled reports) and summarise it."""
+    from keyslice.demo_model import ensure_demo_model
+    from keyslice.sample import materialize_samples
+
+    work = Path(tempfile.mkdtemp(prefix="keyslice-demo-"))
+    studies = work / "studies"
+    materialize_samples(studies)
+    out = out or work / "corpus"
+    model = model or str(ensure_demo_model(progress=console.print))
+    console.print(f"sample studies in {studies}; corpus in {out}; selector model {model}")
+    result = _build(studies, out, None, model, [], None, "threads", None)
+    _print_run(result)
+    _print_status(out)
+    from keyslice.sql import query as run_query
+
+    summary = run_query(out, "SELECT question_type, answer, count(*) AS n FROM vqa GROUP BY ALL ORDER BY ALL")
+    console.print(f"VQA rows by question type and answer: {summary.to_pylist()[:12]}")
+    console.print(f"try: keyslice sql --out {out} \"select organ, count(*) from findings group by 1\"")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,24 @@
+"""Summaries of a build: the ``runs`` table row and the per-stage counts printed at the end."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Iterable
+
+from keyslice import __version__
+from keyslice.context import BuildContext
+from keyslice.schemas import utcnow
+from keyslice.stages import StageOutcome
+
+
+def record_run(ctx: BuildContext, started_at: dt.datetime, n_studies: int,
+               outcomes: Iterable[StageOutcome]) -> dict:
+    counts = Counter(o.status for o in outcomes)
+    row = {
+        "run_id": ctx.run_id, "started_at": started_at, "finished_at": utcnow(), "n_studies": n_studies,
+        "n_done": counts["done"], "n_skipped": counts["skipped"], "n_failed": counts["failed"],
+        "n_blocked": counts["blocked"], "config_json": ctx.config.to_json(), "keyslice_version": __version__,
+    }
+    ctx.store.record_run(row)
+    return row

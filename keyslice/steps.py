@@ -1,0 +1,146 @@
+"""The four steps as functions of (study, context) -> rows per table.
+
+Each function reads what earlier stages checkpointed, calls the domain code of its
+step, and returns complete rows (``study_id`` and ``created_at`` added here, once).
+They know nothing of retries, skipping or failures: :mod:`keyslice.stages` does that.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any, Callable
+
+from keyslice.context import BuildContext
+from keyslice.schemas import utcnow
+from keyslice.studies import Study
+
+Rows = list[dict[str, Any]]
+
+# One model per process is shared by the studies running in its threads; encoding is
+# serialised so that concurrent studies do not oversubscribe the GPU (or the CPU cores).
+_ENCODE_LOCK = threading.Lock()
+
+
+def _stamp(rows: Rows, study_id: str) -> Rows:
+    now = utcnow()
+    return [{**row, "study_id": study_id, "created_at": now} for row in rows]
+
+
+def segment_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
+    """Step 1: report text -> finding sentences tagged with organ, status, laterality, phase."""
+    from keyslice.report import segment_report
+
+    findings = segment_report(study.read_report())
+    rows = []
+    for f in findings:
+        row = f.to_row()
+        row["finding_id"] = f"{study.study_id}:{f.finding_index}"
+        row["organ"] = f.organs[0] if f.organs else None
+        rows.append(row)
+    return {"findings": _stamp(rows, study.study_id)}
+
+
+def series_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
+    """Step 2: DICOM headers -> series table (kept or dropped, phase) and a series per finding."""
+    from keyslice.dicom import assign_series, index_study
+
+    index = index_study(study.path, ctx.pseudonymize)
+    series_rows = _stamp([rec.row for rec in index.series], study.study_id)
+    findings = ctx.store.read_rows("findings", study.study_id)
+    assignments = assign_series(findings, series_rows) if findings else []
+    study_row = {
+        "patient_id": ctx.pseudonymize("patient", index.patient_key) if index.patient_key else None,
+        "report_chars": len(study.read_report()),
+        "n_files": index.n_files,
+        "n_dicom": index.n_dicom,
+        "n_series": len(index.series),
+        "n_series_kept": len(index.kept()),
+        "modalities": sorted(index.modalities),
+        "run_id": ctx.run_id,
+    }
+    return {
+        "studies": _stamp([study_row], study.study_id),
+        "series": series_rows,
+        "assignments": _stamp(assignments, study.study_id),
+    }
+
+
+def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
+    """Step 3: per assigned series, decode and encode it once, then pick each finding's key slice."""
+    from keyslice.dicom import index_study
+    from keyslice.selector import (EmbeddingCache, Query, SelectorConfig, find_masks, load_model,
+                                   load_volume, render_png, select_key_slices)
+
+    cfg = ctx.config
+    sid = study.study_id
+    assignments = ctx.store.read_rows("assignments", sid)
+    if not assignments:
+        return {"selections": []}
+    findings = {f["finding_id"]: f for f in ctx.store.read_rows("findings", sid)}
+    by_series: dict[str, list[dict]] = defaultdict(list)
+    for a in assignments:
+        by_series[a["series_id"]].append(a)
+
+    encoder = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
+    masks = find_masks(study.path) if cfg.use_masks else None
+    records = {rec.row["series_id"]: rec for rec in index_study(study.path, ctx.pseudonymize).series}
+    selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks)
+    cache = EmbeddingCache(ctx.cache_dir / "embeddings")
+    rows: Rows = []
+    for series_id, items in sorted(by_series.items()):
+        volume = load_volume(records[series_id].files)
+        queries = [Query(a["finding_id"], findings[a["finding_id"]]["text"],
+                         list(findings[a["finding_id"]]["organs"]), list(findings[a["finding_id"]]["ts_labels"]))
+                   for a in items]
+        with _ENCODE_LOCK:
+            choices = select_key_slices(volume, queries, encoder, selector_cfg, masks=masks, cache=cache,
+                                        cache_key=f"{sid}/{series_id}")
+        for choice in choices:
+            index = findings[choice.finding_id]["finding_index"]
+            image = ctx.store.write_image(sid, f"{index:04d}.png", render_png(volume, choice.top1_index, choice.window))
+            instance = volume.instance_numbers[choice.top1_index]
+            rows.append({
+                "finding_id": choice.finding_id, "series_id": series_id, "model_id": encoder.model_id,
+                "weights_sha256": encoder.weights_sha256, "window": choice.window, "n_slices": choice.n_slices,
+                "top1_index": int(choice.top1_index),
+                "top1_instance_number": int(instance) if instance is not None else None,
+                "top1_z_mm": float(volume.z_mm[choice.top1_index]), "top1_score": float(choice.top1_score),
+                "topk_indices": [int(i) for i in choice.topk_indices],
+                "topk_scores": [float(s) for s in choice.topk_scores],
+                "restricted_to": choice.restricted_to,
+                "z_range_mm": [float(z) for z in choice.z_range_mm] if choice.z_range_mm else None,
+                "image_path": image,
+            })
+    return {"selections": _stamp(rows, sid)}
+
+
+def vqa_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
+    """Step 4: findings + key slices -> question-answer pairs, by rules and optionally by an LLM."""
+    from keyslice.vqa import generate_rule_vqa
+
+    sid = study.study_id
+    findings = ctx.store.read_rows("findings", sid)
+    selections = ctx.store.read_rows("selections", sid)
+    series = ctx.store.read_rows("series", sid)
+    rows = generate_rule_vqa(findings, selections, series)
+    llm = ctx.config.llm
+    if llm.enabled:
+        from keyslice.vqa import LLMConfig, LLMGenerator
+
+        generator = LLMGenerator(LLMConfig(base_url=llm.base_url, model=llm.model, api_key_env=llm.api_key_env,
+                                           prompt_version=llm.prompt_version, max_concurrency=llm.max_concurrency,
+                                           timeout_s=llm.timeout_s, cache_dir=ctx.cache_dir / "llm"))
+        llm_rows, failures = generator.generate(findings, selections)
+        rows.extend(llm_rows)
+        for failure in failures:
+            ctx.store.record_failure(sid, "vqa-llm", failure.as_exception(), 1, ctx.run_id)
+    return {"vqa": _stamp(rows, sid)}
+
+
+STEPS: dict[str, Callable[[Study, BuildContext], dict[str, Rows]]] = {
+    "segment": segment_step,
+    "series": series_step,
+    "keyslice": keyslice_step,
+    "vqa": vqa_step,
+}
