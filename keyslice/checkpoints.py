@@ -88,7 +88,20 @@ class CheckpointStore:
 
     # -- reading ---------------------------------------------------------------
     def read(self, table: str, study_id: str) -> pa.Table:
-        return validate_table(table, pq.read_table(self.table_path(table, study_id)))
+        """A study's rows of a table: its per-study file, else its rows in a compacted shard.
+
+        The per-study file always wins (see :mod:`keyslice.compact`), so a stage recomputed
+        after compaction is read from its new file, never from the stale compacted rows.
+        """
+        try:
+            return validate_table(table, pq.read_table(self.table_path(table, study_id)))
+        except FileNotFoundError:
+            from keyslice.compact import read_compacted
+
+            rows = read_compacted(self, table, study_id)
+            if rows is None:
+                raise
+            return rows
 
     def read_rows(self, table: str, study_id: str) -> list[dict[str, Any]]:
         return self.read(table, study_id).to_pylist()

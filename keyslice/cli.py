@@ -176,5 +176,46 @@ def demo(
     console.print(f"try: keyslice sql --out {out} \"select organ, count(*) from findings group by 1\"")
 
 
+@app.command()
+def publish(
+    out: Path = typer.Option(..., "--out", help="corpus folder to publish"),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hugging Face dataset repository, ORG/NAME"),
+    private: bool = typer.Option(False, "--private", help="create the repository private (refused if it exists public)"),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="write what would be uploaded into this folder "
+                                                                    "(Parquet shards + README.md); upload nothing"),
+    license: str = typer.Option("other", "--license", help="license id for the dataset card (e.g. cc-by-4.0)"),
+    input_dir: Optional[Path] = typer.Option(None, "--input", help="the studies folder the corpus was built from: "
+                                             "also check that no DICOM header identifier appears in the export"),
+    max_shard_mb: int = typer.Option(500, "--max-shard-mb", help="target Parquet shard size"),
+) -> None:
+    """Publish the corpus as a Hugging Face dataset (configs vqa, findings, selections), behind a privacy gate.
+
+    Needs $KEYSLICE_PSEUDONYM_KEY and a Hub token (HF_TOKEN or `huggingface-cli login`); uploads only changed shards.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+    from rich.markup import escape
+
+    from keyslice.publish import MissingKeyError, PrivacyError, PublishError, publish_corpus
+
+    try:
+        result = publish_corpus(out, repo_id, private=private, dry_run_dir=dry_run, license=license,
+                                input_dir=input_dir, max_shard_bytes=max_shard_mb * 1024 * 1024,
+                                log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
+    except (MissingKeyError, PrivacyError, PublishError) as exc:
+        console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from exc
+    except HfHubHTTPError as exc:
+        console.print(f"[red]the Hub refused the upload:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=3) from exc
+    table = Table(title=f"{repo_id}: rows per configuration and split")
+    for col in ("config", "train", "validation", "test"):
+        table.add_column(col, justify="right" if col != "config" else "left")
+    for config, splits in result.counts.items():
+        table.add_row(config, *(str(splits.get(s, 0)) for s in ("train", "validation", "test")))
+    console.print(table)
+    if result.dry_run:
+        console.print(f"load it back: datasets.load_dataset({str(result.staged_dir)!r}, 'vqa')")
+
+
 if __name__ == "__main__":
     app()

@@ -20,14 +20,22 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def connect(corpus_dir: Path) -> duckdb.DuckDBPyConnection:
-    store = CheckpointStore(Path(corpus_dir))
+def connect(corpus_dir: Path | str) -> duckdb.DuckDBPyConnection:
+    """Views over a corpus folder, or a corpus URL (``s3://``, ``gs://``: see :mod:`keyslice.storage`).
+
+    A compacted corpus reads the same: a study's per-study file wins over its compacted rows
+    (:func:`keyslice.compact.view_sql`), so no row is ever shown twice.
+    """
+    from keyslice import storage
+    from keyslice.compact import view_sql
+
+    root = storage.normalize(corpus_dir)
     con = duckdb.connect(database=":memory:")
+    storage.prepare_duckdb(con, root)
     for table in TABLES:
-        if store.table_files(table):
-            pattern = (store.table_dir(table) / "*.parquet").as_posix()
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_sql_literal(pattern)}, "
-                        f"union_by_name = true)")
+        pattern = storage.table_pattern(root, table)
+        if storage.has_files(con, pattern):
+            con.execute(view_sql(table, pattern))
         else:
             empty = table_schema(table).schema.empty_table()
             con.register(f"_empty_{table}", empty)

@@ -48,7 +48,7 @@ DEFAULT_WINDOW = "abdomen"
 _ORGAN_KEYWORDS: tuple[tuple[str, str], ...] = (
     ("lung", "lung"), ("lobe", "lung"), ("pulmon", "lung"), ("bronch", "lung"),
     ("pleura", "lung"), ("trachea", "lung"), ("airway", "lung"),
-    ("brain", "brain"), ("cerebr", "brain"), ("intracran", "brain"), ("head", "brain"),
+    ("brain", "brain"), ("cerebr", "brain"), ("intracran", "brain"), ("skull base", "brain"),
     ("bone", "bone"), ("vertebra", "bone"), ("spine", "bone"), ("spinal", "bone"),
     ("rib", "bone"), ("skull", "bone"), ("femur", "bone"), ("humerus", "bone"),
     ("sacrum", "bone"), ("sternum", "bone"), ("clavicula", "bone"), ("scapula", "bone"),

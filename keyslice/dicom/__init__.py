@@ -1,0 +1,19 @@
+"""Step 2: DICOM header indexing and phase-aware series selection.
+
+Entry points (the pipeline calls exactly these):
+
+* :func:`index_study` - headers only, parallel over files -> :class:`StudyIndex`
+* :func:`assign_series` - one series per finding -> assignments rows
+* :func:`infer_phase` - contrast phase of one series from its header fields -> :class:`PhaseCall`
+* :func:`series_files` - re-index and return one series (step 3)
+"""
+
+from keyslice.dicom.assign import assign_series, kernel_family, normalise_phase_hint
+from keyslice.dicom.headers import Header, NotDicomError, read_header
+from keyslice.dicom.index import SeriesRecord, StudyIndex, index_study, series_files
+from keyslice.dicom.phase import PhaseCall, infer_phase, totalsegmentator_phase
+
+__all__ = [
+    "Header", "NotDicomError", "PhaseCall", "SeriesRecord", "StudyIndex", "assign_series", "index_study",
+    "infer_phase", "kernel_family", "normalise_phase_hint", "read_header", "series_files", "totalsegmentator_phase",
+]

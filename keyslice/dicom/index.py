@@ -1,0 +1,179 @@
+"""Index a study folder: read every file's header in parallel, group, describe, filter."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from keyslice.dicom.headers import NotDicomError, read_header
+from keyslice.dicom.phase import headers_silent, infer_phase, totalsegmentator_phase
+from keyslice.dicom.series import Instance, SeriesGroup, build_series, group_instances
+from keyslice.errors import DicomReadError
+
+log = logging.getLogger(__name__)
+
+# files that are never DICOM: skipped without opening them
+_SKIP_NAMES = {"report.txt", "manifest.csv", "manifest.parquet", ".ds_store", "thumbs.db"}
+_SKIP_SUFFIXES = {".txt", ".json", ".csv", ".parquet", ".md", ".nii", ".gz", ".nrrd", ".png", ".jpg", ".jpeg",
+                  ".pdf", ".xml", ".html", ".zip", ".py", ".yaml", ".yml", ".mha", ".mhd"}
+
+
+@dataclass
+class SeriesRecord:
+    row: dict                     # series.v1 minus study_id/created_at; series_id is the pseudonym
+    files: list[Path]             # sorted along the slice normal; in memory only (paths may hold PHI)
+    positions_mm: list[float]     # position of each file along the normal, same order
+    instance_numbers: list[int | None]
+
+    def __repr__(self) -> str:  # never print paths
+        r = self.row
+        return (f"SeriesRecord(series_id={r['series_id']!r}, n_slices={r['n_slices']}, kept={r['kept']}, "
+                f"drop_reason={r['drop_reason']!r}, phase={r['phase']!r})")
+
+
+@dataclass
+class StudyIndex:
+    n_files: int
+    n_dicom: int
+    patient_key: str | None                      # raw PatientID (memory only; the caller pseudonymises it)
+    modalities: list[str]
+    series: list[SeriesRecord] = field(default_factory=list)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)   # (relative path, reason)
+
+    def kept(self) -> list[SeriesRecord]:
+        return [s for s in self.series if s.row["kept"]]
+
+    def __repr__(self) -> str:
+        return (f"StudyIndex(n_files={self.n_files}, n_dicom={self.n_dicom}, series={len(self.series)}, "
+                f"kept={len(self.kept())}, skipped={len(self.skipped_files)})")
+
+
+def list_files(study_dir: Path) -> list[Path]:
+    out: list[Path] = []
+    for root, dirs, files in os.walk(study_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            out.append(Path(root) / name)
+    return out
+
+
+def _prefiltered(path: Path) -> str | None:
+    name = path.name.lower()
+    if name in _SKIP_NAMES:
+        return "not DICOM (known non-DICOM file name)"
+    if path.suffix.lower() in _SKIP_SUFFIXES:
+        return f"not DICOM (suffix {path.suffix.lower()})"
+    return None
+
+
+def _read_one(path: Path, reader: str):
+    reason = _prefiltered(path)
+    if reason:
+        return None, reason
+    try:
+        return read_header(path, reader), None
+    except NotDicomError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a reader bug must not kill the study: record it
+        return None, f"unreadable DICOM ({type(exc).__name__}: {exc})"
+
+
+def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, workers: int = 4,
+                min_slices: int = 3, reader: str = "fast", image_phase: bool = True) -> StudyIndex:
+    """Index every file under ``study_dir`` (headers only) into series with keep/drop and phase.
+
+    ``pseudonymize(kind, value)`` turns the series' grouping key into ``series_id``.
+    ``reader``: ``"fast"`` (default) or ``"pydicom"``, see :mod:`keyslice.dicom.headers`.
+    ``image_phase``: for kept series whose headers say nothing about contrast, ask
+    TotalSegmentator (only when it is installed with weights; otherwise the phase stays
+    ``unknown`` with that evidence). Raises :class:`DicomReadError` when no file is DICOM.
+    """
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise DicomReadError(f"study folder {study_dir} does not exist or is not a folder")
+    paths = list_files(study_dir)
+    if workers and workers > 1 and len(paths) > 8:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda p: _read_one(p, reader), paths, chunksize=16))
+    else:
+        results = [_read_one(p, reader) for p in paths]
+
+    instances: list[Instance] = []
+    skipped: list[tuple[str, str]] = []
+    truncated: list[Instance] = []
+    for path, (hdr, reason) in zip(paths, results):
+        rel = path.relative_to(study_dir).as_posix()
+        if hdr is None:
+            skipped.append((rel, reason or "unreadable"))
+            continue
+        inst = Instance(path, rel, hdr)
+        if hdr.truncated:
+            skipped.append((rel, f"truncated DICOM ({hdr.truncated})"))
+            truncated.append(inst)
+            continue
+        instances.append(inst)
+
+    if not instances:
+        tried = ", ".join(f"{r} ({why})" for r, why in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        raise DicomReadError(
+            f"no readable DICOM instance under the study folder: tried {len(paths)} file(s): {tried or 'none'}{more}")
+
+    groups = _attach_truncated(group_instances(instances + truncated))
+    records: list[SeriesRecord] = []
+    for g in groups:
+        b = build_series(g, pseudonymize, min_slices=min_slices)
+        start = b.row.pop("_contrast_start_time", None)
+        call = infer_phase({**b.row, "contrast_start_time": start})
+        if image_phase and b.row["kept"] and headers_silent(call):
+            ts = totalsegmentator_phase(b.files)
+            call.evidence.extend(ts.evidence)
+            if ts.phase != "unknown":
+                call.phase, call.confidence = ts.phase, ts.confidence
+        b.row["phase"], b.row["phase_confidence"], b.row["phase_evidence"] = call.phase, float(call.confidence), call.evidence
+        records.append(SeriesRecord(b.row, b.files, b.positions_mm, b.instance_numbers))
+    records.sort(key=lambda r: (r.row["series_number"] if r.row["series_number"] is not None else 1 << 30,
+                                r.row["series_id"]))
+    for r in records:
+        for w in r.row["warnings"]:
+            log.info("series %s: %s", r.row["series_id"], w)
+
+    pids = Counter(i.hdr.text("PatientID") for i in instances if i.hdr.text("PatientID"))
+    modalities = sorted({i.hdr.text("Modality") for i in instances if i.hdr.text("Modality")})
+    return StudyIndex(
+        n_files=len(paths), n_dicom=len(instances) + len(truncated),
+        patient_key=pids.most_common(1)[0][0] if pids else None,
+        modalities=modalities, series=records, skipped_files=skipped)
+
+
+def _attach_truncated(groups: list[SeriesGroup]) -> list[SeriesGroup]:
+    """Move truncated instances out of their series (noted on it); drop series left empty."""
+    out = []
+    for g in groups:
+        bad = [i for i in g.instances if i.hdr.truncated]
+        if bad:
+            g.instances = [i for i in g.instances if not i.hdr.truncated]
+            g.truncated = [i.rel for i in bad]
+        if g.instances:
+            out.append(g)
+    return out
+
+
+def series_files(study_dir: Path, series_id: str, pseudonymize: Callable[[str, str], str], *,
+                 workers: int = 4, min_slices: int = 3, reader: str = "fast") -> SeriesRecord:
+    """Re-index the study (headers only) and return the series with ``series_id``."""
+    idx = index_study(study_dir, pseudonymize, workers=workers, min_slices=min_slices, reader=reader,
+                      image_phase=False)
+    for rec in idx.series:
+        if rec.row["series_id"] == series_id:
+            return rec
+    have = ", ".join(r.row["series_id"] for r in idx.series)
+    raise DicomReadError(f"series {series_id} not found in the study folder (it holds {have or 'no series'}); "
+                         f"was the folder changed or a different pseudonym key used?")

@@ -1,0 +1,178 @@
+"""The dataset card (``README.md``): YAML metadata the Hub and ``datasets`` read, and how the data was built.
+
+The card is a pure function of the exported rows and the corpus state (no dates, no local
+paths), so an unchanged corpus gives a byte-identical card and nothing to upload. Every value
+it quotes (model ids, prompt versions, counts) comes from columns the privacy gate checked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from keyslice import __version__
+from keyslice.publish.dataset_builder import CONFIGS, SPLITS, ExportPlan, ShardFile, features
+from keyslice.publish.privacy import RULES_VERSION
+
+PHASE_RULES = """\
+Each series' contrast phase comes from its DICOM headers only (`keyslice/dicom/phase.py`):
+1. timing, when ContrastBolusStartTime and the acquisition time are present: < 25 s arterial_early,
+   25-45 s arterial_late, 55-90 s portal_venous (weaker up to 150 s), >= 150 s delayed, a scan before
+   the injection non_contrast;
+2. phase words in SeriesDescription (several languages and common abbreviations), then in ProtocolName
+   at a lower weight;
+3. ContrastBolusAgent/Route (an agent means contrast was given; oral-only is not IV contrast).
+On conflict timing wins, then the series-specific description over the agent tag, with lowered
+confidence; with all headers silent the phase is `unknown` (or TotalSegmentator's image-based
+estimate when installed). A finding is read on the series whose phase matches the phase its
+sentence asks for (`findings.phase_hint`), else on the best kept series of the study."""
+
+DESCRIPTIONS = {
+    "vqa": "question-answer pairs about a key slice (closed, open and multiple-choice)",
+    "findings": "report finding sentences paired with their key slice (sentence-slice pairs)",
+    "selections": "the key-slice choice per finding: series, phase, window, selector model and scores",
+}
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return label
+    return "n>10M"
+
+
+def _counts(counts: Mapping[str, int] | None) -> str:
+    return ", ".join(f"{n} {name.replace(':', ' on ').replace('_', ' ')}" for name, n in counts.items()) if counts \
+        else "none"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str) -> dict[str, Any]:
+    """The YAML header: license, task, configs with their data files, features and split sizes."""
+    by_config: dict[str, dict[str, list[ShardFile]]] = defaultdict(lambda: defaultdict(list))
+    for shard in shards:
+        by_config[shard.config][shard.split].append(shard)
+    languages = sorted({r.fields.get("language") for r in plan.rows["findings"] if r.fields.get("language")})
+    configs, infos = [], []
+    for config in CONFIGS:
+        splits = [s for s in SPLITS if by_config[config].get(s)]
+        if not splits:
+            continue
+        entry: dict[str, Any] = {"config_name": config,
+                                 "data_files": [{"split": s, "path": f"{config}/{s}-*"} for s in splits]}
+        if config == "vqa":
+            entry["default"] = True
+        configs.append(entry)
+        split_infos = [{"name": s, "num_bytes": sum(x.nbytes for x in by_config[config][s]),
+                        "num_examples": sum(x.rows for x in by_config[config][s])} for s in splits]
+        infos.append({"config_name": config, "features": features(config)._to_yaml_list(), "splits": split_infos,
+                      "download_size": sum(x.size for s in splits for x in by_config[config][s]),
+                      "dataset_size": sum(i["num_bytes"] for i in split_infos)})
+    return {
+        "license": license,
+        "task_categories": ["visual-question-answering"],
+        "language": languages or ["en"],
+        "tags": ["medical", "radiology", "ct", "keyslice"],
+        "size_categories": [_size_category(len(plan.rows["vqa"]))],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+
+
+def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, license: str,
+                state: Mapping[str, Any], fractions: Sequence[float]) -> str:
+    meta = card_metadata(plan, shards, license=license)
+    counts: dict[str, Counter[str]] = {c: Counter() for c in CONFIGS}
+    for shard in shards:
+        counts[shard.config][shard.split] += shard.rows
+    groups = plan.split_groups()
+
+    models = Counter((r.fields["model_id"], r.fields["weights_sha256"]) for r in plan.rows["selections"])
+    prompts = Counter((r.fields["generator"], r.fields["prompt_version"] or "(none: rule templates)")
+                      for r in plan.rows["vqa"])
+    phases = Counter(r.fields["phase"] for r in plan.rows["selections"])
+    qtypes = Counter((r.fields["question_type"], r.fields["answer_type"]) for r in plan.rows["vqa"])
+    excluded = plan.excluded
+
+    body = [
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        "A medical visual-question-answering dataset of CT key slices, built by "
+        f"keyslice {__version__} from routine CT studies and their radiology reports: "
+        "report sentences are segmented into findings, each finding is read on a phase-appropriate series, "
+        "a key slice is selected by image-text similarity, and question-answer pairs are generated from the "
+        "finding. Images are windowed 8-bit PNG renderings of single CT slices.",
+        "",
+        "## Configurations",
+        "",
+        _table(["config", "what a row is", *SPLITS],
+               [(c, DESCRIPTIONS[c], *(counts[c].get(s, 0) for s in SPLITS)) for c in CONFIGS]),
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'vqa = load_dataset("{repo_id}", "vqa")          # also "findings", "selections"',
+        "```",
+        "",
+        "## Splits",
+        "",
+        f"Splits are assigned by patient (the keyed-hash `patient_id`; the study when the DICOM had no "
+        f"PatientID), train/validation/test {'/'.join(str(round(f * 100)) for f in fractions)} by a "
+        f"deterministic hash, so no patient appears in two splits and existing patients keep their split "
+        f"when the dataset grows. {plan.studies} studies of {plan.patients} patients: "
+        + ", ".join(f"{s} {len(groups.get(s, ()))} patients" for s in SPLITS) + ".",
+        "",
+        "## How it was built",
+        "",
+        "### Key-slice selector models",
+        "",
+        _table(["model_id", "weights_sha256", "selections"],
+               [(f"`{m}`", f"`{w}`", n) for (m, w), n in sorted(models.items())]),
+        "",
+        "### VQA generators and prompt versions",
+        "",
+        _table(["generator", "prompt_version", "pairs"],
+               [(f"`{g}`", f"`{p}`", n) for (g, p), n in sorted(prompts.items())]),
+        "",
+        _table(["question_type", "answer_type", "pairs"],
+               [(q, a, n) for (q, a), n in sorted(qtypes.items())]),
+        "",
+        "### Contrast phase",
+        "",
+        PHASE_RULES,
+        "",
+        _table(["phase", "key slices"], sorted(phases.items())),
+        "",
+        "### Exclusions",
+        "",
+        "Never exported: series whose DICOM says `BurnedInAnnotation YES` and secondary captures (text in "
+        "pixels cannot be checked); studies whose build is incomplete or failed a stage. "
+        f"Series excluded: {_counts(excluded.get('series'))}; rows excluded: {_counts(excluded.get('rows'))}; "
+        f"incomplete studies left out: {excluded.get('incomplete_studies', 0)}.",
+        "",
+        "## Privacy",
+        "",
+        "Patient, study and series identifiers are keyed-hash (HMAC-SHA256) pseudonyms; raw DICOM UIDs, names, "
+        "dates and folder names never enter the corpus. Before export every string column went through "
+        f"keyslice's privacy gate ({RULES_VERSION}: names after titles, DICOM person names, dates, MRN- and "
+        "accession-like numbers, phone numbers, e-mail addresses, UIDs, URLs, local paths, institutions, ages "
+        "over 89), every identifier was checked to be a pseudonym, and every PNG was checked to hold no "
+        "metadata chunks (only IHDR/PLTE/IDAT/IEND). The gate is rule-based: it lowers the risk, it does not "
+        "prove the absence of identifying information. Report any problem to the dataset's maintainers.",
+        "",
+        "## Provenance",
+        "",
+        f"Corpus state `{state['corpus_state']}` ({state['n_markers']} stage markers, "
+        f"{len(state['run_ids'])} build run(s)). Limitations: key slices are chosen automatically by the model "
+        "above and answers are derived from report text, not verified by a radiologist.",
+        "",
+    ]
+    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{header}---\n\n" + "\n".join(body)

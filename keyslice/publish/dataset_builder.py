@@ -1,0 +1,392 @@
+"""From a corpus to the rows, splits and Parquet shards of the published dataset.
+
+Three configurations, one row per...
+
+* ``vqa``: question-answer pair, with its key slice;
+* ``findings``: finding sentence that has a key slice (the sentence-slice pair: ``findings`` joined
+  with ``selections``);
+* ``selections``: key-slice choice, with the selector's scores, model and the series' phase.
+
+Only studies whose four stages are all done are exported (a study being rebuilt, or one that
+failed a stage, is left out until it is complete), and never rows on a series whose DICOM says
+``BurnedInAnnotation YES`` or that is a secondary capture (text burned into pixels cannot be
+checked by the privacy gate). Columns that could only leak (``created_at``, run ids, free-text
+DICOM descriptions) are not exported.
+
+Splits are assigned BY PATIENT (``studies.patient_id``; the study when the DICOM has no
+PatientID) with a keyed-salt-free hash of the pseudonym, so a patient never straddles two
+splits and the assignment of existing patients never changes when the corpus grows. Shards
+are hash buckets of patients too: adding a study rewrites only its bucket's shard, which is
+what makes publishing incremental. Shards are written deterministically (same rows, same
+bytes), so an unchanged shard has an unchanged content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from keyslice.checkpoints import STAGES, CheckpointStore
+from keyslice.schemas import validate_table
+
+CONFIGS = ("vqa", "findings", "selections")
+SPLITS = ("train", "validation", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
+SPLIT_SALT = "keyslice-split-v1"
+SHARD_SALT = "keyslice-shard-v1"
+SECONDARY_CAPTURE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC, multi-frame SC variants
+ROW_OVERHEAD_BYTES = 512  # estimate of a row's non-image bytes, for shard sizing
+
+
+class PublishError(RuntimeError):
+    """The corpus cannot be published as it is (incomplete data, bad paths, key problems)."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class CorpusSnapshot:
+    root: Path
+    complete: list[str]                       # studies with all four stages done
+    incomplete: list[str]                     # studies with some but not all stages done
+    studies: dict[str, dict[str, Any]]
+    series: dict[str, dict[str, Any]]
+    findings: dict[str, dict[str, Any]]
+    selections: list[dict[str, Any]]
+    vqa: list[dict[str, Any]]
+
+
+def _read(store: CheckpointStore, table: str, study_ids: Iterable[str]) -> list[dict[str, Any]]:
+    tables = []
+    for sid in study_ids:
+        path = store.table_path(table, sid)
+        if path.exists():
+            tables.append(validate_table(table, pq.read_table(path)))
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def read_corpus(corpus_dir: Path) -> CorpusSnapshot:
+    """The complete studies of a corpus and their rows (call while holding the corpus lock)."""
+    store = CheckpointStore(Path(corpus_dir))
+    done = [store.done_studies(stage) for stage in STAGES]
+    complete = sorted(set.intersection(*done)) if done else []
+    incomplete = sorted(set.union(*done) - set(complete)) if done else []
+    studies = {r["study_id"]: r for r in _read(store, "studies", complete)}
+    series = {r["series_id"]: r for r in _read(store, "series", complete)}
+    findings = {r["finding_id"]: r for r in _read(store, "findings", complete)}
+    return CorpusSnapshot(Path(corpus_dir), complete, incomplete, studies, series, findings,
+                          _read(store, "selections", complete), _read(store, "vqa", complete))
+
+
+def corpus_state(corpus_dir: Path) -> dict[str, Any]:
+    """Which corpus state a publish came from: a hash over every stage marker (stage, study, run, time).
+
+    Markers are written last by each stage, so the hash changes exactly when a stage of a study is
+    (re)computed; a rerun that skips every stage leaves it unchanged.
+    """
+    root = Path(corpus_dir) / "stages"
+    digest = hashlib.sha256()
+    runs: Counter[str] = Counter()
+    n = 0
+    for marker in sorted(root.glob("*/*.json")) if root.exists() else []:
+        data = json.loads(marker.read_bytes())
+        line = "\x1f".join(str(data.get(k, "")) for k in ("stage", "study_id", "run_id", "finished_at"))
+        digest.update(line.encode() + b"\n")
+        runs[str(data.get("run_id"))] += 1
+        n += 1
+    return {"corpus_state": digest.hexdigest(), "n_markers": n, "run_ids": sorted(runs)}
+
+
+# --------------------------------------------------------------------------- splits and shards
+
+
+def _unit(salt: str, key: str) -> float:
+    return int(hashlib.sha256(f"{salt}\x00{key}".encode()).hexdigest()[:15], 16) / float(16 ** 15)
+
+
+def split_of(group_key: str, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> str:
+    """Deterministic split of a patient (or study) pseudonym."""
+    u = _unit(SPLIT_SALT, group_key)
+    edge = 0.0
+    for name, frac in zip(SPLITS, fractions):
+        edge += frac
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+def shard_of(group_key: str, n_shards: int) -> int:
+    return int(_unit(SHARD_SALT, group_key) * n_shards) % n_shards
+
+
+def n_shards_for(estimated_bytes: int, max_shard_bytes: int) -> int:
+    """Power of two, so the bucket of a patient only moves when the split doubles in size."""
+    n = 1
+    while estimated_bytes / n > max_shard_bytes:
+        n *= 2
+    return n
+
+
+# --------------------------------------------------------------------------- export rows
+
+
+@dataclass
+class ExportRow:
+    config: str
+    split: str
+    group: str                     # patient (or study) pseudonym: split and shard key
+    sort_key: tuple
+    image_path: str                # corpus-relative PNG
+    image_name: str                # file name stored in the Image feature
+    fields: dict[str, Any]
+
+
+@dataclass
+class ExportPlan:
+    rows: dict[str, list[ExportRow]]                  # per config
+    excluded: dict[str, Any] = field(default_factory=dict)
+    problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
+    studies: int = 0
+    patients: int = 0
+
+    def split_groups(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = defaultdict(set)
+        for rows in self.rows.values():
+            for r in rows:
+                out[r.split].add(r.group)
+        return dict(out)
+
+
+def _image_name(image_path: str) -> str:
+    parts = Path(image_path).parts  # images/<study_id>/<name>.png
+    return f"{parts[-2]}_{parts[-1]}" if len(parts) >= 2 else parts[-1]
+
+
+def excluded_series(series: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """series_id -> reason, for series that must never be exported."""
+    out = {}
+    for sid, s in series.items():
+        if s.get("burned_in_annotation") is True:
+            out[sid] = "burned_in_annotation"
+        elif s.get("drop_reason") == "secondary_capture" or str(s.get("sop_class") or "").startswith(
+                SECONDARY_CAPTURE_SOP_PREFIX):
+            out[sid] = "secondary_capture"
+    return out
+
+
+def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> ExportPlan:
+    """The rows of every configuration with their split (images not read yet)."""
+    if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    plan = ExportPlan(rows={c: [] for c in CONFIGS})
+    drop = excluded_series(snap.series)
+    excluded_counts: Counter[str] = Counter()
+
+    def group_of(study_id: str) -> str:
+        study = snap.studies.get(study_id) or {}
+        return study.get("patient_id") or study_id
+
+    def usable(table: str, key: str, row: Mapping[str, Any]) -> bool:
+        series_id = row.get("series_id")
+        if series_id not in snap.series:
+            plan.problems.append((table, key, "series_id", "unknown_series: the series row is missing, so its "
+                                  "BurnedInAnnotation/secondary-capture status cannot be checked"))
+            return False
+        if series_id in drop:
+            excluded_counts[f"{table}:{drop[series_id]}"] += 1
+            return False
+        if row.get("study_id") not in snap.studies:
+            plan.problems.append((table, key, "study_id", "unknown_study: no studies row (patient unknown)"))
+            return False
+        return True
+
+    selection_by_finding = {}
+    for sel in snap.selections:
+        key = sel["finding_id"]
+        if not usable("selections", key, sel):
+            continue
+        selection_by_finding[key] = sel
+        s = snap.series[sel["series_id"]]
+        study_id = sel["study_id"]
+        group = group_of(study_id)
+        finding = snap.findings.get(key)
+        base = {"finding_id": key, "study_id": study_id, "patient_id": snap.studies[study_id].get("patient_id"),
+                "series_id": sel["series_id"]}
+        plan.rows["selections"].append(ExportRow(
+            "selections", split_of(group, fractions), group, (study_id, finding["finding_index"] if finding else 0,
+                                                              key),
+            sel["image_path"], _image_name(sel["image_path"]),
+            {**base, "phase": s["phase"], "phase_confidence": s["phase_confidence"],
+             "manufacturer": s.get("manufacturer"), "kernel": s.get("kernel"),
+             "slice_thickness_mm": s.get("slice_thickness_mm"),
+             "model_id": sel["model_id"], "weights_sha256": sel["weights_sha256"], "window": sel["window"],
+             "n_slices": sel["n_slices"], "top1_index": sel["top1_index"],
+             "top1_instance_number": sel["top1_instance_number"], "top1_z_mm": sel["top1_z_mm"],
+             "top1_score": sel["top1_score"], "topk_indices": list(sel["topk_indices"]),
+             "topk_scores": list(sel["topk_scores"]), "restricted_to": sel["restricted_to"],
+             "z_range_mm": list(sel["z_range_mm"]) if sel["z_range_mm"] is not None else None}))
+        if finding is None:
+            plan.problems.append(("selections", key, "finding_id", "unknown_finding: no findings row"))
+            continue
+        plan.rows["findings"].append(ExportRow(
+            "findings", split_of(group, fractions), group, (study_id, finding["finding_index"], key),
+            sel["image_path"], _image_name(sel["image_path"]),
+            {**base, "finding_index": finding["finding_index"], "section": finding["section"],
+             "text": finding["text"], "organ": finding["organ"], "organs": list(finding["organs"]),
+             "status": finding["status"], "laterality": finding["laterality"],
+             "measurements_mm": list(finding["measurements_mm"]), "phase_hint": finding["phase_hint"],
+             "language": finding["language"], "phase": s["phase"], "window": sel["window"],
+             "slice_index": sel["top1_index"]}))
+
+    selected_images = {sel["image_path"] for sel in selection_by_finding.values()}
+    for qa in snap.vqa:
+        key = qa["qa_id"]
+        if not usable("vqa", key, qa):
+            continue
+        if qa["image_path"] not in selected_images:
+            plan.problems.append(("vqa", key, "image_path", "image_not_selected: the image is not the key slice "
+                                  "of an exported selection"))
+            continue
+        study_id = qa["study_id"]
+        group = group_of(study_id)
+        finding = snap.findings.get(qa["finding_id"])
+        plan.rows["vqa"].append(ExportRow(
+            "vqa", split_of(group, fractions), group,
+            (study_id, finding["finding_index"] if finding else -1, qa["finding_id"], key),
+            qa["image_path"], _image_name(qa["image_path"]),
+            {"qa_id": key, "finding_id": qa["finding_id"], "study_id": study_id,
+             "patient_id": snap.studies[study_id].get("patient_id"), "question": qa["question"],
+             "answer": qa["answer"], "answer_type": qa["answer_type"], "question_type": qa["question_type"],
+             "options": list(qa["options"]), "generator": qa["generator"], "prompt_version": qa["prompt_version"],
+             "series_id": qa["series_id"], "phase": snap.series[qa["series_id"]]["phase"],
+             "slice_index": qa["slice_index"]}))
+
+    plan.excluded = {
+        "series": {reason: sum(1 for r in drop.values() if r == reason) for reason in sorted(set(drop.values()))},
+        "rows": dict(sorted(excluded_counts.items())),
+        "incomplete_studies": len(snap.incomplete),
+    }
+    exported_studies = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
+    plan.studies = len(exported_studies)
+    plan.patients = len({r.group for rows in plan.rows.values() for r in rows})
+    return plan
+
+
+def resolve_image(corpus_dir: Path, image_path: str) -> Path:
+    """The PNG of a row, refusing paths outside ``CORPUS/images`` (fail closed on odd paths)."""
+    root = (Path(corpus_dir) / "images").resolve()
+    path = (Path(corpus_dir) / image_path).resolve()
+    if root not in path.parents or path.suffix.lower() != ".png":
+        raise PublishError(f"image path {image_path!r} is not a PNG under {root}")
+    if not path.is_file():
+        raise PublishError(f"image {image_path!r} is missing from the corpus; rebuild the study's keyslice stage")
+    return path
+
+
+# --------------------------------------------------------------------------- features and shards
+
+
+def features(config: str):
+    """The ``datasets`` features of a configuration (the image first)."""
+    from datasets import Features, Image, List, Value
+
+    s, i32, f32, f64 = Value("string"), Value("int32"), Value("float32"), Value("float64")
+    ids = {"study_id": s, "patient_id": s}
+    if config == "vqa":
+        cols = {"image": Image(), "qa_id": s, "finding_id": s, **ids, "question": s, "answer": s,
+                "answer_type": s, "question_type": s, "options": List(s), "generator": s, "prompt_version": s,
+                "series_id": s, "phase": s, "slice_index": i32}
+    elif config == "findings":
+        cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "finding_index": i32, "section": s,
+                "text": s, "organ": s, "organs": List(s), "status": s, "laterality": s,
+                "measurements_mm": List(f32), "phase_hint": s, "language": s, "phase": s, "window": s,
+                "slice_index": i32}
+    elif config == "selections":
+        cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "phase": s, "phase_confidence": f32,
+                "manufacturer": s, "kernel": s, "slice_thickness_mm": f32, "model_id": s, "weights_sha256": s,
+                "window": s, "n_slices": i32, "top1_index": i32, "top1_instance_number": i32, "top1_z_mm": f64,
+                "top1_score": f32, "topk_indices": List(i32), "topk_scores": List(f32), "restricted_to": s,
+                "z_range_mm": List(f64)}
+    else:
+        raise KeyError(f"unknown configuration {config!r}; choose from {CONFIGS}")
+    return Features(cols)
+
+
+#: Identifier columns of the exported rows and the pseudonym format each must have.
+ID_COLUMNS: dict[str, str] = {"study_id": "study_id", "patient_id": "patient_id", "series_id": "series_id",
+                              "finding_id": "finding_id", "qa_id": "qa_id", "weights_sha256": "weights_sha256",
+                              "image": "image_name"}
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {"vqa": ("qa_id", "finding_id"), "findings": ("finding_id",),
+                                           "selections": ("finding_id",)}
+
+
+def exported_record(row: ExportRow, image_bytes: bytes | None = None) -> dict[str, Any]:
+    """A row exactly as it is written (the image as ``{"bytes", "path"}``)."""
+    return {"image": {"bytes": image_bytes, "path": row.image_name}, **row.fields}
+
+
+@dataclass
+class ShardFile:
+    path: str          # relative to the dataset folder, e.g. vqa/train-00000-of-00001.parquet
+    config: str
+    split: str
+    rows: int
+    nbytes: int        # Arrow (uncompressed) size
+    size: int          # file size
+    sha256: str
+
+
+def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 image_bytes: Callable[[str], bytes]) -> list[ShardFile]:
+    """Write every configuration/split as hash-bucket shards into ``dest``; returns what was written.
+
+    ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path.
+    """
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    written: list[ShardFile] = []
+    try:
+        for config in CONFIGS:
+            feats = features(config)
+            by_split: dict[str, list[ExportRow]] = defaultdict(list)
+            for row in plan.rows[config]:
+                by_split[row.split].append(row)
+            for split in SPLITS:
+                rows = by_split.get(split)
+                if not rows:
+                    continue
+                sizes = {}
+                for r in rows:
+                    if r.image_path not in sizes:
+                        sizes[r.image_path] = resolve_image(corpus_dir, r.image_path).stat().st_size
+                estimate = sum(sizes[r.image_path] + ROW_OVERHEAD_BYTES for r in rows)
+                n = n_shards_for(estimate, max_shard_bytes)
+                buckets: dict[int, list[ExportRow]] = defaultdict(list)
+                for r in rows:
+                    buckets[shard_of(r.group, n)].append(r)
+                for index in sorted(buckets):
+                    shard_rows = sorted(buckets[index], key=lambda r: r.sort_key)
+                    records = [exported_record(r, image_bytes(r.image_path)) for r in shard_rows]
+                    ds = datasets.Dataset.from_list(records, features=feats)
+                    rel = f"{config}/{split}-{index:05d}-of-{n:05d}.parquet"
+                    out = dest / rel
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    ds.to_parquet(str(out))
+                    data = out.read_bytes()
+                    written.append(ShardFile(rel, config, split, len(records), int(ds.data.nbytes), len(data),
+                                             hashlib.sha256(data).hexdigest()))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    return written

@@ -1,0 +1,452 @@
+"""The privacy gate that runs before anything of a corpus is exported. It fails closed.
+
+What it checks, on exactly the rows and images that would be exported:
+
+* **Identifiers** (``study_id``, ``patient_id``, ``series_id``, ``finding_id``, ``qa_id``...) must have the
+  shape of keyslice's keyed-hash pseudonyms (:mod:`keyslice.pseudonym`: ``st-<16 hex>``...). A raw
+  PatientID, accession number or folder name in an id column is therefore caught whatever it looks like.
+* **Every other string** (report sentences, questions, answers, options, DICOM-derived values such as the
+  kernel or manufacturer, model ids, image file names) goes through a rule-based PHI scanner: names after
+  titles (``Mr. Smith``, ``Dr Jones``) or labels (``Name:``), DICOM person names (``DOE^JOHN``), dates
+  (numeric, ISO, DICOM ``YYYYMMDD``, month names), MRN-like numbers (runs of 6 or more digits, ``MRN: ...``,
+  accession numbers), phone and fax numbers, e-mail addresses, social security numbers, DICOM UIDs, IP
+  addresses, URLs, local file paths (folder names are often accession numbers or patient names),
+  institution names and ages over 89 (HIPAA Safe Harbor).
+* **Known DICOM values** (optional): when the source studies are at hand, the patient's name, IDs, birth
+  date, accession number, institution and physicians read from the DICOM headers must not appear verbatim
+  in any exported string (:func:`dicom_phi_values`).
+* **Images**: a key slice must be a PNG whose chunks are only ``IHDR``, ``PLTE``, ``IDAT`` and ``IEND``.
+  Other chunks (``tEXt``, ``zTXt``, ``iTXt``, ``eXIf``, ``tIME``...) can carry metadata; they are removed
+  by re-encoding (the pixel data is copied unchanged) and the removal is reported. A file that is not a
+  valid PNG is a hit.
+
+Any hit stops the publish: :class:`PrivacyError` names the table, the row (``finding_id``/``qa_id``), the
+column and the rule, and the report shows the value with the suspicious span masked, never the value itself.
+The gate is deliberately strict: a false positive costs a fixed report sentence; a false negative
+publishes PHI. Pixel content (text burned into the image) cannot be checked by rules, which is why series
+flagged ``BurnedInAnnotation`` and secondary captures are excluded before the gate runs
+(:mod:`keyslice.publish.dataset_builder`).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+RULES_VERSION = "privacy-rules.v1"
+
+# --------------------------------------------------------------------------- identifiers
+
+_HEX16 = r"[0-9a-f]{16}"
+ID_FORMATS: dict[str, re.Pattern[str]] = {
+    "study_id": re.compile(rf"st-{_HEX16}"),
+    "patient_id": re.compile(rf"pa-{_HEX16}"),
+    "series_id": re.compile(rf"se-{_HEX16}"),
+    "finding_id": re.compile(rf"st-{_HEX16}:\d{{1,6}}"),
+    "qa_id": re.compile(r"[0-9a-f]{12,64}"),
+    "weights_sha256": re.compile(r"[0-9a-f]{64}|[a-z][a-z-]{0,31}"),
+    "image_name": re.compile(rf"st-{_HEX16}_\d{{1,6}}\.png"),
+}
+#: Identifier columns that may be null (``patient_id`` is null when the DICOM has no PatientID).
+NULLABLE_IDS = frozenset({"patient_id"})
+
+# --------------------------------------------------------------------------- text rules
+
+_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
+_INSTITUTION_WORDS = (r"(?:Hospital|Hospitals|Clinic|Clinics|Medical Cent(?:er|re)|Health(?:care)? System|"
+                      r"Infirmary|Klinikum|Universitätsklinikum|Radiology Associates|Imaging Cent(?:er|re))")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    kind: str  # name | date | id_number | contact | uid | location | age
+    pattern: re.Pattern[str]
+    description: str
+
+
+def _r(name: str, kind: str, pattern: str, description: str, flags: int = 0) -> Rule:
+    return Rule(name, kind, re.compile(pattern, flags), description)
+
+
+TEXT_RULES: tuple[Rule, ...] = (
+    _r("title_name", "name", r"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Madam|Mme|Mlle|Herr|Frau)\.?\s+[A-Z][A-Za-z'’-]+",
+       "a name after a title (Mr./Mrs./Ms./Dr./Prof.)"),
+    _r("labelled_name", "name", r"\b(?:patient(?:'s)?\s+name|name|patient)\s*[:=]\s*[A-Za-z]",
+       "a value after a 'Name:'/'Patient:' label", re.IGNORECASE),
+    _r("dicom_person_name", "name", r"\b[A-Za-z][A-Za-z'-]*\^[A-Za-z'^ -]*", "a DICOM person name (FAMILY^GIVEN)"),
+    _r("date_dicom", "date", r"(?<!\d)(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)",
+       "a DICOM-style date (YYYYMMDD)"),
+    _r("date_iso", "date", r"\b(?:18|19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])\b",
+       "an ISO-style date (YYYY-MM-DD)"),
+    _r("date_numeric", "date",
+       r"\b\d{1,2}/\d{1,2}/(?:\d{4}|\d{2})\b|\b\d{1,2}[-.]\d{1,2}[-.](?:18|19|20)\d{2}\b",
+       "a numeric date (DD/MM/YYYY, MM-DD-YYYY, DD.MM.YYYY)"),
+    _r("date_text", "date",
+       rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b|\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b"
+       rf"|\b{_MONTH}\.?\s+(?:18|19|20)\d{{2}}\b",
+       "a date with a month name (March 3, 2019; 3 March 2019; March 2019)"),
+    _r("id_label", "id_number",
+       r"\b(?:MRN|MR\s?#|medical\s+record(?:\s+(?:number|no\.?))?|patient\s+(?:id|number|no\.?)|PID|"
+       r"accession(?:\s+(?:number|no\.?|#))?|acc(?:\.|ession)?\s?(?:no\.?|#)|hospital\s+(?:number|no\.?)|"
+       r"case\s+(?:number|no\.?)|NHS\s+(?:number|no\.?)|SSN|social\s+security(?:\s+number)?)\s*[:#=]?\s*[A-Z0-9][A-Z0-9-]{2,}",
+       "an identifier after an MRN/accession/patient-id label", re.IGNORECASE),
+    _r("ssn", "id_number", r"\b\d{3}-\d{2}-\d{4}\b", "a social-security-number pattern"),
+    _r("phone", "contact",
+       r"(?:\+\d{1,3}[\s.-]?)?\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b|\+\d{1,3}(?:[\s.-]?\d{2,4}){2,5}\b",
+       "a phone or fax number"),
+    _r("phone_label", "contact", r"\b(?:tel|phone|telephone|fax|pager|mobile|cell)\b\.?\s*[:#]?\s*\+?\(?\d",
+       "a number after a phone label", re.IGNORECASE),
+    _r("email", "contact", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "an e-mail address"),
+    _r("dicom_uid", "uid", r"(?<![\d.])\d+(?:\.\d+){4,}(?![\d.])", "a DICOM UID (dotted numbers)"),
+    _r("ip_address", "contact", r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])", "an IP address"),
+    _r("digit_run", "id_number", r"(?<![\d.,])\d{6,}(?![\d,]|\.\d)",
+       "a run of 6 or more digits (MRN-, accession- or date-like)"),
+    _r("url", "contact", r"\b(?:https?|ftp)://\S+|\bwww\.\S+", "a URL"),
+    _r("local_path", "location",
+       r"(?<![\w/.])(?:/(?:home|Users|root|mnt|media|data|srv|tmp|var|work|scratch|nfs|net|Volumes)/\S*|"
+       r"[A-Za-z]:\\\S*|\\\\[A-Za-z0-9]\S*)",
+       "a local file path (folder names often hold accession numbers or names)"),
+    _r("institution", "location",
+       rf"\b(?:[A-Z][A-Za-z'&.-]+\s+){{1,4}}{_INSTITUTION_WORDS}\b|\b{_INSTITUTION_WORDS}\s+(?:of|de|di|für)\s+[A-Z]",
+       "an institution name"),
+    _r("age_over_89", "age",
+       r"\b(?:9\d|1[0-4]\d)[\s-]*(?:years?|yrs?|y)[\s-]*old\b|\baged?\s+(?:9\d|1[0-4]\d)\b|"
+       r"\b(?:9\d|1[0-4]\d)\s*(?:y/o|yo)\b",
+       "an age over 89 (HIPAA Safe Harbor)", re.IGNORECASE),
+)
+
+
+@dataclass(frozen=True)
+class TextHit:
+    rule: str
+    kind: str
+    start: int
+    end: int
+
+
+def scan_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> list[TextHit]:
+    """Every rule match in ``text``, sorted by position (overlaps kept: each names its rule)."""
+    hits = [TextHit(rule.name, rule.kind, m.start(), m.end())
+            for rule in rules for m in rule.pattern.finditer(text)]
+    return sorted(hits, key=lambda h: (h.start, h.end, h.rule))
+
+
+def scrub_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> tuple[str, list[TextHit]]:
+    """Replace every PHI-looking span by ``[KIND]``; returns the scrubbed text and the hits.
+
+    The publish gate refuses instead of scrubbing (a scrubbed sentence may no longer match its
+    image), but the scrubbed form is what the privacy report shows: the context without the value.
+    """
+    hits = scan_text(text, rules)
+    out, pos = [], 0
+    for start, end, kind in _merge_spans(hits):
+        out.append(text[pos:start])
+        out.append(f"[{kind.upper()}]")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), hits
+
+
+def _merge_spans(hits: Sequence[TextHit]) -> list[tuple[int, int, str]]:
+    merged: list[list[Any]] = []
+    for h in sorted(hits, key=lambda h: (h.start, -h.end)):
+        start = h.start
+        # a leading separator captured by a rule (local_path) stays in the text
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], h.end)
+        else:
+            merged.append([start, h.end, h.kind])
+    return [(s, e, k) for s, e, k in merged]
+
+
+# --------------------------------------------------------------------------- known DICOM values
+
+#: DICOM attributes whose values are direct identifiers (PS3.15 Annex E basic profile, the usual suspects).
+DICOM_PHI_KEYWORDS: tuple[str, ...] = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate", "PatientBirthName",
+    "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator",
+    "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "RequestingPhysician",
+    "StudyID", "StudyDate", "SeriesDate", "AcquisitionDate", "DeviceSerialNumber",
+)
+#: Placeholder values that de-identification tools write; they identify no one.
+_PLACEHOLDER = re.compile(r"(?i)anon\w*|removed|unknown|none|n/?a|deidentified|de-identified|x+|0+|phantom")
+
+
+def _value_variants(value: str) -> set[str]:
+    """The forms in which a header value could show up in text: as is, each part of a person name,
+    each line of an address, and a DA date also as YYYY-MM-DD."""
+    value = value.strip()
+    out = {value}
+    for sep in ("^", "\r\n", "\n", "\\"):
+        if sep in value:
+            parts = [p.strip() for p in value.split(sep) if p.strip()]
+            out |= set(parts)
+            out.add(" ".join(parts))
+    if re.fullmatch(r"\d{8}", value):
+        out.add(f"{value[:4]}-{value[4:6]}-{value[6:]}")
+    # too short or too generic to be a meaningful match ("1", "CT", "ANONYMOUS")
+    return {v for v in out if len(v) >= (4 if v.isdigit() else 3) and not _PLACEHOLDER.fullmatch(v)}
+
+
+def dicom_phi_values(headers: Iterable[Any]) -> set[str]:
+    """Identifying values from DICOM datasets (pydicom ``Dataset`` or plain dicts keyed by keyword)."""
+    values: set[str] = set()
+    for ds in headers:
+        for keyword in DICOM_PHI_KEYWORDS:
+            raw = ds.get(keyword) if isinstance(ds, Mapping) else getattr(ds, keyword, None)
+            if raw is None:
+                continue
+            items = raw if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else [raw]
+            for item in items:
+                values |= _value_variants(str(item))
+    return values
+
+
+def read_study_phi_values(folder: Any) -> set[str]:
+    """Identifying header values of every DICOM file under ``folder`` (headers only; non-DICOM files skipped)."""
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    headers = []
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(DICOM_PHI_KEYWORDS)))
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+            continue
+    return dicom_phi_values(headers)
+
+
+# --------------------------------------------------------------------------- PNG
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ALLOWED_PNG_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+
+
+class PngError(ValueError):
+    """Bytes that are not a well-formed PNG."""
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk; raises :class:`PngError` on a bad signature, length or CRC."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise PngError("not a PNG (bad signature)")
+    pos, chunks = len(PNG_SIGNATURE), []
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise PngError("truncated chunk header")
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        ctype = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            raise PngError(f"truncated {ctype!r} chunk")
+        payload = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:end])
+        if zlib.crc32(ctype + payload) & 0xFFFFFFFF != crc:
+            raise PngError(f"bad CRC in {ctype!r} chunk")
+        chunks.append((ctype, payload))
+        pos = end
+        if ctype == b"IEND":
+            break
+    if not chunks or chunks[0][0] != b"IHDR" or chunks[-1][0] != b"IEND":
+        raise PngError("PNG must start with IHDR and end with IEND")
+    if not any(c == b"IDAT" for c, _ in chunks):
+        raise PngError("PNG has no image data")
+    if pos != len(data):
+        raise PngError("bytes after IEND")
+    return chunks
+
+
+def clean_png(data: bytes) -> tuple[bytes, list[str]]:
+    """The PNG with only IHDR/PLTE/IDAT/IEND kept, and the names of the chunks removed.
+
+    The kept chunks are copied byte for byte, so the pixels are exactly the original's. An
+    already clean PNG is returned unchanged (same bytes).
+    """
+    chunks = png_chunks(data)
+    removed = [c.decode("latin-1") for c, _ in chunks if c not in ALLOWED_PNG_CHUNKS]
+    if not removed:
+        return data, []
+    out = [PNG_SIGNATURE]
+    for ctype, payload in chunks:
+        if ctype in ALLOWED_PNG_CHUNKS:
+            out.append(struct.pack(">I", len(payload)) + ctype + payload
+                       + struct.pack(">I", zlib.crc32(ctype + payload) & 0xFFFFFFFF))
+    return b"".join(out), removed
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+@dataclass(frozen=True)
+class Hit:
+    table: str            # exported configuration (vqa, findings, selections) or "images"
+    row: str              # finding_id / qa_id of the row, or the image path
+    column: str
+    rule: str
+    detail: str           # the value with the suspicious spans masked (never the raw value)
+
+    def __str__(self) -> str:
+        return f"{self.table} row {self.row} column {self.column}: {self.rule} ({self.detail})"
+
+
+@dataclass
+class PrivacyReport:
+    rules_version: str = RULES_VERSION
+    rows_checked: dict[str, int] = field(default_factory=dict)
+    strings_checked: int = 0
+    images_checked: int = 0
+    hits: list[Hit] = field(default_factory=list)
+    png_chunks_removed: dict[str, list[str]] = field(default_factory=dict)
+    excluded: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.hits
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+class PrivacyError(RuntimeError):
+    """The export holds something that looks like PHI: nothing was written or uploaded."""
+
+    def __init__(self, report: PrivacyReport, max_listed: int = 20):
+        self.report = report
+        lines = [f"privacy gate refused the publish: {len(report.hits)} hit(s); nothing was exported."]
+        lines += [f"  - {hit}" for hit in report.hits[:max_listed]]
+        if len(report.hits) > max_listed:
+            lines.append(f"  ... and {len(report.hits) - max_listed} more (see the privacy report)")
+        lines.append("Fix the source (report text, DICOM de-identification), rebuild the affected studies "
+                     "(`keyslice build ... --force-stage segment`), and publish again.")
+        super().__init__("\n".join(lines))
+
+
+def _mask(value: str, hits: Sequence[TextHit] | None = None, limit: int = 160) -> str:
+    """The value with the matched spans replaced by ``[KIND]``; a whole-value mask for id mismatches."""
+    if hits is None:
+        return f"<{len(value)} chars, not a keyslice pseudonym>"
+    scrubbed = value
+    if hits:
+        out, pos = [], 0
+        for start, end, kind in _merge_spans(hits):
+            out.append(value[pos:start])
+            out.append(f"[{kind.upper()}]")
+            pos = end
+        out.append(value[pos:])
+        scrubbed = "".join(out)
+    return scrubbed if len(scrubbed) <= limit else scrubbed[:limit] + "..."
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(column path, string) for every string inside a value (lists and structs included)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, sub in value.items():
+            if key == "bytes":
+                continue
+            yield from _strings(sub, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, sub in enumerate(value):
+            yield from _strings(sub, f"{path}[{i}]")
+
+
+def _known_value_hits(text: str, known: Sequence[re.Pattern[str]]) -> list[TextHit]:
+    return [TextHit("dicom_header_value", "dicom", m.start(), m.end())
+            for pattern in known for m in pattern.finditer(text)]
+
+
+def _value_pattern(value: str) -> re.Pattern[str]:
+    # whole-word, case-insensitive, any run of spaces for a space
+    body = r"\s+".join(re.escape(part) for part in value.split())
+    return re.compile(r"(?<![A-Za-z0-9])" + body + r"(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+class PrivacyGate:
+    """Checks rows and images; collects every hit (so one run lists all of them), then fails closed.
+
+    ``known_phi`` maps a study_id to the identifying DICOM header values of that study
+    (:func:`read_study_phi_values`); the study's rows must contain none of them.
+    """
+
+    def __init__(self, known_phi: Mapping[str, Iterable[str]] | None = None, rules: Sequence[Rule] = TEXT_RULES):
+        self.rules = tuple(rules)
+        self.report = PrivacyReport()
+        self._known = {sid: [_value_pattern(v) for v in sorted(set(values))]
+                       for sid, values in (known_phi or {}).items()}
+
+    # rows ---------------------------------------------------------------------
+    def check_rows(self, table: str, rows: Iterable[Mapping[str, Any]], key_columns: Sequence[str],
+                   id_columns: Mapping[str, str] | None = None) -> None:
+        """Scan rows of one exported table. ``id_columns`` maps a column to its :data:`ID_FORMATS` key."""
+        id_columns = dict(id_columns or {})
+        n = 0
+        for row in rows:
+            key = f"#{n}"
+            for k in key_columns:
+                value = row.get(k)
+                if isinstance(value, str) and ID_FORMATS.get(k, ID_FORMATS["finding_id"]).fullmatch(value):
+                    key = value  # a malformed key is reported as its own hit, never echoed
+                    break
+            n += 1
+            known = self._known.get(row.get("study_id"), ()) if isinstance(row.get("study_id"), str) else ()
+            for column, value in row.items():
+                if column in id_columns:
+                    self._check_id(table, key, column, value, id_columns[column])
+                    continue
+                for path, text in _strings(value, column):
+                    self._check_text(table, key, path, text, known)
+        self.report.rows_checked[table] = self.report.rows_checked.get(table, 0) + n
+
+    def _check_id(self, table: str, key: str, column: str, value: Any, fmt: str) -> None:
+        self.report.strings_checked += 1
+        if isinstance(value, Mapping):  # an Image feature value: its file name is what gets exported
+            column, value = f"{column}.path", value.get("path")
+        if value is None:
+            if column not in NULLABLE_IDS:
+                self._hit(table, key, column, "identifier_missing", "null")
+            return
+        if not isinstance(value, str) or not ID_FORMATS[fmt].fullmatch(value):
+            self._hit(table, key, column, "not_a_pseudonym", _mask(str(value)))
+
+    def _check_text(self, table: str, key: str, column: str, text: str,
+                    known: Sequence[re.Pattern[str]] = ()) -> None:
+        self.report.strings_checked += 1
+        hits = scan_text(text, self.rules) + _known_value_hits(text, known)
+        if hits:
+            rules = ", ".join(dict.fromkeys(h.rule for h in hits))
+            self._hit(table, key, column, rules, _mask(text, hits))
+
+    def _hit(self, table: str, row: str, column: str, rule: str, detail: str) -> None:
+        self.report.hits.append(Hit(table, row, column, rule, detail))
+
+    # images ---------------------------------------------------------------------
+    def check_png(self, name: str, data: bytes) -> bytes | None:
+        """The clean PNG bytes to export, or None (and a hit) when the file is not a valid PNG."""
+        self.report.images_checked += 1
+        try:
+            cleaned, removed = clean_png(data)
+        except PngError as exc:
+            self._hit("images", name, "image", "invalid_png", str(exc))
+            return None
+        if removed:
+            self.report.png_chunks_removed[name] = removed
+        return cleaned
+
+    # verdict ----------------------------------------------------------------------
+    def raise_if_hits(self) -> PrivacyReport:
+        if self.report.hits:
+            raise PrivacyError(self.report)
+        return self.report

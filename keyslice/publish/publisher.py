@@ -1,0 +1,242 @@
+"""``keyslice publish``: corpus -> privacy gate -> staged dataset folder -> (incremental) Hub commit.
+
+Order of operations, each a hard stop on failure:
+
+1. a deliberate pseudonymisation key (``$KEYSLICE_PSEUDONYM_KEY``) must be set: publishing
+   identifiers made with a throw-away key, or a key nobody controls, is refused;
+2. under the corpus lock (no build may write meanwhile): read the complete studies, plan the
+   rows (exclusions, patient splits), run the privacy gate on exactly those rows and images;
+3. still under the lock, write the Parquet shards and the card into a staging folder (the
+   ``--dry-run`` folder, or a temporary one);
+4. compare with the Hub (or, for a dry run, with the previous publish's manifest) and commit only
+   what changed; record the publish in ``CORPUS/publish/<org>__<name>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from keyslice import __version__
+from keyslice.publish import hub
+from keyslice.publish.card import render_card
+from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAULT_MAX_SHARD_BYTES, ID_COLUMNS,
+                                              KEY_COLUMNS, ExportPlan, PublishError, corpus_state,
+                                              exported_record, plan_export, read_corpus, resolve_image,
+                                              write_shards)
+from keyslice.publish.privacy import Hit, PrivacyGate, PrivacyReport, clean_png, read_study_phi_values
+from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer, load_pseudonymizer
+
+
+def key_instructions(corpus_dir: Path) -> str:
+    key_file = Path(corpus_dir) / ".keyslice" / "pseudonym.key"
+    lines = [f"publishing needs a deliberate pseudonymisation key in ${KEY_ENV} (the secret the corpus was built "
+             "with; keep it out of the corpus folder and out of version control)."]
+    if key_file.exists():
+        lines.append(f"This corpus was built with a generated key; adopt it deliberately with\n"
+                     f"    export {KEY_ENV}=\"$(cat {key_file})\"\n"
+                     f"then store it in your secret manager and delete {key_file}.")
+    else:
+        lines.append(f"For a new corpus create one before `keyslice build` with\n"
+                     f"    export {KEY_ENV}=\"$(python -c 'import secrets; print(secrets.token_hex(32))')\"")
+    return "\n".join(lines)
+
+
+def require_deliberate_key(corpus_dir: Path) -> Pseudonymizer:
+    """The env key, or :class:`MissingKeyError` saying how to set it."""
+    try:
+        pseudonymize = load_pseudonymizer(Path(corpus_dir), create=False)
+    except MissingKeyError as exc:
+        raise MissingKeyError(key_instructions(corpus_dir)) from exc
+    if pseudonymize.source != "env":
+        raise MissingKeyError(key_instructions(corpus_dir))
+    key_file = Path(corpus_dir) / ".keyslice" / "pseudonym.key"
+    if key_file.exists() and key_file.read_bytes().strip() != pseudonymize.key:
+        raise MissingKeyError(
+            f"${KEY_ENV} differs from the key this corpus was built with ({key_file}); its pseudonyms were not made "
+            f"with your key. Set ${KEY_ENV} to that file's content (and then delete the file), or rebuild the "
+            f"corpus with your key.")
+    return pseudonymize
+
+
+@dataclass
+class PublishResult:
+    repo_id: str
+    dry_run: bool
+    staged_dir: Path | None          # the dry-run folder (None after a real publish: staging is removed)
+    files: dict[str, dict[str, Any]]  # path -> size, sha256, rows
+    upload: list[str]
+    delete: list[str]
+    unchanged: list[str]
+    uploaded_bytes: int
+    commit: str | None
+    state: dict[str, Any]
+    counts: dict[str, dict[str, int]]  # config -> split -> rows
+    privacy: PrivacyReport
+    manifest: Path | None
+
+
+def _known_phi(input_dir: Path, pseudonymize: Pseudonymizer, study_ids: set[str],
+               manifest: Path | None = None) -> dict[str, set[str]]:
+    """Identifying DICOM header values per exported study, read from the source studies."""
+    from keyslice.studies import discover_studies
+
+    found = {s.study_id: s for s in discover_studies(Path(input_dir), pseudonymize, manifest)}
+    missing = sorted(study_ids - set(found))
+    if missing and len(missing) == len(study_ids):
+        raise PublishError(f"none of the corpus' studies is in {input_dir} under ${KEY_ENV}: wrong --input folder, "
+                           f"or the corpus was built with another key")
+    if missing:
+        raise PublishError(f"{len(missing)} exported studies are not in {input_dir} (e.g. {missing[0]}); their DICOM "
+                           f"headers cannot be checked. Pass the input folder the corpus was built from.")
+    return {sid: read_study_phi_values(found[sid].path) for sid in sorted(study_ids)}
+
+
+def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str]] | None = None) -> PrivacyGate:
+    """The privacy gate over exactly what would be exported (rows with their image names, and the PNGs)."""
+    gate = PrivacyGate(known_phi)
+    for table, row, column, what in plan.problems:
+        rule, _, detail = what.partition(": ")
+        gate.report.hits.append(Hit(table, row, column, rule, detail))
+    for config in CONFIGS:
+        gate.check_rows(config, (exported_record(r) for r in plan.rows[config]), KEY_COLUMNS[config], ID_COLUMNS)
+    seen = set()
+    for rows in plan.rows.values():
+        for r in rows:
+            if r.image_path in seen:
+                continue
+            seen.add(r.image_path)
+            gate.check_png(r.image_path, resolve_image(corpus_dir, r.image_path).read_bytes())
+    gate.report.excluded = plan.excluded
+    return gate
+
+
+def _write_report(corpus_dir: Path, repo_id: str, report: PrivacyReport) -> Path:
+    from keyslice.atomic import write_bytes_atomic
+
+    path = Path(corpus_dir) / "publish" / (repo_id.replace("/", "__") + ".privacy.json")
+    write_bytes_atomic(path, json.dumps(report.to_dict(), indent=1, default=str).encode())
+    return path
+
+
+def _prepare_dry_run_dir(target: Path) -> None:
+    """A dry-run folder must be new, empty, or a previous dry run's output (which is replaced)."""
+    if not target.exists():
+        return
+    entries = {p.name for p in target.iterdir()}
+    ours = set(CONFIGS) | {"README.md"}
+    if entries - ours:
+        raise PublishError(f"--dry-run folder {target} holds other files ({sorted(entries - ours)[:5]}); "
+                           f"give a new or empty folder")
+
+
+def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
+          known_phi_input: Path | None, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
+    """Lock, read, gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
+    from keyslice.lock import CorpusLockedError, corpus_lock
+
+    try:
+        lock = corpus_lock(corpus_dir)
+        lock.__enter__()
+    except CorpusLockedError as exc:
+        raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
+    try:
+        state = corpus_state(corpus_dir)
+        snap = read_corpus(corpus_dir)
+        if not snap.complete:
+            raise PublishError(f"{corpus_dir} has no study with all stages done; run `keyslice build` first")
+        plan = plan_export(snap, fractions)
+        exported = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
+        if not exported:
+            raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
+        known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
+        gate = run_gate(plan, corpus_dir, known)
+        report_path = _write_report(corpus_dir, repo_id, gate.report)
+        log(f"privacy gate: {sum(gate.report.rows_checked.values())} rows, {gate.report.strings_checked} values, "
+            f"{gate.report.images_checked} images checked; {len(gate.report.hits)} hit(s); report {report_path}")
+        gate.raise_if_hits()
+
+        def image_bytes(image_path: str) -> bytes:
+            return clean_png(resolve_image(corpus_dir, image_path).read_bytes())[0]
+
+        shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes)
+        card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions)
+        (dest / "README.md").write_text(card, encoding="utf-8")
+        return plan, shards, state, gate.report
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry_run_dir: Path | None = None,
+                   license: str = "other", input_dir: Path | None = None,
+                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
+                   endpoint: str | None = None, log: Callable[[str], None] = print) -> PublishResult:
+    """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``)."""
+    corpus_dir = Path(corpus_dir)
+    hub.check_repo_id(repo_id)
+    if not (corpus_dir / "stages").is_dir():
+        raise PublishError(f"{corpus_dir} is not a keyslice corpus (no stages/ folder); build one with `keyslice build`")
+    pseudonymize = require_deliberate_key(corpus_dir)
+    (corpus_dir / "publish").mkdir(parents=True, exist_ok=True)
+
+    if dry_run_dir is not None:
+        target = Path(dry_run_dir).resolve()
+        _prepare_dry_run_dir(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    else:
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=corpus_dir / "publish"))
+    try:
+        plan, shards, state, report = stage(corpus_dir, staging, repo_id=repo_id, license=license,
+                                            fractions=fractions, max_shard_bytes=max_shard_bytes,
+                                            known_phi_input=input_dir, pseudonymize=pseudonymize, log=log)
+        files = hub.local_files(staging)
+        rows = {s.path: s.rows for s in shards}
+        record = hub.files_record(files.values(), rows)
+        counts: dict[str, dict[str, int]] = {}
+        for s in shards:
+            counts.setdefault(s.config, {}).setdefault(s.split, 0)
+            counts[s.config][s.split] += s.rows
+        previous = hub.read_manifest(corpus_dir, repo_id)
+
+        if dry_run_dir is not None:
+            push_plan = hub.plan_against(files, hub.manifest_remote(previous))
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+            log(f"dry run: {len(files)} files in {target}; against the last publish"
+                f"{'' if previous else ' (none yet)'}: {len(push_plan.upload)} to upload, "
+                f"{len(push_plan.delete)} to delete, {len(push_plan.unchanged)} unchanged")
+            return PublishResult(repo_id, True, target, record, push_plan.upload, push_plan.delete,
+                                 push_plan.unchanged, sum(files[p].size for p in push_plan.upload), None, state,
+                                 counts, report, None)
+
+        message = f"keyslice publish (corpus state {state['corpus_state'][:12]})"
+        description = json.dumps({"keyslice_version": __version__, **state}, indent=1)
+        pushed = hub.push_folder(staging, repo_id, private=private, commit_message=message,
+                                 commit_description=description, token=token, endpoint=endpoint)
+        manifest = {
+            "repo_id": repo_id, "private": private, "commit": pushed.head, "new_commit": pushed.commit,
+            "published_at": dt.datetime.now(dt.timezone.utc).isoformat(), "keyslice_version": __version__,
+            **state, "files": record, "uploaded": pushed.plan.upload, "deleted": pushed.plan.delete,
+            "uploaded_bytes": pushed.uploaded_bytes, "counts": counts,
+            "privacy": {"rules_version": report.rules_version, "rows_checked": report.rows_checked,
+                        "images_checked": report.images_checked,
+                        "png_chunks_removed": len(report.png_chunks_removed), "excluded": report.excluded},
+            "previous_commit": (previous or {}).get("commit"),
+        }
+        path = hub.write_manifest(corpus_dir, repo_id, manifest)
+        log(f"published {repo_id}: {len(pushed.plan.upload)} file(s) uploaded ({pushed.uploaded_bytes} bytes), "
+            f"{len(pushed.plan.delete)} deleted, {len(pushed.plan.unchanged)} unchanged; "
+            + (f"commit {pushed.commit}" if pushed.commit else "nothing changed, no commit"))
+        return PublishResult(repo_id, False, None, record, pushed.plan.upload, pushed.plan.delete,
+                             pushed.plan.unchanged, pushed.uploaded_bytes, pushed.commit, state, counts, report, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

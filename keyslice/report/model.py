@@ -1,0 +1,82 @@
+"""The segmenter's output unit and its options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STATUSES = ("abnormal", "normal", "uncertain")
+PHASES = ("non_contrast", "arterial", "portal_venous", "delayed")
+LATERALITIES = ("left", "right", "bilateral")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding unit of a report: a sentence, or one clause of a compound sentence.
+
+    ``to_row()`` gives the ``findings`` table row (schemas/tables/findings.v1.json)
+    without ``study_id``, ``finding_id`` and ``created_at``, which the caller adds.
+    """
+
+    finding_index: int
+    section: str                 # "findings" or "impression"
+    text: str
+    organs: list[str]            # canonical organ names (lexicon.ORGAN_TS_LABELS keys), first mention first
+    ts_labels: list[str]         # TotalSegmentator labels of those organs, laterality-aware
+    status: str                  # "abnormal" | "normal" | "uncertain"
+    laterality: str | None       # "left" | "right" | "bilateral" | None
+    measurements_mm: list[float]
+    phase_hint: str | None       # "non_contrast" | "arterial" | "portal_venous" | "delayed" | None
+    image_refs: list[tuple[int, int]]  # (series_number, instance_number)
+    language: str = "en"
+    segmenter: str = "rules-v1"
+
+    def to_row(self) -> dict:
+        return {
+            "finding_index": int(self.finding_index),
+            "section": self.section,
+            "text": self.text,
+            "organs": list(self.organs),
+            "ts_labels": list(self.ts_labels),
+            "status": self.status,
+            "laterality": self.laterality,
+            "measurements_mm": [float(m) for m in self.measurements_mm],
+            "phase_hint": self.phase_hint,
+            "image_refs": [
+                {"series_number": int(s), "instance_number": int(i)} for s, i in self.image_refs
+            ],
+            "language": self.language,
+            "segmenter": self.segmenter,
+        }
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Options of :func:`keyslice.report.segment_report`; the defaults suit CT reports and captions.
+
+    sections: sections that produce findings. Header-less text counts as "findings".
+    split_compound: split "The liver is normal and the spleen is enlarged." in two units.
+    min_chars: units with fewer letters/digits than this are dropped ("1.", "-").
+    check_language: raise UnsupportedLanguageError on non-English text.
+    infer_phase: derive phase hints from findings when no phase is named
+        ("hypervascular" -> arterial, "calcification"/"stone" -> non_contrast).
+    inherit_sentence_phase: the clauses of a split sentence share its named phase.
+    max_chunk_chars: paragraphs longer than this are cut at sentence ends before spaCy
+        sees them (memory and spaCy's max_length stay bounded on huge reports).
+    segmenter: "rules" (default) or "llm" (needs ``llm``: keyslice.report.llm_segmenter.LLMSegmenterSettings).
+    """
+
+    sections: tuple[str, ...] = ("findings", "impression")
+    split_compound: bool = True
+    min_chars: int = 3
+    check_language: bool = True
+    infer_phase: bool = True
+    inherit_sentence_phase: bool = True
+    max_chunk_chars: int = 20_000
+    segmenter: str = "rules"
+    llm: object | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.segmenter not in ("rules", "llm"):
+            raise ValueError(f"ReportConfig.segmenter must be 'rules' or 'llm', got {self.segmenter!r}")
+        if self.min_chars < 0 or self.max_chunk_chars < 1000:
+            raise ValueError("ReportConfig: min_chars must be >= 0 and max_chunk_chars >= 1000")

@@ -1,0 +1,203 @@
+"""The rule-based segmenter: sections -> paragraphs -> spaCy -> finding units -> Finding."""
+
+from __future__ import annotations
+
+import re
+
+from spacy.tokens import Doc
+
+from ..errors import EmptyReportError, UnsupportedLanguageError
+from . import lexicon as lx
+from .extract import image_refs, measurements_mm
+from .language import detect_language
+from .model import Finding, ReportConfig
+from .pipeline import get_nlp, token_arrays
+from .sections import split_sections
+
+SEGMENTER_ID = "rules-v1"
+
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_SENT_END = re.compile(r"(?<=[.!?;])\s+")
+_LEAD_MARKER = re.compile(
+    r"^\s*(?:[-*•·–—‣▪◦]+\s*|\(?\d{1,2}[.)](?=\s)\s*|\(?[A-Za-z]\)\s+|[A-Za-z]\.\s+(?=[A-Z(]))"
+)
+_WS = re.compile(r"\s+")
+
+
+def check_text(text: str | None, config: ReportConfig) -> None:
+    if text is None or not str(text).strip():
+        raise EmptyReportError("the report text is empty or whitespace only; nothing to segment")
+    if config.check_language:
+        lang, scores = detect_language(text[:20_000])
+        if lang != "en":
+            shown = {k: round(v, 2) for k, v in scores.items()}
+            raise UnsupportedLanguageError(
+                f"the report does not look like English (detected {lang!r}, stopword shares {shown}); "
+                "the rule-based segmenter supports English only: translate the report, or pass "
+                "ReportConfig(check_language=False) if this is a false alarm"
+            )
+
+
+def chunk_paragraphs(body: str, max_chars: int) -> list[str]:
+    """Cut a section body at blank lines, and over-long paragraphs at sentence ends (or hard)."""
+    out: list[str] = []
+    for para in _BLANK_LINE.split(body):
+        if not para.strip():
+            continue
+        while len(para) > max_chars:
+            cut = None
+            for m in _SENT_END.finditer(para, 0, max_chars):
+                cut = m.end()
+            if not cut:
+                ws = para.rfind(" ", 0, max_chars)
+                cut = ws + 1 if ws > 0 else max_chars
+            out.append(para[:cut])
+            para = para[cut:]
+        if para.strip():
+            out.append(para)
+    return out
+
+
+def clean_text(text: str) -> str:
+    text = _WS.sub(" ", text).strip()
+    prev = None
+    while prev != text:
+        prev = text
+        text = _LEAD_MARKER.sub("", text, count=1).strip()
+    return text.rstrip(",;").strip()
+
+
+def _combine(sides) -> str | None:
+    s = set(sides)
+    if not s:
+        return None
+    if "bilateral" in s or {"left", "right"} <= s:
+        return "bilateral"
+    return s.pop()
+
+
+class _DocInfo:
+    """The pipeline's span groups of one Doc as plain tuples (read once, used per unit)."""
+
+    __slots__ = ("lower", "texts", "idx", "text", "organs", "lats", "phases")
+
+    def __init__(self, doc: Doc):
+        ks = doc.user_data["ks"]
+        self.texts, _, self.idx, self.text = token_arrays(doc)
+        self.lower = [t.lower() for t in self.texts]
+        self.organs = ks["organs"]
+        self.phases = []
+        for s, e, label in ks["phase"]:
+            phase, tier = label.split("/")
+            self.phases.append((s, e, phase, int(tier)))
+        lower, n = self.lower, len(self.lower)
+        lats = []
+        for s, e, label in ks["laterality"]:
+            nxt = lower[e] if e < n else ""
+            if nxt == "-" and e + 1 < n:
+                nxt = lower[e + 1]
+            if nxt not in lx.LATERALITY_BLOCK_NEXT:  # "left ventricle" is a chamber, not a side
+                lats.append((s, label))
+        for i in range(n - 1):  # "both kidneys", "both the lungs"
+            if lower[i] == "both":
+                j = i + 1 if lower[i + 1] != "the" else i + 2
+                if j < n and lower[j] in lx.BOTH_PLURALS:
+                    lats.append((i, "bilateral"))
+        self.lats = sorted(lats)
+
+    def span_text(self, s: int, e: int) -> str:
+        if e <= s:
+            return ""
+        return self.text[self.idx[s]: self.idx[e - 1] + len(self.texts[e - 1])]
+
+    def phase(self, s: int, e: int, infer: bool) -> tuple[str | None, int]:
+        best = None  # (tier, -start, phase): highest tier, then first mention
+        for ps, pe, phase, tier in self.phases:
+            if ps < s or pe > e or (not infer and tier in (0, 2)):
+                continue
+            key = (tier, -ps, phase)
+            if best is None or key > best:
+                best = key
+        return (None, -1) if best is None else (best[2], best[0])
+
+
+def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int], status: str, index: int,
+                    section: str, config: ReportConfig) -> Finding | None:
+    s, e = unit
+    raw = info.span_text(s, e)
+    text = clean_text(raw)
+    if not any(c.isalpha() for c in text) or sum(map(str.isalnum, text)) < max(config.min_chars, 1):
+        return None
+    lats = [(p, lab) for p, lab in info.lats if s <= p < e]
+    texts = info.texts
+    organs: list[str] = []
+    organ_sides: dict[str, list[str]] = {}
+    for os_, oe, label in info.organs:
+        if os_ < s or oe > e:
+            continue
+        # the mention's own side: a laterality word at most 4 tokens before it with no ",;." between,
+        # else one right after it ("kidney, left" / "kidney left")
+        local = [lab for pos, lab in lats if os_ - 4 <= pos < os_
+                 and not any(texts[k] in (",", ";", ".") for k in range(pos, os_))]
+        if not local:
+            local = [lab for pos, lab in lats if oe <= pos <= oe + 1]
+        side = ("bilateral" if "bilateral" in local else local[-1]) if local else None
+        for organ in label.split("+"):
+            if organ not in organs:
+                organs.append(organ)
+            if side:
+                organ_sides.setdefault(organ, []).append(side)
+    unit_lat = _combine(lab for _, lab in lats)
+    ts: list[str] = []
+    for organ in organs:
+        side = _combine(organ_sides.get(organ, ()))
+        if side is None and organ in lx.PAIRED_ORGANS:
+            side = unit_lat
+        for lab in lx.ts_labels_for(organ, side):
+            if lab not in ts:
+                ts.append(lab)
+    phase, tier = info.phase(s, e, config.infer_phase)
+    if config.inherit_sentence_phase and tier < 3 and sent != unit:
+        sphase, stier = info.phase(sent[0], sent[1], config.infer_phase)
+        if stier == 3:
+            phase = sphase
+    has_digit = _DIGIT.search(raw) is not None
+    return Finding(
+        finding_index=index,
+        section=section,
+        text=text,
+        organs=organs,
+        ts_labels=ts,
+        status=status,
+        laterality=unit_lat,
+        measurements_mm=measurements_mm(raw) if has_digit else [],
+        phase_hint=phase,
+        image_refs=image_refs(raw) if has_digit else [],
+        language="en",
+        segmenter=SEGMENTER_ID,
+    )
+
+
+_DIGIT = re.compile(r"\d")
+
+
+def segment_report_rules(text: str, config: ReportConfig | None = None) -> list[Finding]:
+    config = config or ReportConfig()
+    check_text(text, config)
+    chunks: list[tuple[str, str]] = []
+    for section, body in split_sections(text):
+        if section not in config.sections:
+            continue
+        chunks.extend((section, c) for c in chunk_paragraphs(body, config.max_chunk_chars))
+    nlp = get_nlp(config.split_compound)
+    findings: list[Finding] = []
+    docs = nlp.pipe(c for _, c in chunks)
+    for (section, _), doc in zip(chunks, docs):
+        info = _DocInfo(doc)
+        ks = doc.user_data["ks"]
+        sents = ks["sents"]
+        for (s, e, si), status in zip(ks["units"], ks["status"]):
+            f = unit_to_finding(info, (s, e), sents[si], status, len(findings), section, config)
+            if f is not None:
+                findings.append(f)
+    return findings

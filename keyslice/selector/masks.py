@@ -1,0 +1,592 @@
+"""Organ masks shipped with a study, resampled onto a series by WORLD coordinates.
+
+``find_masks(study_dir)`` convention (all optional, all combined):
+
+* a folder named ``segmentations/`` (anywhere in the study) of per-structure binary NIfTI
+  files ``<structure>.nii.gz`` — TotalSegmentator's default output;
+* multi-label NIfTI files whose name contains ``seg`` (``*seg*.nii.gz`` / ``*seg*.nii``)
+  outside such a folder, each with an optional label map JSON beside it named
+  ``<stem>.json`` or ``<stem>_labels.json`` (``{"1": "spleen", ...}`` or ``{"spleen": 1}``);
+  without one, the TotalSegmentator v2 ``total`` labels (:data:`~keyslice.selector.ts_labels.TOTAL_LABELS`);
+* DICOM-SEG files (SOP class Segmentation Storage) anywhere in the study; segment names
+  are their SegmentLabel (or the property type's CodeMeaning), lower-cased with ``_`` for
+  spaces, so "Liver" answers the TotalSegmentator label ``liver``.
+
+When several sources hold a label, the first in that order (then sorted path) is used.
+
+World frames: NIfTI affines are RAS+ (+x toward the patient's right, +y anterior); DICOM
+(series and SEG) is LPS+ (+x toward the patient's left, +y posterior). Every NIfTI affine is converted with ``diag(-1, -1, 1)`` before any
+comparison. Resampling is nearest-neighbour: each pixel centre of each series slice
+(its exact ImagePositionPatient) is mapped into the mask's voxel grid. Because only world
+coordinates are used, a mask on another grid (coarser, flipped, another series of the same
+frame of reference) maps correctly, and a mask whose affine is wrong (the
+``example_ct_sm.nii.gz`` trap: slices 82-111 of a CT with the affine of slice 0) maps to
+the wrong place or nowhere — never silently onto slice indices.
+
+Mismatch policy: :meth:`OrganMasks.check_overlap` raises :class:`~keyslice.errors.MaskError`
+when no mask's world bounding box intersects the series (the mask belongs to another
+study, or its affine is wrong); :meth:`OrganMasks.z_range` returns ``None`` when none of the
+requested labels exists in the masks or none of their voxels falls on a series slice.
+An unreadable mask file raises MaskError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from keyslice.errors import MaskError, ModelWeightsMissingError
+from keyslice.selector.ts_labels import TOTAL_LABELS
+
+log = logging.getLogger(__name__)
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Most pixel samples per series slice when resampling (the in-plane stride grows beyond).
+MAX_SAMPLES_PER_SLICE = 256 * 256
+
+
+def normalize_label(name: str) -> str:
+    return "_".join(str(name).strip().lower().replace("-", " ").split())
+
+
+# --------------------------------------------------------------------------- label sources
+
+
+class _Source:
+    """One file (or folder) of masks: answers which world points lie inside given labels."""
+
+    description: str
+
+    def labels(self) -> set[str]:
+        raise NotImplementedError
+
+    def bbox_world(self, names: list[str]) -> np.ndarray | None:
+        """8 world (LPS) corners of the bounding box of the labels' voxels, or None if empty."""
+        raise NotImplementedError
+
+    def full_bbox_world(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(self, names: list[str], points: np.ndarray) -> np.ndarray:
+        """bool [N]: whether each LPS world point falls in a voxel of one of the labels."""
+        raise NotImplementedError
+
+
+def _corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Voxel-index box [lo-0.5, hi+0.5] corners, [8, 3]."""
+    lo = np.asarray(lo, float) - 0.5
+    hi = np.asarray(hi, float) + 0.5
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
+class _NiftiLabels(_Source):
+    """A NIfTI label image: multi-label (value -> name) or one binary structure."""
+
+    def __init__(self, path: Path, names: dict[int, str] | None = None, single: str | None = None):
+        self.path = Path(path)
+        self.single = single
+        self.names = names
+        self.description = str(self.path)
+        self._data = None
+        self._lock = threading.Lock()
+        self._bbox_cache: dict[tuple, np.ndarray | None] = {}
+        try:
+            import nibabel as nib
+
+            self._img = nib.load(str(self.path))
+        except Exception as e:
+            raise MaskError(f"cannot read mask {self.path.name}: {e}") from e
+        if len(self._img.shape) < 3:
+            raise MaskError(f"mask {self.path.name} is not 3-D (shape {self._img.shape})")
+        self.affine = RAS_TO_LPS @ self._img.affine          # LPS world from voxel (i, j, k)
+        self.inv = np.linalg.inv(self.affine)
+        self.shape = tuple(self._img.shape[:3])
+        if single is None:
+            self.by_name = {normalize_label(v): int(k) for k, v in (names or {}).items()}
+
+    @property
+    def data(self) -> np.ndarray:
+        with self._lock:
+            if self._data is None:
+                try:
+                    d = np.asanyarray(self._img.dataobj)
+                except Exception as e:
+                    raise MaskError(f"cannot read mask data of {self.path.name}: {e}") from e
+                if d.ndim == 4 and d.shape[3] == 1:
+                    d = d[..., 0]
+                if d.ndim != 3:
+                    raise MaskError(f"mask {self.path.name} is not 3-D (shape {d.shape})")
+                if d.dtype.kind == "f":
+                    d = np.rint(d).astype(np.int32)
+                self._data = d
+            return self._data
+
+    def labels(self) -> set[str]:
+        if self.single is not None:
+            return {self.single}
+        return set(self.by_name)
+
+    def _values(self, names: list[str]) -> list[int]:
+        if self.single is not None:
+            return [1] if self.single in names else []
+        return [self.by_name[n] for n in names if n in self.by_name]
+
+    def _hit(self, vals: np.ndarray, values: list[int]) -> np.ndarray:
+        if self.single is not None:
+            return vals > 0
+        return np.isin(vals, values)
+
+    def bbox_world(self, names: list[str]) -> np.ndarray | None:
+        key = tuple(sorted(names))
+        if key in self._bbox_cache:
+            return self._bbox_cache[key]
+        values = self._values(names)
+        out = None
+        if values:
+            m = self._hit(self.data, values)
+            if m.any():
+                idx = [np.nonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+                lo = np.array([i[0] for i in idx])
+                hi = np.array([i[-1] for i in idx])
+                out = self._to_world(_corners(lo, hi))
+        self._bbox_cache[key] = out
+        return out
+
+    def full_bbox_world(self) -> np.ndarray:
+        return self._to_world(_corners(np.zeros(3), np.array(self.shape) - 1))
+
+    def _to_world(self, ijk: np.ndarray) -> np.ndarray:
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def sample(self, names: list[str], points: np.ndarray) -> np.ndarray:
+        values = self._values(names)
+        out = np.zeros(len(points), dtype=bool)
+        if not values:
+            return out
+        ijk = np.rint(points @ self.inv[:3, :3].T + self.inv[:3, 3]).astype(np.int64)
+        inside = np.all((ijk >= 0) & (ijk < np.array(self.shape)), axis=1)
+        if inside.any():
+            d = self.data
+            sel = ijk[inside]
+            out[inside] = self._hit(d[sel[:, 0], sel[:, 1], sel[:, 2]], values)
+        return out
+
+
+class _StructureFolder(_Source):
+    """TotalSegmentator-style folder: one binary NIfTI per structure."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.description = str(self.folder)
+        self.files: dict[str, Path] = {}
+        for p in sorted(self.folder.iterdir()):
+            if p.name.endswith(".nii.gz") or p.name.endswith(".nii"):
+                stem = p.name[:-7] if p.name.endswith(".nii.gz") else p.name[:-4]
+                self.files[normalize_label(stem)] = p
+        self._open: dict[str, _NiftiLabels] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, name: str) -> _NiftiLabels:
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = _NiftiLabels(self.files[name], single=name)
+            return self._open[name]
+
+    def labels(self) -> set[str]:
+        return set(self.files)
+
+    def bbox_world(self, names: list[str]) -> np.ndarray | None:
+        boxes = [b for n in names if n in self.files for b in [self._get(n).bbox_world([n])] if b is not None]
+        return np.concatenate(boxes) if boxes else None
+
+    def full_bbox_world(self) -> np.ndarray:
+        if not self.files:
+            return np.zeros((0, 3))
+        return self._get(next(iter(self.files))).full_bbox_world()
+
+    def sample(self, names: list[str], points: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(points), dtype=bool)
+        for n in names:
+            if n in self.files:
+                out |= self._get(n).sample([n], points)
+        return out
+
+
+class _DicomSeg(_Source):
+    """A DICOM Segmentation (BINARY, FRACTIONAL or LABELMAP) of single planes in LPS world."""
+
+    def __init__(self, path: Path):
+        import pydicom
+
+        self.path = Path(path)
+        self.description = str(self.path)
+        try:
+            ds = pydicom.dcmread(self.path)
+            frames = ds.pixel_array
+        except Exception as e:
+            raise MaskError(f"cannot read DICOM-SEG {self.path.name}: {e}") from e
+        if frames.ndim == 2:
+            frames = frames[None]
+        seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
+        if seg_type == "FRACTIONAL":
+            frames = frames > (int(ds.get("MaximumFractionalValue", 255)) / 2)
+        try:
+            shared = ds.SharedFunctionalGroupsSequence[0]
+            per_frame = ds.PerFrameFunctionalGroupsSequence
+        except (AttributeError, IndexError) as e:
+            raise MaskError(f"DICOM-SEG {self.path.name} lacks functional groups: {e}") from e
+
+        def group(fg, name):
+            return getattr(fg, name, None) or getattr(shared, name, None)
+
+        self.segments: dict[str, int] = {}
+        for seg in ds.SegmentSequence:
+            label = seg.get("SegmentLabel") or ""
+            try:
+                meaning = seg.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
+            except (AttributeError, IndexError):
+                meaning = ""
+            for nm in (label, meaning):
+                if nm:
+                    self.segments.setdefault(normalize_label(nm), int(seg.SegmentNumber))
+        # planes: (segment number or None for LABELMAP, origin, row cosine, col cosine, spacing, 2-D mask)
+        self.planes = []
+        for f, fg in enumerate(per_frame):
+            try:
+                ipp = np.asarray(group(fg, "PlanePositionSequence")[0].ImagePositionPatient, float)
+                iop = np.asarray(group(fg, "PlaneOrientationSequence")[0].ImageOrientationPatient, float)
+                ps = np.asarray(group(fg, "PixelMeasuresSequence")[0].PixelSpacing, float)
+            except (TypeError, AttributeError, IndexError) as e:
+                raise MaskError(f"DICOM-SEG {self.path.name} frame {f} lacks plane geometry: {e}") from e
+            seg_id = group(fg, "SegmentIdentificationSequence")
+            number = int(seg_id[0].ReferencedSegmentNumber) if seg_id and seg_type != "LABELMAP" else None
+            self.planes.append((number, ipp, iop, ps, np.asarray(frames[f])))
+        try:
+            pm = shared.PixelMeasuresSequence[0]
+            thick = float(pm.get("SliceThickness") or pm.get("SpacingBetweenSlices") or 0) or None
+        except (AttributeError, IndexError):
+            thick = None
+        self.half_thickness = (thick or 1.0) / 2.0
+        self.shape = (len(self.planes),) + frames.shape[1:]
+
+    def labels(self) -> set[str]:
+        return set(self.segments)
+
+    def _frames_for(self, names: list[str]):
+        numbers = {self.segments[n] for n in names if n in self.segments}
+        for number, ipp, iop, ps, frame in self.planes:
+            if number is None:  # LABELMAP: pixel values are segment numbers
+                m = np.isin(frame, list(numbers))
+            elif number in numbers:
+                m = frame > 0
+            else:
+                continue
+            yield ipp, iop, ps, m
+
+    @staticmethod
+    def _plane_world(ipp, iop, ps, i, j):
+        return ipp + np.outer(i, iop[:3] * ps[1]).reshape(-1, 3) + np.outer(j, iop[3:] * ps[0]).reshape(-1, 3)
+
+    def bbox_world(self, names: list[str]) -> np.ndarray | None:
+        pts = []
+        for ipp, iop, ps, m in self._frames_for(names):
+            if m.any():
+                rows = np.nonzero(m.any(axis=1))[0]
+                cols = np.nonzero(m.any(axis=0))[0]
+                n = np.cross(iop[:3], iop[3:])
+                for i in (cols[0] - 0.5, cols[-1] + 0.5):
+                    for j in (rows[0] - 0.5, rows[-1] + 0.5):
+                        p = ipp + i * iop[:3] * ps[1] + j * iop[3:] * ps[0]
+                        pts += [p - n * self.half_thickness, p + n * self.half_thickness]
+        return np.array(pts) if pts else None
+
+    def full_bbox_world(self) -> np.ndarray:
+        pts = []
+        for _, ipp, iop, ps, frame in self.planes:
+            r, c = frame.shape
+            n = np.cross(iop[:3], iop[3:])
+            for i in (-0.5, c - 0.5):
+                for j in (-0.5, r - 0.5):
+                    p = ipp + i * iop[:3] * ps[1] + j * iop[3:] * ps[0]
+                    pts += [p - n * self.half_thickness, p + n * self.half_thickness]
+        return np.array(pts)
+
+    def sample(self, names: list[str], points: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(points), dtype=bool)
+        for ipp, iop, ps, m in self._frames_for(names):
+            n = np.cross(iop[:3], iop[3:])
+            rel = points - ipp
+            near = np.abs(rel @ n) <= self.half_thickness + 1e-4
+            if not near.any():
+                continue
+            i = np.rint(rel[near] @ iop[:3] / ps[1]).astype(np.int64)
+            j = np.rint(rel[near] @ iop[3:] / ps[0]).astype(np.int64)
+            ok = (i >= 0) & (i < m.shape[1]) & (j >= 0) & (j < m.shape[0])
+            hit = np.zeros(len(i), dtype=bool)
+            hit[ok] = m[j[ok], i[ok]]
+            idx = np.nonzero(near)[0]
+            out[idx] |= hit
+        return out
+
+
+# --------------------------------------------------------------------------- OrganMasks
+
+
+class OrganMasks:
+    """Masks of one study from one or more sources; answers per-series questions by world coordinates."""
+
+    def __init__(self, sources: list[_Source]):
+        self.sources = list(sources)
+        self._memo: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OrganMasks({[s.description for s in self.sources]})"
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_nifti(cls, path: Path, labels: dict[int, str] | Path | None = None) -> "OrganMasks":
+        """A multi-label NIfTI; ``labels`` is a dict or a JSON file (default: TotalSegmentator total labels)."""
+        if isinstance(labels, (str, Path)):
+            labels = read_label_json(Path(labels))
+        return cls([_NiftiLabels(Path(path), names=labels or TOTAL_LABELS)])
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "OrganMasks":
+        """A folder of per-structure binary NIfTI files (TotalSegmentator's output)."""
+        return cls([_StructureFolder(Path(folder))])
+
+    @classmethod
+    def from_dicom_seg(cls, path: Path) -> "OrganMasks":
+        return cls([_DicomSeg(Path(path))])
+
+    # ------------------------------------------------------------ queries
+    def labels(self) -> set[str]:
+        out: set[str] = set()
+        for s in self.sources:
+            out |= s.labels()
+        return out
+
+    def _resolve(self, ts_labels) -> list[tuple[_Source, list[str]]]:
+        wanted = [normalize_label(x) for x in ts_labels]
+        plan, done = [], set()
+        for s in self.sources:
+            have = [n for n in wanted if n in s.labels() and n not in done]
+            if have:
+                plan.append((s, have))
+                done |= set(have)
+        return plan
+
+    def present_labels(self, ts_labels) -> list[str]:
+        return sorted({n for _, names in self._resolve(ts_labels) for n in names})
+
+    def check_overlap(self, volume) -> None:
+        """Raise MaskError when no mask source's world extent intersects the series' extent."""
+        vlo, vhi = _volume_bounds(volume)
+        for s in self.sources:
+            box = s.full_bbox_world()
+            if len(box) and np.all(box.max(0) >= vlo - 1e-3) and np.all(box.min(0) <= vhi + 1e-3):
+                return
+        descr = "; ".join(
+            f"{Path(s.description).name}: {np.round(s.full_bbox_world().min(0), 1).tolist()}.."
+            f"{np.round(s.full_bbox_world().max(0), 1).tolist()}" for s in self.sources)
+        raise MaskError(
+            f"no organ mask overlaps the series in world coordinates (series LPS extent "
+            f"{np.round(vlo, 1).tolist()}..{np.round(vhi, 1).tolist()} mm; masks {descr}). The mask belongs to "
+            f"another series/frame of reference or its affine is wrong (NIfTI must be RAS, DICOM is LPS).")
+
+    def presence(self, ts_labels, volume) -> np.ndarray:
+        """bool [n_slices]: whether any of the labels is present on each series slice (world-resampled)."""
+        key = ("presence", tuple(sorted(normalize_label(x) for x in ts_labels)), id(volume))
+        with self._lock:
+            if key in self._memo:
+                return self._memo[key]
+        out = np.zeros(volume.n_slices, dtype=bool)
+        for source, names in self._resolve(ts_labels):
+            box = source.bbox_world(names)
+            if box is None:
+                continue
+            out |= _presence_on_volume(source, names, box, volume)
+        with self._lock:
+            self._memo[key] = out
+        return out
+
+    def z_range(self, ts_labels, volume) -> tuple[float, float] | None:
+        """(z_min_mm, z_max_mm) along the series normal of the slices holding any of the labels,
+        or None when no label is in the masks or none falls on a slice of this series."""
+        p = self.presence(ts_labels, volume)
+        if not p.any():
+            return None
+        z = np.asarray(volume.z_mm)[p]
+        return float(z.min()), float(z.max())
+
+    def resample(self, ts_labels, volume, stride: int = 1) -> np.ndarray:
+        """bool [n, rows/stride, cols/stride]: the labels' union on the series grid (nearest neighbour)."""
+        n, rows, cols = volume.shape
+        jj, ii = np.meshgrid(np.arange(0, rows, stride), np.arange(0, cols, stride), indexing="ij")
+        out = np.zeros((n,) + jj.shape, dtype=bool)
+        plan = self._resolve(ts_labels)
+        for k in range(n):
+            pts = volume.slice_world(k, ii.ravel(), jj.ravel())
+            for source, names in plan:
+                out[k] |= source.sample(names, pts).reshape(jj.shape)
+        return out
+
+
+def _volume_bounds(volume) -> tuple[np.ndarray, np.ndarray]:
+    n, rows, cols = volume.shape
+    pts = []
+    for k in (0, n - 1):
+        pts.append(volume.slice_world(k, np.array([-0.5, cols - 0.5, -0.5, cols - 0.5]),
+                                      np.array([-0.5, -0.5, rows - 0.5, rows - 0.5])))
+    pts = np.concatenate(pts)
+    half = volume.normal * ((volume.slice_thickness or 1.0) / 2.0)
+    pts = np.concatenate([pts - half, pts + half])
+    return pts.min(0), pts.max(0)
+
+
+def _presence_on_volume(source: _Source, names: list[str], box: np.ndarray, volume) -> np.ndarray:
+    """Sample each series slice inside the (projected) bounding box of the labels."""
+    n, rows, cols = volume.shape
+    out = np.zeros(n, dtype=bool)
+    normal = volume.normal
+    zb = box @ normal
+    z = np.asarray(volume.z_mm)
+    step = float(np.median(np.diff(z))) if n > 1 else (volume.slice_thickness or 1.0)
+    ks = np.nonzero((z >= zb.min() - step / 2) & (z <= zb.max() + step / 2))[0]
+    if len(ks) == 0:
+        return out
+    o = volume.orientation
+    ps_row, ps_col = volume.pixel_spacing
+    for k in ks:
+        rel = box - volume.positions[k]
+        ib = rel @ o[:3] / ps_col
+        jb = rel @ o[3:] / ps_row
+        i0, i1 = max(0, int(np.floor(ib.min()))), min(cols - 1, int(np.ceil(ib.max())))
+        j0, j1 = max(0, int(np.floor(jb.min()))), min(rows - 1, int(np.ceil(jb.max())))
+        if i0 > i1 or j0 > j1:
+            continue
+        area = (i1 - i0 + 1) * (j1 - j0 + 1)
+        stride = max(1, int(np.ceil(np.sqrt(area / MAX_SAMPLES_PER_SLICE))))
+        jj, ii = np.meshgrid(np.arange(j0, j1 + 1, stride), np.arange(i0, i1 + 1, stride), indexing="ij")
+        pts = volume.slice_world(k, ii.ravel(), jj.ravel())
+        out[k] = bool(source.sample(names, pts).any())
+    return out
+
+
+def read_label_json(path: Path) -> dict[int, str]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise MaskError(f"cannot read label map {path}: {e}") from e
+    if isinstance(data, list):
+        return {i + 1: str(v) for i, v in enumerate(data)}
+    if isinstance(data, dict):
+        try:
+            if all(str(k).lstrip("-").isdigit() for k in data):
+                return {int(k): str(v) for k, v in data.items()}
+            return {int(v): str(k) for k, v in data.items()}
+        except (TypeError, ValueError) as e:
+            raise MaskError(f"label map {path} is neither {{value: name}} nor {{name: value}}") from e
+    raise MaskError(f"label map {path} is not a JSON object or list")
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _is_seg_nifti(p: Path) -> bool:
+    n = p.name.lower()
+    return (n.endswith(".nii.gz") or n.endswith(".nii")) and "seg" in n
+
+
+def _labels_for(p: Path) -> dict[int, str]:
+    stem = p.name[:-7] if p.name.endswith(".nii.gz") else p.name[:-4]
+    for cand in (p.with_name(stem + ".json"), p.with_name(stem + "_labels.json")):
+        if cand.is_file():
+            return read_label_json(cand)
+    return TOTAL_LABELS
+
+
+def _is_dicom_seg(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            return False
+        import pydicom
+
+        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID", "Modality"])
+        return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS or str(ds.get("Modality", "")) == "SEG"
+    except Exception:
+        return False
+
+
+def find_masks(study_dir: Path) -> OrganMasks | None:
+    """Precomputed masks shipped with a study (see the module docstring), or None when there are none."""
+    study_dir = Path(study_dir)
+    folders, niftis, segs = [], [], []
+    for root, dirs, files in os.walk(study_dir):
+        dirs.sort()
+        root_p = Path(root)
+        if root_p.name == "segmentations" and root_p != study_dir:
+            folders.append(root_p)
+            dirs[:] = []
+            continue
+        for name in sorted(files):
+            p = root_p / name
+            if _is_seg_nifti(p):
+                niftis.append(p)
+            elif not name.lower().endswith((".nii", ".nii.gz", ".json", ".txt", ".png", ".jpg", ".csv", ".md")):
+                if _is_dicom_seg(p):
+                    segs.append(p)
+    sources: list[_Source] = [_StructureFolder(f) for f in folders]
+    sources += [_NiftiLabels(p, names=_labels_for(p)) for p in niftis]
+    sources += [_DicomSeg(p) for p in segs]
+    return OrganMasks(sources) if sources else None
+
+
+# --------------------------------------------------------------------------- TotalSegmentator
+
+
+def totalsegmentator_weights_dir() -> Path:
+    home = os.environ.get("TOTALSEG_HOME_DIR")
+    return Path(home) if home else Path.home() / ".totalsegmentator"
+
+
+def run_totalsegmentator(input_nifti: Path, output_dir: Path, *, fast: bool = True, device: str = "gpu",
+                         roi_subset: list[str] | None = None) -> OrganMasks:
+    """Segment a CT (NIfTI; see :func:`volume_to_nifti`) with TotalSegmentator's python API and return
+    its per-structure masks. Raises ModelWeightsMissingError when TotalSegmentator or its weights
+    are not installed (it is an optional extra and needs a download)."""
+    try:
+        from totalsegmentator.python_api import totalsegmentator
+    except ImportError as e:
+        raise ModelWeightsMissingError(
+            "TotalSegmentator is not installed: `pip install 'keyslice[totalsegmentator]'` (TotalSegmentator==2.18.0), "
+            "then `totalseg_download_weights -t total_fast` (or `-t total`) with network; weights go to "
+            "$TOTALSEG_HOME_DIR (default ~/.totalsegmentator). Or ship precomputed masks with the study "
+            "(segmentations/*.nii.gz, *seg*.nii.gz or a DICOM-SEG; see keyslice.selector.masks)") from e
+    wdir = totalsegmentator_weights_dir() / "nnunet" / "results"
+    if not wdir.is_dir() or not any(wdir.iterdir()):
+        raise ModelWeightsMissingError(
+            f"TotalSegmentator weights are not in {wdir}: run `totalseg_download_weights -t "
+            f"{'total_fast' if fast else 'total'}` with network (set TOTALSEG_HOME_DIR to choose the folder)")
+    output_dir = Path(output_dir)
+    totalsegmentator(str(input_nifti), str(output_dir), fast=fast, roi_subset=roi_subset, device=device, quiet=True)
+    return OrganMasks.from_folder(output_dir)
+
+
+def volume_to_nifti(volume, path: Path) -> Path:
+    """Write a Volume as NIfTI (RAS affine) for tools such as TotalSegmentator."""
+    import nibabel as nib
+
+    data = np.transpose(volume.hu, (2, 1, 0))  # [i, j, k]
+    aff = RAS_TO_LPS @ volume.affine
+    nib.save(nib.Nifti1Image(data.astype(np.int16), aff), str(path))
+    return Path(path)

@@ -1,0 +1,319 @@
+"""Choose the key slice(s) of a series for each finding sentence.
+
+For every query (one finding sentence):
+
+1. choose a display window (from its organs, or ``SelectorConfig.window``);
+2. embed the series' slices in that window — once per (series, model, window), reused by
+   every query of the study (memoised on the Volume, and in the on-disk
+   :class:`~keyslice.selector.cache.EmbeddingCache` when given) — with batched device-side
+   preprocessing, pinned-memory transfers and bf16 autocast on CUDA, while the series is
+   still being decoded by :func:`~keyslice.selector.volume.load_volume`'s thread pool;
+3. embed the sentences (once per sentence hash);
+4. score all sentences of a window against all slices with one matrix product of unit
+   vectors (cosine similarity), optionally smooth each curve along z with a Gaussian
+   (``smooth_sigma`` in slices), optionally restrict to the z-range of the finding's
+   organ in the study's masks, and take top-1 / top-k.
+
+Slice embeddings are rounded through float16 (the cache's storage type) whether or not a
+cache is used, so a cached rerun scores exactly like the first run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from keyslice.errors import MaskError, TransientError
+from keyslice.selector.cache import EmbeddingCache, geometry_fingerprint, text_hash
+from keyslice.selector.model import ClipEncoder
+from keyslice.selector.preprocess import PREPROCESS_VERSION, preprocess_batch
+from keyslice.selector.windows import choose_window, get_window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    top_k: int = 5
+    window: str = "auto"                # "auto": per query from its organs; or a window name / "W<w>L<l>"
+    smooth_sigma: float = 0.0           # Gaussian sigma along z, in slices; 0 = off
+    batch_size: int | str = "auto"      # "auto": from free GPU memory (CUDA) or 16 (CPU)
+    restrict_to_organ: bool = True      # use the masks' z-range of the query's ts_labels when available
+    z_margin_mm: float = 0.0            # widen the organ z-range by this much on both sides
+    on_mask_mismatch: str = "raise"     # masks that do not overlap the series: "raise" MaskError or "ignore"
+    prefetch_batches: int = 2           # batches prepared (decoded, pinned) ahead of the encoder
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        if self.window != "auto":
+            get_window(self.window)
+        if self.on_mask_mismatch not in ("raise", "ignore"):
+            raise ValueError("on_mask_mismatch must be 'raise' or 'ignore'")
+        if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):
+            raise ValueError("batch_size must be 'auto' or a positive int")
+
+
+@dataclass(frozen=True)
+class Query:
+    finding_id: str
+    text: str
+    organs: list[str] = field(default_factory=list)
+    ts_labels: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SliceChoice:
+    finding_id: str
+    window: str
+    n_slices: int
+    top1_index: int
+    top1_score: float
+    topk_indices: tuple[int, ...]
+    topk_scores: tuple[float, ...]
+    restricted_to: str | None
+    z_range_mm: tuple[float, float] | None
+    top1_instance_number: int | None = None
+    top1_z_mm: float | None = None
+    model_id: str = ""
+    weights_sha256: str = ""
+    curve: tuple[float, ...] = field(default=(), repr=False, compare=False)  # scores of every slice
+
+    def record(self) -> dict:
+        """The fields of a ``selections`` row that the selector knows (the caller adds study_id,
+        series_id, image_path, created_at)."""
+        return {
+            "finding_id": self.finding_id, "model_id": self.model_id, "weights_sha256": self.weights_sha256,
+            "window": self.window, "n_slices": self.n_slices, "top1_index": self.top1_index,
+            "top1_instance_number": self.top1_instance_number, "top1_z_mm": self.top1_z_mm,
+            "top1_score": self.top1_score, "topk_indices": list(self.topk_indices),
+            "topk_scores": list(self.topk_scores), "restricted_to": self.restricted_to,
+            "z_range_mm": list(self.z_range_mm) if self.z_range_mm is not None else None,
+        }
+
+
+# --------------------------------------------------------------------------- batch size
+
+
+def auto_batch_size(encoder: ClipEncoder, slice_hw: tuple[int, int]) -> int:
+    """CPU: 16. CUDA: what half the free device memory holds, from a per-image estimate."""
+    if encoder.device.type != "cuda":
+        return 16
+    free, _total = torch.cuda.mem_get_info(encoder.device)
+    visual = getattr(encoder.model, "visual", None)
+    width = getattr(getattr(visual, "transformer", None), "width", 1024)
+    heads = max(1, width // 64)
+    grid = getattr(visual, "grid_size", (encoder.image_size // 16, encoder.image_size // 16))
+    tokens = int(np.prod(grid)) + 1
+    act = 2 if encoder.precision in ("bf16", "fp16") else 4
+    per_image = (tokens * 4 * width * act * 3           # MLP hidden + residual stream, a few live copies
+                 + tokens * tokens * heads * 4           # attention scores (fp32 softmax worst case)
+                 + slice_hw[0] * slice_hw[1] * 4 * 4     # HU, windowed and resized intermediates
+                 + 3 * encoder.image_size ** 2 * 4 * 2)  # model input
+    bs = int(0.5 * free / per_image)
+    return int(max(8, min(512, bs // 8 * 8 or 8)))
+
+
+# --------------------------------------------------------------------------- slice embeddings
+
+
+def _encode_batch(encoder: ClipEncoder, hu: torch.Tensor, window) -> torch.Tensor:
+    x = hu.to(encoder.device, non_blocking=True)
+    x = preprocess_batch(x, window, encoder.image_size, encoder.mean, encoder.std, resize_mode=encoder.resize_mode)
+    return encoder.encode_images(x)
+
+
+def _encode_robust(encoder: ClipEncoder, hu: torch.Tensor, window, state: dict) -> list[torch.Tensor]:
+    """Encode, halving the batch on CUDA out-of-memory (and remembering the smaller size)."""
+    try:
+        return [_encode_batch(encoder, hu, window)]
+    except torch.OutOfMemoryError as e:
+        if encoder.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if hu.shape[0] <= 1:
+            raise TransientError(f"out of GPU memory encoding a single slice: {e}") from e
+        half = hu.shape[0] // 2
+        state["batch_size"] = max(1, half)
+        log.warning("CUDA OOM at batch %d; retrying with %d", hu.shape[0], half)
+        return _encode_robust(encoder, hu[:half], window, state) + _encode_robust(encoder, hu[half:], window, state)
+
+
+def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: int | str = "auto",
+                  prefetch: int = 2) -> torch.Tensor:
+    """Embed every slice of ``volume`` in one window: ``[n, D]`` float32 unit vectors (CPU).
+
+    A single helper thread prepares the next ``prefetch`` batches (waits for their slices to
+    be decoded, copies them into pinned memory on CUDA) while the current batch is
+    preprocessed and encoded on the device.
+    """
+    window = get_window(window_name)
+    n, rows, cols = volume.shape
+    bs = auto_batch_size(encoder, (rows, cols)) if batch_size == "auto" else int(batch_size)
+    pin = encoder.device.type == "cuda"
+
+    def produce(start: int, stop: int) -> torch.Tensor:
+        t = torch.from_numpy(volume.slab(start, stop))
+        return t.pin_memory() if pin else t
+
+    starts = list(range(0, n, bs))
+    state = {"batch_size": bs}
+    out: list[torch.Tensor] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyslice-prefetch") as ex:
+        queue = deque(ex.submit(produce, s, min(n, s + bs)) for s in starts[: max(1, prefetch)])
+        nxt = len(queue)
+        while queue:
+            hu = queue.popleft().result()
+            if nxt < len(starts):
+                s = starts[nxt]
+                queue.append(ex.submit(produce, s, min(n, s + bs)))
+                nxt += 1
+            out.extend(_encode_robust(encoder, hu, window, state))
+    return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
+
+
+def slice_embeddings(volume, window_name: str, encoder: ClipEncoder, *, batch_size: int | str = "auto",
+                     cache: EmbeddingCache | None = None, cache_key: str | None = None,
+                     prefetch: int = 2) -> torch.Tensor:
+    """Slice embeddings of one (series, model, window): from the Volume's memo, the disk cache, or
+    computed once (then stored in both). float16-rounded float32 ``[n, D]``."""
+    memo_key = (encoder.model_id, encoder.weights_sha256, window_name, PREPROCESS_VERSION)
+    memo = volume._emb_memo
+    if memo_key in memo:
+        return memo[memo_key]
+    disk_key = None
+    if cache is not None and cache_key is not None:
+        disk_key = cache.image_key(cache_key, encoder.model_id, encoder.weights_sha256, window_name,
+                                   PREPROCESS_VERSION, geometry_fingerprint(volume))
+        hit = cache.get_images(disk_key)
+        if hit is not None and hit.shape[0] == volume.n_slices:
+            emb = torch.from_numpy(hit)
+            memo[memo_key] = emb
+            return emb
+    emb = encode_volume(volume, window_name, encoder, batch_size, prefetch)
+    emb16 = emb.to(torch.float16)
+    if disk_key is not None:
+        cache.put_images(disk_key, emb16.numpy())
+    emb = emb16.float()
+    memo[memo_key] = emb
+    return emb
+
+
+def text_embeddings(texts: list[str], encoder: ClipEncoder, cache: EmbeddingCache | None = None) -> torch.Tensor:
+    """``[len(texts), D]``; each distinct sentence encoded once (memo on the encoder + disk cache by hash)."""
+    memo = encoder.__dict__.setdefault("_text_memo", {})
+    mkey = EmbeddingCache.model_key(encoder.model_id, encoder.weights_sha256)
+    missing = []
+    for t in dict.fromkeys(texts):
+        h = text_hash(t)
+        if h in memo:
+            continue
+        if cache is not None:
+            hit = cache.get_text(mkey, t)
+            if hit is not None:
+                memo[h] = torch.from_numpy(hit)
+                continue
+        missing.append(t)
+    if missing:
+        emb = encoder.encode_texts(missing).to(torch.float16)
+        for t, e in zip(missing, emb):
+            memo[text_hash(t)] = e.float()
+            if cache is not None:
+                cache.put_text(mkey, t, e.numpy())
+    if not texts:
+        return torch.zeros(0, encoder.embed_dim)
+    return torch.stack([memo[text_hash(t)] for t in texts])
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def gaussian_smooth(scores: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Smooth ``[q, n]`` curves along the last axis (edge-replicated), sigma in slices."""
+    if sigma <= 0 or scores.shape[-1] < 2:
+        return scores
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).to(scores.dtype)
+    padded = torch.nn.functional.pad(scores.unsqueeze(1), (radius, radius), mode="replicate")
+    return torch.nn.functional.conv1d(padded, k.view(1, 1, -1)).squeeze(1)
+
+
+def window_for_query(query: Query, config: SelectorConfig, encoder: ClipEncoder) -> str:
+    if config.window != "auto":
+        return config.window
+    return choose_window(list(query.organs), default=getattr(encoder, "training_window", None))
+
+
+def select_key_slices(volume, queries: list[Query], encoder: ClipEncoder, config: SelectorConfig,
+                      masks=None, cache: EmbeddingCache | None = None,
+                      cache_key: str | None = None) -> list[SliceChoice]:
+    """One :class:`SliceChoice` per query, in the order of ``queries`` (see the module docstring)."""
+    if not queries:
+        return []
+    windows = [window_for_query(q, config, encoder) for q in queries]
+    use_masks = masks is not None and config.restrict_to_organ and any(q.ts_labels for q in queries)
+    if use_masks:
+        try:
+            masks.check_overlap(volume)
+        except MaskError:
+            if config.on_mask_mismatch == "raise":
+                raise
+            log.warning("masks do not overlap the series; selecting without organ restriction")
+            use_masks = False
+
+    texts = text_embeddings([q.text for q in queries], encoder, cache)
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(windows):
+        groups.setdefault(w, []).append(i)
+
+    results: list[SliceChoice | None] = [None] * len(queries)
+    for window_name, idxs in groups.items():
+        img = slice_embeddings(volume, window_name, encoder, batch_size=config.batch_size, cache=cache,
+                               cache_key=cache_key, prefetch=config.prefetch_batches)
+        volume.wait()  # decode finished: validity of every slice is known
+        valid = torch.from_numpy(np.asarray(volume.valid, dtype=bool))
+        raw = texts[idxs] @ img.T                                    # [q, n] cosine similarities
+        if not bool(valid.all()):
+            fill = raw[:, valid].mean(dim=1, keepdim=True)
+            raw = torch.where(valid.unsqueeze(0), raw, fill)
+        curves = gaussian_smooth(raw, config.smooth_sigma)
+        for row, qi in enumerate(idxs):
+            results[qi] = _choose(volume, queries[qi], window_name, curves[row], valid, config, encoder,
+                                  masks if use_masks else None)
+    return results  # type: ignore[return-value]
+
+
+def _choose(volume, query: Query, window_name: str, curve: torch.Tensor, valid: torch.Tensor,
+            config: SelectorConfig, encoder: ClipEncoder, masks) -> SliceChoice:
+    allowed = valid.clone()
+    restricted_to, z_range = None, None
+    if masks is not None and query.ts_labels:
+        present = masks.present_labels(query.ts_labels)
+        rng = masks.z_range(present, volume) if present else None
+        if rng is not None:
+            z = torch.from_numpy(np.asarray(volume.z_mm, dtype=np.float64))
+            lo, hi = rng[0] - config.z_margin_mm - 1e-3, rng[1] + config.z_margin_mm + 1e-3
+            inside = (z >= lo) & (z <= hi) & valid
+            if bool(inside.any()):
+                allowed = inside
+                restricted_to = "+".join(present)
+                z_range = (float(rng[0]), float(rng[1]))
+    masked = torch.where(allowed, curve, torch.full_like(curve, -math.inf))
+    k = min(config.top_k, int(allowed.sum()))
+    scores, idx = torch.topk(masked, k)
+    top = int(idx[0])
+    inst = volume.instance_numbers[top] if volume.instance_numbers else None
+    return SliceChoice(
+        finding_id=query.finding_id, window=window_name, n_slices=volume.n_slices, top1_index=top,
+        top1_score=float(scores[0]), topk_indices=tuple(int(i) for i in idx),
+        topk_scores=tuple(float(s) for s in scores), restricted_to=restricted_to, z_range_mm=z_range,
+        top1_instance_number=inst, top1_z_mm=float(volume.z_mm[top]), model_id=encoder.model_id,
+        weights_sha256=encoder.weights_sha256, curve=tuple(float(c) for c in curve),
+    )

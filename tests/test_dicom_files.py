@@ -1,0 +1,167 @@
+"""Awkward files, built in tmp_path from the real shared files: no preamble, duplicates,
+non-DICOM named .dcm, truncated files, several series mixed in one folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from keyslice.dicom import NotDicomError, index_study, read_header
+from keyslice.errors import DicomReadError
+from keyslice.pseudonym import Pseudonymizer
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SIEMENS = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"
+PHILIPS_AX = DATA / "philips_phantom_study" / "S21570" / "S2010"
+PHILIPS_LOC = DATA / "philips_phantom_study" / "S21570" / "S1000" / "I10"
+GE_TILT = DATA / "ge_head_ct_tilt"
+DCMQI = DATA / "dcmqi_ct3slice" / "ct-3slice"
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real test data not found at {DATA}")
+PS = Pseudonymizer(b"test-key", "env")
+READERS = ["fast", "pydicom"]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _strip_preamble(src: Path, dst: Path, *, drop_meta: bool = False) -> Path:
+    raw = src.read_bytes()
+    assert raw[128:132] == b"DICM"
+    body = raw[132:]
+    if drop_meta:  # also remove the file meta group: a bare dataset (implicit VR in the dcmqi files)
+        (meta_len,) = struct.unpack_from("<I", body, 8)
+        body = body[12 + meta_len:]
+    dst.write_bytes(body)
+    return dst
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_file_without_preamble_is_read(tmp_path, reader):
+    src = sorted(GE_TILT.glob("*.dcm"))[0]
+    f = _strip_preamble(src, tmp_path / "nopreamble.dcm")
+    h = read_header(f, reader)
+    ref = read_header(src, reader)
+    assert not h.has_preamble and ref.has_preamble
+    assert h.values == ref.values and h.truncated is None
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_bare_dataset_without_meta_is_read(tmp_path, reader):
+    srcs = sorted(DCMQI.glob("*.dcm"))
+    for i, src in enumerate(srcs):
+        _strip_preamble(src, tmp_path / f"bare{i}", drop_meta=True)
+    idx = index_study(tmp_path, PS, reader=reader)
+    assert not idx.skipped_files
+    (s,) = idx.series
+    assert s.row["kept"] and s.row["n_slices"] == 3 and s.row["transfer_syntax"] is None
+    ref = index_study(DCMQI, PS, reader=reader).series[0].row
+    assert {k: v for k, v in s.row.items() if k != "transfer_syntax"} == {
+        k: v for k, v in ref.items() if k != "transfer_syntax"}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_duplicate_instance_dropped_with_warning(tmp_path, reader):
+    files = sorted(GE_TILT.glob("*.dcm"))[:5]
+    for f in files:
+        _copy(f, tmp_path / "a" / f.name)
+    _copy(files[2], tmp_path / "b" / "copy_of_03.dcm")  # same SOPInstanceUID twice
+    idx = index_study(tmp_path, PS, reader=reader)
+    (s,) = idx.series
+    assert s.row["n_instances"] == 5 and s.row["n_slices"] == 5 and len(s.files) == 5
+    assert any("1 duplicate instance(s) dropped (same SOPInstanceUID)" in w for w in s.row["warnings"])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_duplicate_in_fallback_mode(tmp_path, reader):
+    files = sorted(SIEMENS.iterdir())[:4]
+    for f in files:
+        _copy(f, tmp_path / f.name)
+    _copy(files[0], tmp_path / "dup")  # empty SOPInstanceUID: same position + InstanceNumber
+    idx = index_study(tmp_path, PS, reader=reader)
+    (s,) = idx.series
+    assert s.row["grouping"] == "fallback" and s.row["n_instances"] == 4
+    assert any("duplicate" in w and "position" in w for w in s.row["warnings"])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_non_dicom_named_dcm_is_skipped(tmp_path, reader):
+    for f in sorted(GE_TILT.glob("*.dcm"))[:3]:
+        _copy(f, tmp_path / f.name)
+    (tmp_path / "notes.dcm").write_text("this is not a DICOM file\n" * 20)
+    (tmp_path / "random.dcm").write_bytes(os.urandom(4096))
+    # worst case for force=True: starts like a group-0008 element, then garbage
+    (tmp_path / "tricky.dcm").write_bytes(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + os.urandom(2000))
+    idx = index_study(tmp_path, PS, reader=reader)
+    skipped = dict(idx.skipped_files)
+    assert set(skipped) == {"notes.dcm", "random.dcm", "tricky.dcm"}, skipped
+    assert "not DICOM" in skipped["notes.dcm"]
+    assert idx.n_files == 6 and idx.n_dicom == 3 and idx.series[0].row["n_slices"] == 3
+    with pytest.raises(NotDicomError):
+        read_header(tmp_path / "notes.dcm", reader)
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("source", ["ge_native", "siemens_j2k"])
+def test_truncated_file_is_skipped(tmp_path, reader, source):
+    files = sorted(GE_TILT.glob("*.dcm"))[:4] if source == "ge_native" else sorted(SIEMENS.iterdir())[:4]
+    for f in files:
+        _copy(f, tmp_path / f.name)
+    victim = tmp_path / files[1].name
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[: len(raw) - 3000])  # cut inside the pixel data
+    h = read_header(victim, reader)
+    assert h.truncated, h
+    idx = index_study(tmp_path, PS, reader=reader)
+    skipped = dict(idx.skipped_files)
+    assert list(skipped) == [files[1].name] and skipped[files[1].name].startswith("truncated DICOM")
+    (s,) = idx.series
+    assert s.row["n_instances"] == 3
+    assert any("1 truncated file(s) excluded" in w for w in s.row["warnings"])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_file_cut_inside_header(tmp_path, reader):
+    src = sorted(GE_TILT.glob("*.dcm"))[0]
+    (tmp_path / "cut.dcm").write_bytes(src.read_bytes()[:700])
+    _copy(sorted(GE_TILT.glob("*.dcm"))[1], tmp_path / "ok.dcm")
+    idx = index_study(tmp_path, PS, reader=reader)
+    skipped = dict(idx.skipped_files)
+    assert "cut.dcm" in skipped and "ok.dcm" not in skipped
+
+
+def test_no_dicom_at_all_raises(tmp_path):
+    (tmp_path / "report.txt").write_text("Findings: none.")
+    (tmp_path / "a.dcm").write_text("nope")
+    with pytest.raises(DicomReadError, match=r"tried 2 file\(s\).*a\.dcm"):
+        index_study(tmp_path, PS)
+    with pytest.raises(DicomReadError):
+        index_study(tmp_path / "missing", PS)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_mixed_series_in_one_folder(tmp_path, reader):
+    """Philips localizer + axial, GE tilted head and dcmqi slices, all flat in one folder."""
+    _copy(PHILIPS_LOC, tmp_path / "x001")
+    for i, f in enumerate(sorted(PHILIPS_AX.glob("I*"))):
+        _copy(f, tmp_path / f"x1{i:02d}")
+    for i, f in enumerate(sorted(GE_TILT.glob("*.dcm"))):
+        _copy(f, tmp_path / f"x2{i:02d}")
+    for i, f in enumerate(sorted(DCMQI.glob("*.dcm"))):
+        _copy(f, tmp_path / f"x3{i:02d}")
+    idx = index_study(tmp_path, PS, reader=reader, workers=3)
+    got = sorted((s.row["n_slices"], s.row["kept"], s.row["drop_reason"]) for s in idx.series)
+    assert got == [(1, False, "localizer"), (3, True, None), (28, True, None), (28, True, None)]
+
+
+def test_min_slices_is_configurable():
+    idx = index_study(DCMQI.parent, PS, min_slices=4)
+    ct = [s for s in idx.series if s.row["modality"] == "CT"][0]
+    assert ct.row["drop_reason"] == "too_few_slices"

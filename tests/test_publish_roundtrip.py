@@ -1,0 +1,260 @@
+"""Round trip: corpus -> `publish --dry-run` -> `datasets.load_dataset` -> same rows, same pixels, patient splits.
+
+The corpus is written by tests/publish_fixtures.py through CheckpointStore.commit_stage: key slices
+rendered from real GE head CT slices, finding sentences from real ROCO captions; the pairing and the
+VQA pairs are assembled for the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer
+from keyslice.sql import query
+from tests.publish_fixtures import FixtureStudy, write_fixture_corpus
+
+TEST_KEY = "keyslice-publish-test-key"
+FRACTIONS = (0.5, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def corpus_template(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("publish_corpus") / "corpus"
+    fx = write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir)
+    return fx
+
+
+@pytest.fixture
+def corpus(corpus_template, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus_template.root, root)
+    return root, corpus_template
+
+
+def _load(folder: Path, config: str, cache: Path):
+    import datasets
+
+    return datasets.load_dataset(str(folder), config, cache_dir=str(cache))
+
+
+def _pixels(data_or_image) -> np.ndarray:
+    if isinstance(data_or_image, (bytes, bytearray)):
+        data_or_image = Image.open(io.BytesIO(data_or_image))
+    return np.asarray(data_or_image)
+
+
+# Expected rows computed independently of keyslice.publish, in SQL over the corpus views.
+_EXCLUDE = ("coalesce(se.burned_in_annotation, false) = false "
+            "AND coalesce(se.drop_reason, '') <> 'secondary_capture'")
+EXPECTED_SQL = {
+    "vqa": f"""SELECT v.qa_id, v.finding_id, v.study_id, s.patient_id, v.question, v.answer, v.answer_type,
+                      v.question_type, v.options, v.generator, v.prompt_version, v.series_id, se.phase,
+                      v.slice_index, v.image_path
+               FROM vqa v JOIN studies s USING (study_id) JOIN series se ON se.series_id = v.series_id
+               WHERE {_EXCLUDE}""",
+    "findings": f"""SELECT f.finding_id, f.study_id, s.patient_id, sel.series_id, f.finding_index, f.section, f.text,
+                           f.organ, f.organs, f.status, f.laterality, f.measurements_mm, f.phase_hint, f.language,
+                           se.phase, sel.window, sel.top1_index AS slice_index, sel.image_path
+                    FROM findings f JOIN selections sel USING (finding_id) JOIN studies s ON s.study_id = f.study_id
+                    JOIN series se ON se.series_id = sel.series_id WHERE {_EXCLUDE}""",
+    "selections": f"""SELECT sel.finding_id, sel.study_id, s.patient_id, sel.series_id, se.phase, se.phase_confidence,
+                             se.manufacturer, se.kernel, se.slice_thickness_mm, sel.model_id, sel.weights_sha256,
+                             sel.window, sel.n_slices, sel.top1_index, sel.top1_instance_number, sel.top1_z_mm,
+                             sel.top1_score, sel.topk_indices, sel.topk_scores, sel.restricted_to, sel.z_range_mm,
+                             sel.image_path
+                      FROM selections sel JOIN studies s USING (study_id) JOIN series se ON se.series_id = sel.series_id
+                      WHERE {_EXCLUDE}""",
+}
+KEYS = {"vqa": "qa_id", "findings": "finding_id", "selections": "finding_id"}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-6)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_round_trip(corpus_root: Path, folder: Path, cache: Path, excluded_series: set[str] = frozenset()) -> dict:
+    """Every exported row equals its corpus row, every image equals the corpus PNG, no patient in two splits."""
+    groups_by_split: dict[str, set[str]] = {}
+    seen_studies = set()
+    for config, sql in EXPECTED_SQL.items():
+        expected = {r[KEYS[config]]: r for r in query(corpus_root, sql).to_pylist()}
+        ds = _load(folder, config, cache)
+        got = {}
+        for split, part in ds.items():
+            for row in part:
+                key = row[KEYS[config]]
+                assert key not in got, f"{config} row {key} exported twice"
+                got[key] = row
+                group = row["patient_id"] or row["study_id"]
+                groups_by_split.setdefault(split, set()).add(group)
+        assert set(got) == set(expected), f"{config}: exported rows differ from the corpus"
+        for key, row in got.items():
+            want = dict(expected[key])
+            image_path = want.pop("image_path")
+            assert _pixels(row.pop("image")).tolist() == _pixels(Image.open(corpus_root / image_path)).tolist()
+            assert set(row) == set(want), f"{config} columns {sorted(set(row) ^ set(want))}"
+            for col, value in want.items():
+                assert _same(row[col], value), f"{config} row {key} column {col}: {row[col]!r} != {value!r}"
+            assert row["series_id"] not in excluded_series
+            seen_studies.add(row["study_id"])
+    splits = sorted(groups_by_split)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            assert not groups_by_split[a] & groups_by_split[b], f"a patient is in both {a} and {b}"
+    return {"splits": {s: len(g) for s, g in groups_by_split.items()}, "studies": len(seen_studies)}
+
+
+def test_dry_run_round_trips_rows_images_and_patient_splits(corpus, tmp_path):
+    from keyslice.publish import publish_corpus
+
+    root, fx = corpus
+    out = tmp_path / "dry"
+    result = publish_corpus(root, "keyslice-test/ct-vqa", dry_run_dir=out, fractions=FRACTIONS, log=lambda m: None)
+    assert result.dry_run and result.staged_dir == out.resolve()
+    # the folder holds exactly what would be uploaded: the card and Parquet shards per config/split
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files[0] == "README.md" and all(f.endswith(".parquet") for f in files[1:])
+    assert {f.split("/")[0] for f in files[1:]} == {"vqa", "findings", "selections"}
+    assert set(result.files) == set(files)
+
+    summary = assert_round_trip(root, out, tmp_path / "hf_cache", fx.excluded_series)
+    assert summary["studies"] == len(fx.study_ids)
+    assert len(summary["splits"]) >= 2, summary  # the test key and fractions put patients in several splits
+    # the two studies of patient PAT-0001 are in the same split
+    two = {fx.study_ids["case_001"], fx.study_ids["case_002"]}
+    vqa = _load(out, "vqa", tmp_path / "hf_cache")
+    assert len({split for split, part in vqa.items() for sid in part["study_id"] if sid in two}) == 1
+
+    # burned-in and secondary-capture series were never exported; their rows are counted as excluded
+    assert result.privacy.excluded["rows"] == {"selections:burned_in_annotation": 1,
+                                               "selections:secondary_capture": 1,
+                                               "vqa:burned_in_annotation": 2, "vqa:secondary_capture": 2}
+    # the stored image name is a pseudonymous file name, not a local path
+    for shard in out.glob("*/*.parquet"):
+        names = pq.read_table(shard, columns=["image"]).column("image").combine_chunks().field("path").to_pylist()
+        assert all(n.startswith("st-") and n.endswith(".png") and "/" not in n for n in names)
+
+
+def test_card_metadata_and_build_provenance(corpus, tmp_path):
+    import yaml
+
+    from keyslice.publish import publish_corpus
+
+    root, _ = corpus
+    out = tmp_path / "dry"
+    result = publish_corpus(root, "keyslice-test/ct-vqa", dry_run_dir=out, license="cc-by-4.0", log=lambda m: None)
+    text = (out / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["license"] == "cc-by-4.0"
+    assert meta["task_categories"] == ["visual-question-answering"]
+    assert [c["config_name"] for c in meta["configs"]] == ["vqa", "findings", "selections"]
+    assert meta["configs"][0]["default"] is True
+    vqa_info = meta["dataset_info"][0]
+    assert vqa_info["features"][0] == {"name": "image", "dtype": "image"}
+    assert sum(s["num_examples"] for s in vqa_info["splits"]) == sum(result.counts["vqa"].values())
+    # how it was built: model + weights hash, prompt versions, phase rules, exclusions, corpus state
+    assert "`local:tiny-test-clip`" in text and hashlib.sha256(b"local:tiny-test-clip").hexdigest() in text
+    assert "prompt_version" in text and "ContrastBolusStartTime" in text
+    assert "BurnedInAnnotation" in text and result.state["corpus_state"] in text
+    from huggingface_hub import DatasetCard
+
+    assert DatasetCard(text).data.license == "cc-by-4.0"  # the Hub's own parser reads it
+
+
+def test_shards_are_deterministic(corpus, tmp_path):
+    from keyslice.publish import publish_corpus
+
+    root, _ = corpus
+    a = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "a", max_shard_bytes=200_000, log=lambda m: None)
+    b = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "b", max_shard_bytes=200_000, log=lambda m: None)
+    assert a.files == b.files
+    assert sum(1 for p in a.files if p.startswith("vqa/")) > 2  # small shards: several hash buckets
+
+
+def test_dry_run_folder_is_replaced_not_mixed(corpus, tmp_path):
+    from keyslice.publish import PublishError, publish_corpus
+
+    root, _ = corpus
+    out = tmp_path / "dry"
+    publish_corpus(root, "o/n", dry_run_dir=out, max_shard_bytes=100_000, log=lambda m: None)
+    many = {p for p in out.rglob("*.parquet")}
+    publish_corpus(root, "o/n", dry_run_dir=out, log=lambda m: None)
+    assert len(list(out.rglob("*.parquet"))) < len(many)  # no stale shard of the first layout left
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PublishError, match="holds other files"):
+        publish_corpus(root, "o/n", dry_run_dir=out, log=lambda m: None)
+
+
+def test_publish_refuses_without_a_deliberate_key(corpus, tmp_path, monkeypatch):
+    from keyslice.publish import publish_corpus
+
+    root, _ = corpus
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(MissingKeyError, match=r"export KEYSLICE_PSEUDONYM_KEY="):
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+    # a corpus built with the generated key file: told to adopt that file's key deliberately
+    (root / ".keyslice").mkdir(exist_ok=True)
+    (root / ".keyslice" / "pseudonym.key").write_text(TEST_KEY)
+    with pytest.raises(MissingKeyError, match=r"cat .*pseudonym.key"):
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+    # an env key that is not the key the corpus was built with
+    monkeypatch.setenv(KEY_ENV, "another-key")
+    with pytest.raises(MissingKeyError, match="differs from the key this corpus was built with"):
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+    assert not (tmp_path / "dry").exists()
+    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+
+
+def test_incomplete_studies_are_left_out(corpus, tmp_path):
+    from keyslice.checkpoints import CheckpointStore
+    from keyslice.publish import publish_corpus
+
+    root, fx = corpus
+    sid = fx.study_ids["case_006"]
+    CheckpointStore(root).invalidate("keyslice", sid)  # as `--force-stage keyslice` does before recomputing
+    result = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+    assert result.privacy.excluded["incomplete_studies"] == 1
+    ds = _load(tmp_path / "dry", "findings", tmp_path / "hf_cache")
+    assert all(sid not in part["study_id"] for part in ds.values())
+
+
+def test_cli_publish_dry_run(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from keyslice.cli import app
+
+    root, _ = corpus
+    out = tmp_path / "dry"
+    res = CliRunner().invoke(app, ["publish", "--out", str(root), "--repo-id", "org/ct-vqa", "--dry-run", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "README.md").exists() and "privacy gate" in res.output
+    res = CliRunner().invoke(app, ["publish", "--out", str(root), "--repo-id", "not a repo", "--dry-run", str(out)])
+    assert res.exit_code == 2 and "ORG/NAME" in res.output
+
+
+def test_single_patient_many_studies_stay_together(tmp_path, data_dir, monkeypatch):
+    from keyslice.publish import publish_corpus
+
+    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    studies = tuple(FixtureStudy(f"case_{i:03d}", f"PAT-{i % 3}", n_findings=1) for i in range(9))
+    root = tmp_path / "corpus"
+    write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir, studies)
+    result = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", fractions=(0.34, 0.33, 0.33),
+                            log=lambda m: None)
+    summary = assert_round_trip(root, tmp_path / "dry", tmp_path / "hf_cache")
+    assert sum(summary["splits"].values()) == 3  # three patients, each in exactly one split
+    assert result.counts["findings"] and sum(result.counts["findings"].values()) == 9

@@ -1,0 +1,271 @@
+"""Organ masks on real TotalSegmentator / DICOM-SEG data, resampled by world coordinates, and the
+organ restriction of the selection (checked against ranges computed independently here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from keyslice.errors import MaskError, ModelWeightsMissingError
+from keyslice.selector import (
+    OrganMasks,
+    Query,
+    SelectorConfig,
+    find_masks,
+    load_model,
+    load_volume,
+    run_totalsegmentator,
+    save_tiny_checkpoint,
+    select_key_slices,
+    volume_from_nifti,
+)
+from keyslice.selector.ts_labels import TOTAL_LABELS
+
+DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REF = DATA / "totalsegmentator_reference" / "tests" / "reference_files"
+SIEMENS_J2K = REF / "example_ct_dicom"
+SEG_DICOM = REF / "example_seg_dicom.nii.gz"
+CT3 = DATA / "dcmqi_ct3slice" / "ct-3slice"
+LIVER_SEG = DATA / "dcmqi_ct3slice" / "liver.dcm"
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real test data not found at {DATA}")
+LABEL_OF = {v: k for k, v in TOTAL_LABELS.items()}
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return load_model(str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=7)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def siemens():
+    return load_volume(sorted(SIEMENS_J2K.iterdir()))
+
+
+def independent_z_range(mask_path: Path, value: int | None, volume) -> tuple[float, float] | None:
+    """z (mm along the series normal) of the mask's voxels of one label, straight from nibabel:
+    voxel centres -> RAS -> LPS -> dot normal, then the series slices nearest to those."""
+    img = nib.load(str(mask_path))
+    data = np.asanyarray(img.dataobj)
+    ks = np.nonzero((data == value if value is not None else data > 0).any(axis=(0, 1)))[0]
+    if len(ks) == 0:
+        return None
+    ras = np.c_[np.zeros((len(ks), 2)), ks, np.ones(len(ks))] @ img.affine.T
+    ras[:, :2] = (img.affine[:2, :2] @ (np.array(data.shape[:2]) / 2))[None, :] + img.affine[:2, 3]
+    lps = ras[:, :3] * [-1, -1, 1]
+    z = lps @ volume.normal
+    lo, hi = z.min(), z.max()
+    zs = np.asarray(volume.z_mm)
+    inside = zs[(zs >= lo - 1e-3) & (zs <= hi + 1e-3)]
+    return (float(inside.min()), float(inside.max())) if len(inside) else None
+
+
+# --------------------------------------------------------------------------- TotalSegmentator multi-label on DICOM
+
+
+@pytest.mark.parametrize("label", ["pancreas", "adrenal_gland_right", "colon", "rib_left_6", "portal_vein_and_splenic_vein"])
+def test_multilabel_nifti_on_jpeg2000_dicom_series(siemens, label):
+    masks = OrganMasks.from_nifti(SEG_DICOM)
+    expect = independent_z_range(SEG_DICOM, LABEL_OF[label], siemens)
+    assert expect is not None and expect != (siemens.z_mm[0], siemens.z_mm[-1])  # a partial range
+    assert masks.z_range([label], siemens) == pytest.approx(expect)
+
+
+def test_resampled_mask_equals_the_mask_voxels_on_the_same_grid(siemens):
+    """example_seg_dicom is on the series' own grid but stored flipped (RAS, rows reversed): the
+    world resampling must put every voxel back exactly, not just the z range."""
+    masks = OrganMasks.from_nifti(SEG_DICOM)
+    res = masks.resample(["liver"], siemens)
+    data = np.asanyarray(nib.load(str(SEG_DICOM)).dataobj) == LABEL_OF["liver"]
+    aff = nib.load(str(SEG_DICOM)).affine
+    assert aff[1, 1] > 0  # RAS +y = anterior: row order reversed against DICOM's posterior-pointing rows
+    expect = np.transpose(data, (2, 1, 0))[:, ::-1, :]
+    assert np.array_equal(res, expect)
+
+
+def test_restricted_top1_lies_in_organ_range_dicom(siemens, encoder):
+    masks = OrganMasks.from_nifti(SEG_DICOM)
+    labels = ["pancreas", "adrenal_gland_right", "colon", "rib_left_6", "portal_vein_and_splenic_vein"]
+    queries = [Query(f"f{i}", f"Finding in the {lab.replace('_', ' ')}.", [lab], [lab]) for i, lab in enumerate(labels)]
+    queries.append(Query("nolabel", "Lesion of the urinary bladder.", ["urinary bladder"], ["urinary_bladder"]))
+    choices = select_key_slices(siemens, queries, encoder, SelectorConfig(top_k=3), masks)
+    for q, c in zip(queries[:-1], choices[:-1]):
+        lo, hi = independent_z_range(SEG_DICOM, LABEL_OF[q.ts_labels[0]], siemens)
+        assert c.restricted_to == q.ts_labels[0] and c.z_range_mm == pytest.approx((lo, hi))
+        for k in c.topk_indices:
+            assert lo - 1e-3 <= siemens.z_mm[k] <= hi + 1e-3
+    # Bladder is not in this 20-slice upper-abdomen mask: unrestricted, said so.
+    assert choices[-1].restricted_to is None and choices[-1].z_range_mm is None
+
+
+# --------------------------------------------------------------------------- NIfTI CT + masks
+
+
+def test_per_structure_folder_on_its_own_ct():
+    """example_seg_fast/ holds 30-slice masks: they belong to example_ct_sm.nii.gz (same grid, same
+    affine), i.e. to slices 82-111 of example_ct.nii.gz."""
+    vol = volume_from_nifti(REF / "example_ct_sm.nii.gz")
+    masks = OrganMasks.from_folder(REF / "example_seg_fast")
+    assert {"liver", "spleen", "kidney_left", "lung_lower_lobe_left"} <= masks.labels()
+    for label in ("kidney_left", "gallbladder", "lung_lower_lobe_left", "adrenal_gland_right"):
+        assert masks.z_range([label], vol) == pytest.approx(independent_z_range(REF / "example_seg_fast" / f"{label}.nii.gz", None, vol))
+
+
+def test_restricted_top1_lies_in_organ_range_nifti(encoder):
+    vol = volume_from_nifti(REF / "example_ct.nii.gz")
+    mask_file = REF / "example_seg_fast_force_split.nii.gz"
+    masks = OrganMasks.from_nifti(mask_file)
+    labels = ["urinary_bladder", "gallbladder", "lung_lower_lobe_left", "femur_left", "kidney_right"]
+    queries = [Query(lab, f"Abnormality of the {lab.replace('_', ' ')}.", [lab], [lab]) for lab in labels]
+    choices = select_key_slices(vol, queries, encoder, SelectorConfig(top_k=5, smooth_sigma=1.5), masks)
+    for lab, c in zip(labels, choices):
+        lo, hi = independent_z_range(mask_file, LABEL_OF[lab], vol)
+        assert c.restricted_to == lab and c.z_range_mm == pytest.approx((lo, hi))
+        assert all(lo <= vol.z_mm[k] <= hi for k in c.topk_indices), lab
+    # Without masks, at least one of these would leave its organ (the tiny model is random).
+    free = select_key_slices(vol, queries, encoder, SelectorConfig(top_k=1, smooth_sigma=1.5))
+    assert any(not (c.z_range_mm[0] <= vol.z_mm[f.top1_index] <= c.z_range_mm[1]) for c, f in zip(choices, free))
+
+
+def test_world_coordinates_trap_example_ct_sm():
+    """The folder masks paired with the FULL example_ct land on slices 0-29 (the affine of
+    example_ct_sm was never moved), where the 61-label mask of example_ct says there is no
+    liver at all: world coordinates tell the truth about a wrong affine, indices would hide it."""
+    full = volume_from_nifti(REF / "example_ct.nii.gz")
+    folder = OrganMasks.from_folder(REF / "example_seg_fast")
+    truth = OrganMasks.from_nifti(REF / "example_seg_fast_force_split.nii.gz")
+    wrong = folder.presence(["liver"], full)
+    right = truth.presence(["liver"], full)
+    assert np.nonzero(wrong)[0].max() <= 29
+    assert np.nonzero(right)[0].min() >= 60
+    assert not (wrong & right).any()
+
+
+# --------------------------------------------------------------------------- DICOM-SEG
+
+
+def test_dicom_seg_liver_on_three_slices(encoder):
+    vol = load_volume(sorted(CT3.iterdir()))
+    masks = OrganMasks.from_dicom_seg(LIVER_SEG)
+    assert "liver" in masks.labels()
+    res = masks.resample(["liver"], vol)
+    seg = pydicom.dcmread(LIVER_SEG)
+    frames = seg.pixel_array
+    # Independent: match each SEG frame to the CT slice at the same position.
+    for f, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        z = float(np.asarray(fg.PlanePositionSequence[0].ImagePositionPatient, float) @ vol.normal)
+        k = int(np.argmin(np.abs(vol.z_mm - z)))
+        assert abs(vol.z_mm[k] - z) < 1e-3
+        assert np.array_equal(res[k], frames[f] > 0)
+    rng = masks.z_range(["liver"], vol)
+    assert rng == pytest.approx((vol.z_mm.min(), vol.z_mm.max()))
+    c = select_key_slices(vol, [Query("l", "Liver lesion.", ["liver"], ["liver"])], encoder, SelectorConfig(), masks)[0]
+    assert c.restricted_to == "liver" and rng[0] <= vol.z_mm[c.top1_index] <= rng[1]
+
+
+def test_dicom_seg_partial_range(tmp_path, encoder):
+    """Drop the SEG's first frame: the liver range shrinks to 2 slices and the selection follows."""
+    seg = pydicom.dcmread(LIVER_SEG)
+    frames = seg.pixel_array
+    frames[0] = 0  # the most inferior frame holds no liver now
+    from pydicom.pixels import pack_bits
+
+    seg.PixelData = pack_bits(frames.astype(np.uint8))
+    seg.save_as(tmp_path / "seg.dcm")
+    vol = load_volume(sorted(CT3.iterdir()))
+    masks = OrganMasks.from_dicom_seg(tmp_path / "seg.dcm")
+    z0 = float(np.asarray(seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient, float) @ vol.normal)
+    rng = masks.z_range(["liver"], vol)
+    assert rng is not None and not (rng[0] <= z0 <= rng[1])
+    for _ in range(3):
+        c = select_key_slices(vol, [Query("l", "Liver lesion.", ["liver"], ["liver"])], encoder,
+                              SelectorConfig(top_k=3), masks)[0]
+        assert abs(vol.z_mm[c.top1_index] - z0) > 0.5 and len(c.topk_indices) == 2
+
+
+# --------------------------------------------------------------------------- mismatch, discovery, TotalSegmentator
+
+
+def test_mask_that_does_not_overlap_the_series(siemens, encoder):
+    ct3 = load_volume(sorted(CT3.iterdir()))
+    masks = OrganMasks.from_nifti(SEG_DICOM)       # another patient, 600 mm away
+    with pytest.raises(MaskError, match="no organ mask overlaps the series"):
+        masks.check_overlap(ct3)
+    assert masks.z_range(["liver"], ct3) is None
+    q = [Query("a", "Liver lesion.", ["liver"], ["liver"])]
+    with pytest.raises(MaskError):
+        select_key_slices(ct3, q, encoder, SelectorConfig(), masks)
+    c = select_key_slices(ct3, q, encoder, SelectorConfig(on_mask_mismatch="ignore"), masks)[0]
+    assert c.restricted_to is None
+    masks.check_overlap(siemens)  # the right series passes
+
+
+def test_unreadable_mask_raises(tmp_path):
+    bad = tmp_path / "bad_seg.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    with pytest.raises(MaskError):
+        OrganMasks.from_nifti(bad)
+
+
+def test_find_masks_conventions(tmp_path, siemens):
+    assert find_masks(tmp_path) is None
+    # 1. per-structure folder
+    study = tmp_path / "s1"
+    (study / "segmentations").mkdir(parents=True)
+    for name in ("liver", "gallbladder"):
+        shutil.copy(REF / "example_seg_fast" / f"{name}.nii.gz", study / "segmentations" / f"{name}.nii.gz")
+    m = find_masks(study)
+    assert m is not None and m.labels() == {"liver", "gallbladder"}
+    # 2. multi-label file with default TotalSegmentator labels, and with its own labels JSON
+    study2 = tmp_path / "s2"
+    study2.mkdir()
+    shutil.copy(SEG_DICOM, study2 / "example_seg_dicom.nii.gz")
+    for f in sorted(SIEMENS_J2K.iterdir())[:2]:
+        shutil.copy(f, study2 / f.name)  # DICOM images beside it are not masks
+    m2 = find_masks(study2)
+    assert "liver" in m2.labels() and len(m2.sources) == 1
+    assert m2.z_range(["liver"], siemens) == (siemens.z_mm[0], siemens.z_mm[-1])
+    (study2 / "example_seg_dicom.json").write_text(json.dumps({"5": "Leber"}))
+    m3 = find_masks(study2)
+    assert m3.labels() == {"leber"} and m3.z_range(["Leber"], siemens) is not None
+    # 3. DICOM-SEG anywhere, with no suffix
+    study3 = tmp_path / "s3" / "deep" / "er"
+    study3.mkdir(parents=True)
+    shutil.copy(LIVER_SEG, study3 / "SEG0001")
+    m4 = find_masks(tmp_path / "s3")
+    assert m4 is not None and "liver" in m4.labels()
+
+
+def test_totalsegmentator_not_installed(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("totalsegmentator"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ModelWeightsMissingError, match="TotalSegmentator is not installed"):
+        run_totalsegmentator(REF / "example_ct.nii.gz", tmp_path / "out")
+
+
+def test_totalsegmentator_weights_missing(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    api = types.ModuleType("totalsegmentator.python_api")
+    api.totalsegmentator = lambda *a, **k: pytest.fail("must not run without weights")
+    monkeypatch.setitem(sys.modules, "totalsegmentator", types.ModuleType("totalsegmentator"))
+    monkeypatch.setitem(sys.modules, "totalsegmentator.python_api", api)
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "tshome"))
+    with pytest.raises(ModelWeightsMissingError, match="totalseg_download_weights"):
+        run_totalsegmentator(REF / "example_ct.nii.gz", tmp_path / "out")

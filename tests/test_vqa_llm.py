@@ -1,0 +1,269 @@
+"""LLM VQA generator against a scripted OpenAI-compatible server over real HTTP.
+
+The real ``openai`` client talks to ``tests/llm_server.py`` on 127.0.0.1; nothing in the
+client is patched. Each test scripts the server's replies and checks what the generator
+returns and what the server received.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llm_server import Reply, ScriptedLLMServer  # noqa: E402
+
+from keyslice.llm_client import ResponseCache, load_prompt  # noqa: E402
+from keyslice.vqa import LLMConfig, LLMFailure, LLMGenerator  # noqa: E402
+from keyslice.vqa.llm import check_answer  # noqa: E402
+
+MODEL = "test-model"
+# A real caption sentence (ROCO_03303, CC BY, PMC image in tests/fixtures/vqa_rule_expected.json).
+SENTENCE = "CT scan showing hypovascular lesion in left lobe of liver."
+
+VALID = {"qa_pairs": [
+    {"question": "Which organ contains the lesion?", "answer": "liver",
+     "answer_type": "open", "question_type": "organ"},
+    {"question": "Is the lesion in the left lobe of the liver?", "answer": "yes",
+     "answer_type": "closed", "question_type": "location"},
+    {"question": "What kind of lesion is seen in the liver?", "answer": "hypovascular lesion",
+     "answer_type": "choice", "question_type": "abnormality",
+     "options": ["calcified lesion", "hypovascular lesion", "fat-containing lesion"]},
+]}
+SCHEMA_BAD = {"qa_pairs": [{"question": "Which organ contains the lesion?", "answer": "liver",
+                            "answer_type": "short", "question_type": "organ"}]}
+HALLUCINATED = copy.deepcopy(VALID)
+HALLUCINATED["qa_pairs"].append({"question": "Is there an abnormality in the spleen?", "answer": "no",
+                                 "answer_type": "closed", "question_type": "organ"})
+
+
+def finding(fid: str = "st1:0", text: str = SENTENCE) -> dict:
+    return {"finding_id": fid, "study_id": fid.split(":")[0], "finding_index": int(fid.split(":")[1]),
+            "text": text, "organs": ["liver"], "status": "abnormal", "laterality": None,
+            "phase_hint": None, "section": "findings"}
+
+
+def selection(fid: str = "st1:0", index: int = 42) -> dict:
+    return {"finding_id": fid, "series_id": "ser-a", "top1_index": index,
+            "image_path": f"images/{fid.split(':')[0]}/{fid.split(':')[1]}.png"}
+
+
+class SleepRecorder:
+    def __init__(self):
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        time.sleep(seconds)
+
+
+@pytest.fixture
+def server():
+    with ScriptedLLMServer() as srv:
+        yield srv
+
+
+def make_gen(server: ScriptedLLMServer, **kw) -> LLMGenerator:
+    sleep = kw.pop("sleep", time.sleep)
+    cfg = dict(base_url=server.base_url, model=MODEL, timeout_s=5, max_retries=3, backoff_base_s=0.01,
+               backoff_max_s=0.05, max_repairs=2)
+    cfg.update(kw)
+    return LLMGenerator(LLMConfig(**cfg), sleep=sleep)
+
+
+def test_valid_json_answer_becomes_rows(server):
+    server.push(Reply.ok(VALID))
+    rows, failures = make_gen(server).generate([finding()], [selection()])
+    assert failures == []
+    assert len(rows) == 3 and len(server.requests) == 1
+    for r in rows:
+        assert r["generator"] == f"llm:{MODEL}"
+        assert r["prompt_version"] == "vqa_generate.v1"
+        assert (r["finding_id"], r["series_id"], r["slice_index"], r["image_path"]) == \
+            ("st1:0", "ser-a", 42, "images/st1/0.png")
+        assert len(r["qa_id"]) == 20
+    by_type = {r["answer_type"]: r for r in rows}
+    assert by_type["choice"]["options"] == VALID["qa_pairs"][2]["options"]
+    assert by_type["open"]["options"] == [] and by_type["closed"]["answer"] == "yes"
+    body = server.requests[0]["body"]
+    assert body["model"] == MODEL and body["temperature"] == 0.0
+    system, user = body["messages"]
+    assert system["role"] == "system" and '"qa_pairs"' in system["content"]  # schema embedded
+    assert user == {"role": "user", "content": f"Finding sentence: {SENTENCE}"}
+
+
+def test_invalid_json_then_valid_feeds_error_back(server):
+    server.push(Reply.invalid_json(), Reply.ok(VALID))
+    rows, failures = make_gen(server).generate([finding()], [selection()])
+    assert failures == [] and len(rows) == 3
+    assert len(server.requests) == 2
+    retry = server.requests[1]["body"]["messages"]
+    assert retry[-2]["role"] == "assistant" and retry[-2]["content"].startswith("Sure!")
+    assert retry[-1]["role"] == "user" and "not valid JSON" in retry[-1]["content"]
+
+
+def test_schema_violation_is_retried_then_recorded_as_failure(server):
+    server.push(Reply.ok(SCHEMA_BAD), Reply.ok(SCHEMA_BAD), Reply.ok(SCHEMA_BAD))
+    rows, failures = make_gen(server, max_repairs=2).generate([finding()], [selection()])
+    assert rows == []
+    assert len(server.requests) == 3
+    assert failures == [LLMFailure("st1:0", "schema", failures[0].message, 3)]
+    assert "answer_type" in failures[0].message and "'short' is not one of" in failures[0].message
+    # the validation error was fed back in the conversation
+    assert "$.qa_pairs[0].answer_type" in server.user_texts()[1]
+
+
+def test_schema_violation_then_valid(server):
+    server.push(Reply.ok(SCHEMA_BAD), Reply.ok(VALID))
+    rows, failures = make_gen(server).generate([finding()], [selection()])
+    assert failures == [] and len(rows) == 3 and len(server.requests) == 2
+
+
+def test_timeout_then_success(server):
+    server.push(Reply.ok(VALID, delay_s=2.5), Reply.ok(VALID))
+    t0 = time.monotonic()
+    rows, failures = make_gen(server, timeout_s=0.5).generate([finding()], [selection()])
+    assert failures == [] and len(rows) == 3
+    assert len(server.requests) == 2
+    assert time.monotonic() - t0 < 2.4  # gave up on the slow reply instead of waiting for it
+
+
+def test_timeouts_exhaust_retries(server):
+    server.push(*[Reply.ok(VALID, delay_s=1.5) for _ in range(2)])
+    rows, failures = make_gen(server, timeout_s=0.3, max_retries=1).generate([finding()], [selection()])
+    assert rows == [] and [f.error_type for f in failures] == ["timeout"]
+    assert len(server.requests) == 2
+
+
+def test_429_retry_after_is_honoured(server):
+    server.push(Reply.rate_limited(retry_after=1), Reply.ok(VALID))
+    sleeps = SleepRecorder()
+    gen = LLMGenerator(LLMConfig(base_url=server.base_url, model=MODEL, timeout_s=5, backoff_base_s=0.01,
+                                 backoff_max_s=0.05), sleep=sleeps)
+    t0 = time.monotonic()
+    rows, failures = gen.generate([finding()], [selection()])
+    assert failures == [] and len(rows) == 3
+    assert len(server.requests) == 2
+    assert sleeps.calls and sleeps.calls[0] >= 1.0  # Retry-After: 1, not the 0.01 s backoff
+    gap = server.requests[1]["received_at"] - server.requests[0]["received_at"]
+    assert gap >= 0.95 and time.monotonic() - t0 >= 1.0
+
+
+def test_client_error_is_not_retried(server):
+    server.push(Reply.error(400, "bad request: unknown parameter"))
+    rows, failures = make_gen(server).generate([finding()], [selection()])
+    assert rows == [] and len(server.requests) == 1
+    assert failures[0].error_type == "http_400"
+
+
+def test_hallucinated_organ_rejected_then_fixed(server):
+    server.push(Reply.ok(HALLUCINATED), Reply.ok(VALID))
+    rows, failures = make_gen(server).generate([finding()], [selection()])
+    assert failures == [] and len(rows) == 3
+    assert not any("spleen" in r["question"].lower() for r in rows)
+    assert "spleen" in server.user_texts()[1] and "does not mention" in server.user_texts()[1]
+
+
+def test_hallucinated_organ_every_time_is_a_grounding_failure(server):
+    server.push(*[Reply.ok(HALLUCINATED) for _ in range(3)])
+    rows, failures = make_gen(server).generate([finding()], [selection()])
+    assert rows == [] and [f.error_type for f in failures] == ["grounding"]
+    assert "spleen" in failures[0].message
+
+
+def test_grounding_check_numbers_and_organs():
+    text = "Abdominal CT shows hypodense nodular lesion next to the jejunum in the left flank, measuring 2.5 × 1.8 cm."
+    ok = {"qa_pairs": [{"question": "How large is the lesion?", "answer": "2.5 × 1.8 cm",
+                        "answer_type": "open", "question_type": "size"}]}
+    assert check_answer(ok, text) == []
+    bad_number = {"qa_pairs": [{"question": "How large is the lesion?", "answer": "3.5 × 1.8 cm",
+                                "answer_type": "open", "question_type": "size"}]}
+    assert [p[0] for p in check_answer(bad_number, text)] == ["grounding"]
+    bad_organ = {"qa_pairs": [{"question": "Is the lesion next to the colon?", "answer": "no",
+                               "answer_type": "closed", "question_type": "location"}]}
+    assert [p[0] for p in check_answer(bad_organ, text)] == ["grounding"]
+    # a synonym of an organ the sentence names is not a new organ ("small bowel" ~ "jejunum")
+    syn = {"qa_pairs": [{"question": "Which part of the small bowel is the lesion next to?",
+                         "answer": "jejunum", "answer_type": "open", "question_type": "location"}]}
+    assert check_answer(syn, text) == []
+    # distractor organs in a choice question's options are allowed
+    choice = {"qa_pairs": [{"question": "Next to which organ is the lesion?", "answer": "jejunum",
+                            "answer_type": "choice", "question_type": "location",
+                            "options": ["jejunum", "spleen", "stomach"]}]}
+    assert check_answer(choice, text) == []
+    not_in_options = copy.deepcopy(choice)
+    not_in_options["qa_pairs"][0]["answer"] = "small bowel"
+    assert [p[0] for p in check_answer(not_in_options, text)] == ["schema"]
+
+
+def test_cache_hit_on_rerun_sends_no_request(server, tmp_path):
+    server.push(Reply.ok(VALID))
+    cache = tmp_path / "llm-cache"
+    rows1, f1 = make_gen(server, cache_dir=cache).generate([finding()], [selection()])
+    assert f1 == [] and len(server.requests) == 1
+    rows2, f2 = make_gen(server, cache_dir=cache).generate([finding()], [selection()])
+    assert f2 == [] and rows2 == rows1
+    assert len(server.requests) == 1  # the server saw no second request
+    files = list(cache.rglob("*"))
+    assert [p.name for p in files if p.is_file()] == [f"{ResponseCache.key('vqa_generate.v1', MODEL, SENTENCE)}.json"]
+    assert not [p for p in files if p.name.endswith(".tmp")]
+    cached = json.loads(next(p for p in files if p.is_file()).read_text())
+    assert cached["answer"] == VALID and cached["model"] == MODEL
+    # another model or prompt version is another key: it asks again
+    server.push(Reply.ok(VALID))
+    make_gen(server, cache_dir=cache, model="other-model").generate([finding()], [selection()])
+    assert len(server.requests) == 2
+
+
+def test_failures_are_not_cached(server, tmp_path):
+    server.push(*[Reply.ok(SCHEMA_BAD) for _ in range(3)], Reply.ok(VALID))
+    _, f1 = make_gen(server, cache_dir=tmp_path).generate([finding()], [selection()])
+    assert f1 and len(server.requests) == 3
+    rows, f2 = make_gen(server, cache_dir=tmp_path).generate([finding()], [selection()])
+    assert f2 == [] and len(rows) == 3 and len(server.requests) == 4
+
+
+def test_concurrency_limit_respected():
+    texts = [SENTENCE.replace("left lobe", f"{w} lobe") for w in ("left", "right", "caudate")] + [
+        "CT abdomen showing right hepatic lobe mass.",
+        "CT scan of the liver demonstrating mass concerning for abscess and tumor.",
+        "CT abdomen showing splenic hypointense homogenous lesion.",
+        "Pelvic CT scan showing the rectal lesion",
+        "CT Scan of the Pelvis showing prostatic mass.",
+    ]
+    answers = {t: {"qa_pairs": [{"question": "Is there an abnormality in this image?", "answer": "yes",
+                                 "answer_type": "closed", "question_type": "abnormality"}]} for t in texts}
+
+    def fallback(request: dict) -> Reply:
+        user = request["messages"][-1]["content"].removeprefix("Finding sentence: ")
+        return Reply.ok(answers[user], delay_s=0.3)
+
+    findings = [finding(f"st{i}:0", t) for i, t in enumerate(texts)]
+    sels = [selection(f"st{i}:0") for i in range(len(texts))]
+    with ScriptedLLMServer(fallback=fallback) as server:
+        rows, failures = make_gen(server, max_concurrency=3).generate(findings, sels)
+    assert failures == [] and len(rows) == len(texts)
+    assert len(server.requests) == len(texts)
+    assert 2 <= server.max_in_flight <= 3
+
+
+def test_same_sentence_is_asked_once_and_findings_without_slice_skipped(server):
+    server.push(Reply.ok(VALID))
+    findings = [finding("a:0"), finding("b:3"), finding("c:1")]
+    rows, failures = make_gen(server).generate(findings, [selection("a:0"), selection("b:3")])
+    assert failures == [] and len(server.requests) == 1
+    assert sorted({r["finding_id"] for r in rows}) == ["a:0", "b:3"]
+    assert len({r["qa_id"] for r in rows}) == 6
+
+
+def test_prompt_file_is_versioned():
+    prompt = load_prompt("vqa_generate.v1")
+    assert prompt.version == "vqa_generate.v1"
+    assert "$text" in prompt.user and "$schema" in prompt.system
+    with pytest.raises(FileNotFoundError):
+        load_prompt("vqa_generate.v999")
