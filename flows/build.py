@@ -7,6 +7,7 @@ previous stage is checkpointed, independently of the others. Every stage task co
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -23,15 +24,22 @@ from tasks import STAGE_TASKS
 
 
 @flow(name="keyslice-build", log_prints=True, validate_parameters=False)
-def build_flow(config: dict[str, Any], studies_filter: list[str] | None = None) -> dict[str, Any]:
-    """Build (or resume) a corpus. ``config`` is a :class:`BuildConfig` as a plain dict."""
+def build_flow(config: dict[str, Any], studies_filter: list[str] | None = None,
+               incremental: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
+    """Build (or resume) a corpus. ``config`` is a :class:`BuildConfig` as a plain dict.
+
+    ``incremental``: only studies that are not complete get tasks (see :func:`run_build`).
+    ``stages``: run only these stages (default all), e.g. ``["keyslice"]`` on a GPU work pool;
+    a stage whose upstream stage is not done yet reports ``blocked`` (see flows/deploy.py).
+    """
     cfg = BuildConfig.from_dict(config)
     ctx = make_context(cfg)
     with corpus_lock(cfg.out_dir):
-        return _build(ctx, studies_filter)
+        return _build(ctx, studies_filter, incremental, stages)
 
 
-def _build(ctx: BuildContext, studies_filter: list[str] | None) -> dict[str, Any]:
+def _build(ctx: BuildContext, studies_filter: list[str] | None, incremental: bool = False,
+           stages: list[str] | None = None) -> dict[str, Any]:
     cfg = ctx.config
     logger = get_run_logger()
     swept = sweep_temporaries(cfg.out_dir)
@@ -46,13 +54,22 @@ def _build(ctx: BuildContext, studies_filter: list[str] | None) -> dict[str, Any
             raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
         for study in studies:
             ctx.store.invalidate(stage, study.study_id)
+    selected = [stage for stage in STAGES if stage in set(stages or STAGES)]
+    if stages and len(selected) != len(set(stages)):
+        raise ValueError(f"unknown stage(s) in {stages}; choose from {', '.join(STAGES)}")
+    if incremental:
+        complete = len(studies)
+        studies = [s for s in studies if not all(ctx.store.is_done(stage, s.study_id) for stage in selected)]
+        complete -= len(studies)
+        logger.info("incremental: %d complete studies skipped without tasks", complete)
     logger.info("building %d studies into %s (run %s)", len(studies), cfg.out_dir, ctx.run_id)
 
     futures = []
     for study in studies:
         previous = None
-        for stage in STAGES:
-            future = STAGE_TASKS[stage].submit(study, ctx, wait_for=[previous] if previous else None)
+        for stage in selected:
+            with _dask_placement(STAGE_TASKS[stage]):
+                future = STAGE_TASKS[stage].submit(study, ctx, wait_for=[previous] if previous else None)
             futures.append(future)
             previous = future
     outcomes = [f.result() for f in futures]
@@ -65,17 +82,57 @@ def _build(ctx: BuildContext, studies_filter: list[str] | None) -> dict[str, Any
             "outcomes": [o.__dict__ for o in outcomes]}
 
 
-def run_build(cfg: BuildConfig, task_runner: str = "threads") -> dict[str, Any]:
-    """Run the build flow with the chosen task runner (``threads`` or ``dask``)."""
+DASK_ADDRESS_ENV = "KEYSLICE_DASK_ADDRESS"
+DASK_RESOURCES_ENV = "KEYSLICE_DASK_RESOURCES"
+
+
+def _dask_placement(task):
+    """Dask resource restrictions for a task, from its tags: ``$KEYSLICE_DASK_RESOURCES`` maps a tag
+    to the resources its tasks need, e.g. ``{"gpu": {"GPU": 1}, "cpu": {"CPU": 1}}`` with GPU workers
+    started as ``dask worker ... --resources GPU=1`` (see infra/README.md). Unset: no restriction."""
+    import contextlib
+
+    spec = os.environ.get(DASK_RESOURCES_ENV)
+    if not spec:
+        return contextlib.nullcontext()
+    import json
+
+    import dask
+
+    resources: dict[str, float] = {}
+    for tag, needs in json.loads(spec).items():
+        if tag in task.tags:
+            resources.update(needs)
+    return dask.annotate(resources=resources) if resources else contextlib.nullcontext()
+
+
+def make_task_runner(task_runner: str, max_workers: int, dask_address: str | None = None):
+    """``threads``: a thread pool in this process. ``dask``: a Dask cluster through prefect-dask,
+    either the existing scheduler at ``dask_address`` (or ``$KEYSLICE_DASK_ADDRESS``), e.g.
+    ``tcp://scheduler:8786``, or a temporary local cluster of ``max_workers`` processes."""
     if task_runner == "threads":
-        runner = ThreadPoolTaskRunner(max_workers=cfg.max_workers)
-    elif task_runner == "dask":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    if task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
-        runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.max_workers, "processes": True})
-    else:
-        raise ValueError(f"unknown task runner {task_runner!r}: use 'threads' or 'dask'")
-    return build_flow.with_options(task_runner=runner)(config=_config_dict(cfg))
+        address = dask_address or os.environ.get(DASK_ADDRESS_ENV)
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "processes": True})
+    raise ValueError(f"unknown task runner {task_runner!r}: use 'threads' or 'dask'")
+
+
+def run_build(cfg: BuildConfig, task_runner: str = "threads", *, dask_address: str | None = None,
+              incremental: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
+    """Run the build flow with the chosen task runner (``threads`` or ``dask``, see :func:`make_task_runner`).
+
+    ``incremental``: submit tasks only for studies that are not complete (new studies, failed or
+    forced ones); complete studies cost no task run at all, which keeps a scheduled build over a
+    large, mostly-built corpus cheap. Without it every study gets its four (skipped) task runs.
+    """
+    runner = make_task_runner(task_runner, cfg.max_workers, dask_address)
+    return build_flow.with_options(task_runner=runner)(config=_config_dict(cfg), incremental=incremental,
+                                                       stages=list(stages) if stages else None)
 
 
 def _config_dict(cfg: BuildConfig) -> dict[str, Any]:

@@ -190,7 +190,7 @@ def publish(
 ) -> None:
     """Publish the corpus as a Hugging Face dataset (configs vqa, findings, selections), behind a privacy gate.
 
-    Needs $KEYSLICE_PSEUDONYM_KEY and a Hub token (HF_TOKEN or `huggingface-cli login`); uploads only changed shards.
+    Needs $KEYSLICE_PSEUDONYM_KEY and a Hub write token (HF_TOKEN or `hf auth login`); uploads only changed shards.
     """
     from huggingface_hub.errors import HfHubHTTPError
     from rich.markup import escape
@@ -205,7 +205,8 @@ def publish(
         console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from exc
     except HfHubHTTPError as exc:
-        console.print(f"[red]the Hub refused the upload:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]the Hub refused the upload:[/red] {escape(str(exc))}\n(a write token is needed: "
+                      f"set HF_TOKEN or run `hf auth login`)", highlight=False, soft_wrap=True)
         raise typer.Exit(code=3) from exc
     table = Table(title=f"{repo_id}: rows per configuration and split")
     for col in ("config", "train", "validation", "test"):
@@ -215,6 +216,154 @@ def publish(
     console.print(table)
     if result.dry_run:
         console.print(f"load it back: datasets.load_dataset({str(result.staged_dir)!r}, 'vqa')")
+
+
+def _finetune_config(config: Path, out: Optional[Path], device: Optional[str], **extra):
+    from keyslice.finetune.config import FinetuneConfig
+
+    overrides = {"out_dir": str(out) if out else None, "train.device": device, **extra}
+    return FinetuneConfig.from_yaml(config, **overrides)
+
+
+def _print_finetune_summary(summary: dict) -> None:
+    table = Table(title=f"organ awareness (macro means; Youden threshold on {summary['threshold_on']} data)")
+    for col in ("model", "CT", "style", "organs (both classes)", "Acc both", "F1 both", "AUC both", "Acc all"):
+        table.add_column(col)
+
+    def f(x):
+        return "-" if x is None or x != x else f"{x:.2f}"
+
+    for r in summary["organ_awareness"]:
+        if r["threshold_on"] != summary["threshold_on"]:
+            continue
+        table.add_row(r["model"], r["split"], r["style"], f"{r['n_organs']} ({r['n_organs_both_classes']})",
+                      f(r["accuracy_both"]), f(r["f1_both"]), f(r["auc_both"]), f(r["accuracy_all"]))
+    console.print(table)
+
+
+@app.command()
+def finetune(
+    config: Path = typer.Argument(..., help="fine-tuning YAML (see configs/finetune_*.yaml); it fixes the whole run"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the config's out_dir)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many steps in total; "
+                                                                       "rerun to resume from the checkpoint"),
+    restart: bool = typer.Option(False, "--restart", help="discard the run's checkpoints and start over"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="train only (no before/after evaluation)"),
+    prefect: bool = typer.Option(False, "--prefect", help="run as the Prefect flow flows/finetune.py"),
+) -> None:
+    """Fine-tune the key-slice selector on organ/lesion pairs (resumable), then evaluate before vs after."""
+    if prefect:
+        _quiet_prefect()
+        from flows.finetune import finetune_flow
+
+        overrides = {k: v for k, v in {"out_dir": str(out) if out else None, "train.device": device}.items() if v}
+        result = finetune_flow(str(config), overrides=overrides, max_steps=max_steps, restart=restart,
+                               evaluate=not no_eval)
+        console.print(f"trained to step {result['train']['step']}/{result['train']['total_steps']}; "
+                      f"model {result['train']['model_dir']}")
+        if result["eval"]:
+            _print_finetune_summary(result["eval"]["summary"])
+            console.print(f"report: {result['eval']['report']}")
+        return
+    from keyslice.finetune.evaluate import run_finetune
+
+    cfg = _finetune_config(config, out, device)
+    result = run_finetune(cfg, max_steps=max_steps, restart=restart, evaluate=not no_eval, progress=console.print)
+    tr = result["train"]
+    console.print(f"trained to step {tr.step}/{tr.total_steps} in {tr.train_seconds:.1f} s "
+                  f"(final loss {tr.final_loss:.4f}); run folder {tr.out_dir}")
+    if tr.model_dir is None:
+        console.print("[yellow]stopped before the last step: rerun the same command to resume[/yellow]")
+    if result["eval"] is not None:
+        _print_finetune_summary(result["eval"].summary)
+        console.print(f"report: {result['eval'].report_path}")
+
+
+@app.command("eval")
+def evaluate(
+    config: Path = typer.Argument(..., help="fine-tuning YAML: its CTs, masks, organs and eval settings"),
+    model: list[str] = typer.Option([], "--model", help="TAG=SPEC to evaluate (repeatable; SPEC: preset, hf-hub id "
+                                                        "or checkpoint folder); default: the run's before/after"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the config's out_dir)"),
+    eval_out: Optional[Path] = typer.Option(None, "--eval-out", help="tables, report and plots (default: OUT/eval)"),
+    threshold_on: Optional[str] = typer.Option(None, "--threshold-on", help="train (default; no optimistic bias) "
+                                                                            "or eval (oracle threshold)"),
+    tolerance_mm: Optional[float] = typer.Option(None, "--tolerance-mm", help="Acc@k hit tolerance in mm"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+) -> None:
+    """Slice-level MAE / Acc@k and per-organ accuracy/F1 (Youden threshold), before vs after, with plots."""
+    from keyslice.finetune.evaluate import evaluate_run
+
+    cfg = _finetune_config(config, out, device, **{"eval.threshold_on": threshold_on,
+                                                    "eval.tolerance_mm": tolerance_mm})
+    models = None
+    if model:
+        models = {}
+        for i, item in enumerate(model):
+            tag, sep, spec = item.partition("=")
+            models[tag if sep else f"model{i + 1}"] = spec if sep else item
+    result = evaluate_run(cfg, models, eval_out, progress=console.print, device=device or "auto")
+    _print_finetune_summary(result.summary)
+    console.print(f"report: {result.report_path}; tables and plots in {result.out_dir}")
+
+
+@app.command()
+def serve(
+    input_dir: Path = typer.Option(..., "--input", help="folder of studies; new ones are built on every tick"),
+    out: Path = typer.Option(..., "--out", help="corpus folder"),
+    model: str = typer.Option("biomedclip", help="selector model: preset, hf-hub id or local checkpoint dir"),
+    cron: str = typer.Option("0 2 * * *", help="cron schedule of the incremental builds"),
+    timezone: Optional[str] = typer.Option(None, help="time zone of the cron schedule (default UTC)"),
+    name: str = typer.Option("keyslice-incremental", help="deployment name"),
+    config: Optional[Path] = typer.Option(None, help="YAML build config; the flags above override it"),
+    runner: str = typer.Option("threads", help="task runner: threads or dask"),
+    dask_address: Optional[str] = typer.Option(None, help="existing Dask scheduler, e.g. tcp://host:8786"),
+    workers: Optional[int] = typer.Option(None, help="studies processed concurrently"),
+    compact_after: bool = typer.Option(False, "--compact", help="compact the corpus after each build"),
+) -> None:
+    """Serve a Prefect deployment that builds new studies on a cron schedule (runs until Ctrl-C)."""
+    _quiet_prefect()
+    os.environ["PREFECT_LOGGING_LEVEL"] = os.environ.get("KEYSLICE_SERVE_LOG_LEVEL", "INFO")
+    from flows.deploy import serve as serve_deployment
+
+    console.print(f"serving deployment {name!r}: {input_dir} -> {out}, cron '{cron}' (Ctrl-C stops it)")
+    serve_deployment(str(input_dir.resolve()), str(out.resolve()), model, cron=cron, timezone=timezone, name=name,
+                     config_file=str(config.resolve()) if config else None, runner=runner,
+                     dask_address=dask_address, max_workers=workers, compact=compact_after)
+
+
+@app.command()
+def compact(
+    out: Path = typer.Option(..., "--out", help="corpus folder"),
+    shards: Optional[int] = typer.Option(None, help="shards per table (first compaction only; default 16)"),
+    sync_to: Optional[str] = typer.Option(None, "--sync-to", help="then mirror the corpus to an fsspec URL "
+                                                                  "(s3://bucket/corpus, gs://...)"),
+) -> None:
+    """Pack per-study checkpoint files into a few Parquet shards per table (no row lost or duplicated)."""
+    from keyslice.compact import compact_corpus
+    from keyslice.lock import CorpusLockedError
+
+    if not out.exists():
+        raise typer.BadParameter(f"{out} does not exist; build a corpus first with `keyslice build`")
+    try:
+        report = compact_corpus(out, shards=shards)
+    except CorpusLockedError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=1) from exc
+    table = Table(title=f"compaction of {out}")
+    for col in ("table", "files absorbed", "rows absorbed", "dead rows dropped", "shards written", "files left"):
+        table.add_column(col, justify="right")
+    for name, r in report.items():
+        table.add_row(name, str(r.files_absorbed), str(r.rows_absorbed),
+                      str(r.dead_rows_dropped + r.duplicate_rows_dropped), str(len(r.shards_written)),
+                      str(r.files_left))
+    console.print(table)
+    if sync_to:
+        from keyslice.storage import sync_corpus
+
+        counts = sync_corpus(out, sync_to)
+        console.print(f"mirrored to {sync_to}: {counts['uploaded']} files uploaded, {counts['deleted']} deleted")
 
 
 if __name__ == "__main__":

@@ -171,14 +171,15 @@ class _ShardWriter:
         self.n_pending = 0
         self.rows = 0
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, table: pa.Table) -> int:
         if not table.num_rows:
-            return
+            return 0
         self.pending.append(table.replace_schema_metadata(self.schema.metadata))
         self.n_pending += table.num_rows
         self.rows += table.num_rows
         if self.n_pending >= ROW_GROUP_ROWS:
             self._flush()
+        return table.num_rows
 
     def _flush(self) -> None:
         if self.pending:
@@ -242,12 +243,11 @@ def _merge_stage_shard(table: str, path: Path, dead: set[str], new: dict[str, Pa
                 while j < len(queue) and queue[j] < sid:
                     writer.write(kept.slice(start, pos - start))
                     start = pos
-                    writer.write(_read_study_file(table, new[queue[j]]))
+                    report.rows_absorbed += writer.write(_read_study_file(table, new[queue[j]]))
                     j += 1
             writer.write(kept.slice(start))
         for sid in queue[j:]:
-            writer.write(_read_study_file(table, new[sid]))
-        report.rows_absorbed += sum(pq.ParquetFile(new[s]).metadata.num_rows for s in queue)
+            report.rows_absorbed += writer.write(_read_study_file(table, new[sid]))
         writer.commit()
     except BaseException:
         writer.abort()

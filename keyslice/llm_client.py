@@ -39,6 +39,14 @@ from keyslice.resources import resource_dir
 
 # ---------------------------------------------------------------- errors
 
+TRANSIENT_ERROR_TYPES = frozenset({"timeout", "connection", "rate_limit", "http_408", "http_409"})
+
+
+def is_transient_error_type(error_type: str) -> bool:
+    """Whether a failure of this type may go away on a later run (timeouts, 429, 5xx)."""
+    return error_type in TRANSIENT_ERROR_TYPES or (error_type.startswith("http_5") and len(error_type) == 8)
+
+
 class LLMError(KeysliceError):
     """A call that produced no usable answer. ``error_type`` is a short machine-readable tag."""
 
@@ -144,6 +152,8 @@ def chat_completion(
                 wait = retry_after_s(exc)
             else:
                 raise LLMRequestError(f"http_{status}", _short(exc), attempt + 1) from exc
+        except openai.OpenAIError as exc:  # malformed response body and the like: not retried
+            raise LLMRequestError("api_error", f"{type(exc).__name__}: {_short(exc)}", attempt + 1) from exc
         if attempt == policy.max_retries:
             break
         delay = policy.backoff(attempt)

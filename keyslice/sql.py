@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from keyslice.checkpoints import CheckpointStore
 from keyslice.schemas import TABLES, table_schema
@@ -45,4 +46,5 @@ def connect(corpus_dir: Path | str) -> duckdb.DuckDBPyConnection:
 
 def query(corpus_dir: Path, sql: str):
     """Run one SQL statement against the corpus views; returns an Arrow table."""
-    return connect(corpus_dir).execute(sql).to_arrow_table()
+    relation = connect(corpus_dir).sql(sql)
+    return relation.to_arrow_table() if relation is not None else pa.table({})

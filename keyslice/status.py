@@ -20,9 +20,9 @@ def corpus_status(corpus_dir: Path) -> CorpusStatus:
     store = CheckpointStore(Path(corpus_dir))
     con = connect(corpus_dir)
     stage_done = {stage: len(store.done_studies(stage)) for stage in STAGES}
-    table_rows = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+    table_rows = {t: con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
                   for t in ("studies", "series", "findings", "assignments", "selections", "vqa", "failures")}
-    latest = con.execute(
+    latest = con.sql(
         "SELECT study_id, stage, error_type, message, attempt, failed_at FROM failures "
         "QUALIFY row_number() OVER (PARTITION BY study_id, stage ORDER BY failed_at DESC) = 1 "
         "ORDER BY study_id, stage"

@@ -26,9 +26,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from keyslice.checkpoints import CheckpointStore
 from keyslice.pseudonym import Pseudonymizer
+from keyslice.sql import query
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 DICOM_DIR = Path("ge_head_ct_tilt")
@@ -140,7 +143,8 @@ def write_fixture_corpus(root: Path, pseudonymize: Pseudonymizer, data_dir: Path
             organ = ORGANS[(slice_no + i) % len(ORGANS)]
             findings.append({
                 "study_id": sid, "finding_id": f"{sid}:{i}", "finding_index": i, "section": "findings", "text": text,
-                "organ": organ, "organs": [organ], "ts_labels": [organ], "status": "abnormal" if i % 2 == 0 else "normal",
+                "organ": organ, "organs": [organ], "ts_labels": [organ],
+                "status": "abnormal" if i % 2 == 0 else "normal",
                 "laterality": "left" if i == 1 else None, "measurements_mm": [12.5] if i == 0 else [],
                 "phase_hint": None, "image_refs": [], "language": "en", "segmenter": "fixture", "created_at": NOW})
         store.commit_stage("segment", sid, {"findings": findings}, run_id)
@@ -316,7 +320,7 @@ class FakeHub:
             repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
             if repo_id in self.repos:
                 return 409, {"error": "You already created this dataset repo", "url": f"{base}/datasets/{repo_id}"}, {}
-            repo = FakeRepo(private=bool(data.get("private")))
+            repo = FakeRepo(private=data.get("visibility") == "private" or bool(data.get("private")))
             repo.files[".gitattributes"] = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
             repo.commits.append(hashlib.sha1(f"init {repo_id}".encode()).hexdigest())
             self.repos[repo_id] = repo
@@ -420,3 +424,83 @@ class FakeHub:
             return 200, {"commitUrl": f"{base}/datasets/{m.group(1)}/commit/{oid}", "commitOid": oid,
                          "success": True}, {}
         return 404, {"error": f"fake hub: no route for {method} {path}"}, {}
+
+
+# --------------------------------------------------------------------------- round-trip check
+
+
+def load_config(folder: Path, config: str, cache: Path):
+    import datasets
+
+    return datasets.load_dataset(str(folder), config, cache_dir=str(cache))
+
+
+def _pixels(data_or_image) -> np.ndarray:
+    if isinstance(data_or_image, (bytes, bytearray)):
+        data_or_image = Image.open(io.BytesIO(data_or_image))
+    return np.asarray(data_or_image)
+
+
+# Expected rows computed independently of keyslice.publish, in SQL over the corpus views.
+_EXCLUDE = ("coalesce(se.burned_in_annotation, false) = false "
+            "AND coalesce(se.drop_reason, '') <> 'secondary_capture'")
+EXPECTED_SQL = {
+    "vqa": f"""SELECT v.qa_id, v.finding_id, v.study_id, s.patient_id, v.question, v.answer, v.answer_type,
+                      v.question_type, v.options, v.generator, v.prompt_version, v.series_id, se.phase,
+                      v.slice_index, v.image_path
+               FROM vqa v JOIN studies s USING (study_id) JOIN series se ON se.series_id = v.series_id
+               WHERE {_EXCLUDE}""",
+    "findings": f"""SELECT f.finding_id, f.study_id, s.patient_id, sel.series_id, f.finding_index, f.section, f.text,
+                           f.organ, f.organs, f.status, f.laterality, f.measurements_mm, f.phase_hint, f.language,
+                           se.phase, sel.window, sel.top1_index AS slice_index, sel.image_path
+                    FROM findings f JOIN selections sel USING (finding_id) JOIN studies s ON s.study_id = f.study_id
+                    JOIN series se ON se.series_id = sel.series_id WHERE {_EXCLUDE}""",
+    "selections": f"""SELECT sel.finding_id, sel.study_id, s.patient_id, sel.series_id, se.phase, se.phase_confidence,
+                             se.manufacturer, se.kernel, se.slice_thickness_mm, sel.model_id, sel.weights_sha256,
+                             sel.window, sel.n_slices, sel.top1_index, sel.top1_instance_number, sel.top1_z_mm,
+                             sel.top1_score, sel.topk_indices, sel.topk_scores, sel.restricted_to, sel.z_range_mm,
+                             sel.image_path
+                      FROM selections sel JOIN studies s USING (study_id) JOIN series se ON se.series_id = sel.series_id
+                      WHERE {_EXCLUDE}""",
+}
+KEYS = {"vqa": "qa_id", "findings": "finding_id", "selections": "finding_id"}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-6)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_round_trip(corpus_root: Path, folder: Path, cache: Path, excluded_series: set[str] = frozenset()) -> dict:
+    """Every exported row equals its corpus row, every image equals the corpus PNG, no patient in two splits."""
+    groups_by_split: dict[str, set[str]] = {}
+    seen_studies = set()
+    for config, sql in EXPECTED_SQL.items():
+        expected = {r[KEYS[config]]: r for r in query(corpus_root, sql).to_pylist()}
+        ds = load_config(folder, config, cache)
+        got = {}
+        for split, part in ds.items():
+            for row in part:
+                key = row[KEYS[config]]
+                assert key not in got, f"{config} row {key} exported twice"
+                got[key] = row
+                group = row["patient_id"] or row["study_id"]
+                groups_by_split.setdefault(split, set()).add(group)
+        assert set(got) == set(expected), f"{config}: exported rows differ from the corpus"
+        for key, row in got.items():
+            want = dict(expected[key])
+            image_path = want.pop("image_path")
+            assert _pixels(row.pop("image")).tolist() == _pixels(Image.open(corpus_root / image_path)).tolist()
+            assert set(row) == set(want), f"{config} columns {sorted(set(row) ^ set(want))}"
+            for col, value in want.items():
+                assert _same(row[col], value), f"{config} row {key} column {col}: {row[col]!r} != {value!r}"
+            assert row["series_id"] not in excluded_series
+            seen_studies.add(row["study_id"])
+    splits = sorted(groups_by_split)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            assert not groups_by_split[a] & groups_by_split[b], f"a patient is in both {a} and {b}"
+    return {"splits": {s: len(g) for s, g in groups_by_split.items()}, "studies": len(seen_studies)}

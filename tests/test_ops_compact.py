@@ -228,6 +228,7 @@ def test_shards_are_sorted_by_study_and_read_by_row_group(tmp_path, monkeypatch)
 _COMPACT_CHILD = """
 import sys
 from keyslice.compact import compact_corpus
+print("ready", flush=True)
 compact_corpus(sys.argv[1], shards=3)
 """
 
@@ -235,7 +236,7 @@ compact_corpus(sys.argv[1], shards=3)
 @pytest.mark.slow
 def test_kill_9_during_compaction_loses_and_duplicates_nothing(tmp_path):
     store = CheckpointStore(tmp_path / "corpus")
-    sids = [f"st-{i:04x}" for i in range(300)]
+    sids = [f"st-{i:04x}" for i in range(80)]
     for i, sid in enumerate(sids):
         commit_study(store, sid, n=1 + i % 3)
         if i % 10 == 0:
@@ -245,10 +246,11 @@ def test_kill_9_during_compaction_loses_and_duplicates_nothing(tmp_path):
     rng = random.Random(7)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     killed = 0
-    for _ in range(6):
+    for _ in range(4):
         proc = subprocess.Popen([sys.executable, "-c", _COMPACT_CHILD, str(store.root)], env=env,
-                                start_new_session=True)
-        time.sleep(rng.uniform(0.3, 2.5))
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             killed += 1

@@ -8,18 +8,13 @@ VQA pairs are assembled for the test.
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer
-from keyslice.sql import query
-from tests.publish_fixtures import FixtureStudy, write_fixture_corpus
+from tests.publish_fixtures import FixtureStudy, assert_round_trip, load_config, write_fixture_corpus
 
 TEST_KEY = "keyslice-publish-test-key"
 FRACTIONS = (0.5, 0.25, 0.25)
@@ -40,83 +35,6 @@ def corpus(corpus_template, tmp_path, monkeypatch):
     return root, corpus_template
 
 
-def _load(folder: Path, config: str, cache: Path):
-    import datasets
-
-    return datasets.load_dataset(str(folder), config, cache_dir=str(cache))
-
-
-def _pixels(data_or_image) -> np.ndarray:
-    if isinstance(data_or_image, (bytes, bytearray)):
-        data_or_image = Image.open(io.BytesIO(data_or_image))
-    return np.asarray(data_or_image)
-
-
-# Expected rows computed independently of keyslice.publish, in SQL over the corpus views.
-_EXCLUDE = ("coalesce(se.burned_in_annotation, false) = false "
-            "AND coalesce(se.drop_reason, '') <> 'secondary_capture'")
-EXPECTED_SQL = {
-    "vqa": f"""SELECT v.qa_id, v.finding_id, v.study_id, s.patient_id, v.question, v.answer, v.answer_type,
-                      v.question_type, v.options, v.generator, v.prompt_version, v.series_id, se.phase,
-                      v.slice_index, v.image_path
-               FROM vqa v JOIN studies s USING (study_id) JOIN series se ON se.series_id = v.series_id
-               WHERE {_EXCLUDE}""",
-    "findings": f"""SELECT f.finding_id, f.study_id, s.patient_id, sel.series_id, f.finding_index, f.section, f.text,
-                           f.organ, f.organs, f.status, f.laterality, f.measurements_mm, f.phase_hint, f.language,
-                           se.phase, sel.window, sel.top1_index AS slice_index, sel.image_path
-                    FROM findings f JOIN selections sel USING (finding_id) JOIN studies s ON s.study_id = f.study_id
-                    JOIN series se ON se.series_id = sel.series_id WHERE {_EXCLUDE}""",
-    "selections": f"""SELECT sel.finding_id, sel.study_id, s.patient_id, sel.series_id, se.phase, se.phase_confidence,
-                             se.manufacturer, se.kernel, se.slice_thickness_mm, sel.model_id, sel.weights_sha256,
-                             sel.window, sel.n_slices, sel.top1_index, sel.top1_instance_number, sel.top1_z_mm,
-                             sel.top1_score, sel.topk_indices, sel.topk_scores, sel.restricted_to, sel.z_range_mm,
-                             sel.image_path
-                      FROM selections sel JOIN studies s USING (study_id) JOIN series se ON se.series_id = sel.series_id
-                      WHERE {_EXCLUDE}""",
-}
-KEYS = {"vqa": "qa_id", "findings": "finding_id", "selections": "finding_id"}
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return a == pytest.approx(b, rel=1e-6)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def assert_round_trip(corpus_root: Path, folder: Path, cache: Path, excluded_series: set[str] = frozenset()) -> dict:
-    """Every exported row equals its corpus row, every image equals the corpus PNG, no patient in two splits."""
-    groups_by_split: dict[str, set[str]] = {}
-    seen_studies = set()
-    for config, sql in EXPECTED_SQL.items():
-        expected = {r[KEYS[config]]: r for r in query(corpus_root, sql).to_pylist()}
-        ds = _load(folder, config, cache)
-        got = {}
-        for split, part in ds.items():
-            for row in part:
-                key = row[KEYS[config]]
-                assert key not in got, f"{config} row {key} exported twice"
-                got[key] = row
-                group = row["patient_id"] or row["study_id"]
-                groups_by_split.setdefault(split, set()).add(group)
-        assert set(got) == set(expected), f"{config}: exported rows differ from the corpus"
-        for key, row in got.items():
-            want = dict(expected[key])
-            image_path = want.pop("image_path")
-            assert _pixels(row.pop("image")).tolist() == _pixels(Image.open(corpus_root / image_path)).tolist()
-            assert set(row) == set(want), f"{config} columns {sorted(set(row) ^ set(want))}"
-            for col, value in want.items():
-                assert _same(row[col], value), f"{config} row {key} column {col}: {row[col]!r} != {value!r}"
-            assert row["series_id"] not in excluded_series
-            seen_studies.add(row["study_id"])
-    splits = sorted(groups_by_split)
-    for i, a in enumerate(splits):
-        for b in splits[i + 1:]:
-            assert not groups_by_split[a] & groups_by_split[b], f"a patient is in both {a} and {b}"
-    return {"splits": {s: len(g) for s, g in groups_by_split.items()}, "studies": len(seen_studies)}
-
-
 def test_dry_run_round_trips_rows_images_and_patient_splits(corpus, tmp_path):
     from keyslice.publish import publish_corpus
 
@@ -135,7 +53,7 @@ def test_dry_run_round_trips_rows_images_and_patient_splits(corpus, tmp_path):
     assert len(summary["splits"]) >= 2, summary  # the test key and fractions put patients in several splits
     # the two studies of patient PAT-0001 are in the same split
     two = {fx.study_ids["case_001"], fx.study_ids["case_002"]}
-    vqa = _load(out, "vqa", tmp_path / "hf_cache")
+    vqa = load_config(out, "vqa", tmp_path / "hf_cache")
     assert len({split for split, part in vqa.items() for sid in part["study_id"] if sid in two}) == 1
 
     # burned-in and secondary-capture series were never exported; their rows are counted as excluded
@@ -228,7 +146,7 @@ def test_incomplete_studies_are_left_out(corpus, tmp_path):
     CheckpointStore(root).invalidate("keyslice", sid)  # as `--force-stage keyslice` does before recomputing
     result = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
     assert result.privacy.excluded["incomplete_studies"] == 1
-    ds = _load(tmp_path / "dry", "findings", tmp_path / "hf_cache")
+    ds = load_config(tmp_path / "dry", "findings", tmp_path / "hf_cache")
     assert all(sid not in part["study_id"] for part in ds.values())
 
 
@@ -258,3 +176,16 @@ def test_single_patient_many_studies_stay_together(tmp_path, data_dir, monkeypat
     summary = assert_round_trip(root, tmp_path / "dry", tmp_path / "hf_cache")
     assert sum(summary["splits"].values()) == 3  # three patients, each in exactly one split
     assert result.counts["findings"] and sum(result.counts["findings"].values()) == 9
+
+
+def test_compacted_corpus_publishes_the_same_dataset(corpus, tmp_path):
+    """After `keyslice compact` (per-study files packed into shards) the export is byte-identical."""
+    from keyslice.compact import compact_corpus
+    from keyslice.publish import publish_corpus
+
+    root, _ = corpus
+    before = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "a", log=lambda m: None)
+    compact_corpus(root, shards=4)
+    assert not list((root / "tables" / "vqa").glob("st-*.parquet"))  # really compacted
+    after = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "b", log=lambda m: None)
+    assert after.files == before.files

@@ -201,9 +201,10 @@ def test_mask_that_does_not_overlap_the_series(siemens, encoder):
     assert masks.z_range(["liver"], ct3) is None
     q = [Query("a", "Liver lesion.", ["liver"], ["liver"])]
     with pytest.raises(MaskError):
-        select_key_slices(ct3, q, encoder, SelectorConfig(), masks)
-    c = select_key_slices(ct3, q, encoder, SelectorConfig(on_mask_mismatch="ignore"), masks)[0]
-    assert c.restricted_to is None
+        select_key_slices(ct3, q, encoder, SelectorConfig(on_mask_mismatch="raise"), masks)
+    # Default: another series of the study may lie outside the masks: select unrestricted, say so.
+    c = select_key_slices(ct3, q, encoder, SelectorConfig(), masks)[0]
+    assert c.restricted_to is None and c.z_range_mm is None
     masks.check_overlap(siemens)  # the right series passes
 
 
@@ -269,3 +270,29 @@ def test_totalsegmentator_weights_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "tshome"))
     with pytest.raises(ModelWeightsMissingError, match="totalseg_download_weights"):
         run_totalsegmentator(REF / "example_ct.nii.gz", tmp_path / "out")
+
+
+def test_segment_volume_without_totalsegmentator(tmp_path, monkeypatch, siemens):
+    """The TotalSegmentator path writes the series as NIfTI first, then stops with a clear error."""
+    import builtins
+
+    from keyslice.selector import segment_volume
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("totalsegmentator"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ModelWeightsMissingError, match="pip install 'keyslice\\[totalsegmentator\\]'"):
+        segment_volume(siemens, tmp_path / "ts")
+    # The NIfTI it wrote is world-consistent with the DICOM series (RAS on disk, LPS in memory).
+    back = volume_from_nifti(tmp_path / "ts" / "ct.nii.gz")
+    assert back.shape == siemens.shape
+    assert np.allclose(back.z_mm, siemens.z_mm)
+    masks = OrganMasks.from_nifti(SEG_DICOM)
+    for label in ("pancreas", "rib_left_6"):
+        assert masks.z_range([label], back) == pytest.approx(masks.z_range([label], siemens))
+    assert np.array_equal(back.hu, siemens.hu)

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_server import Reply, ScriptedLLMServer  # noqa: E402
+try:
+    from tests.llm_server import Reply, ScriptedLLMServer
+except ImportError:  # tests/ run without being a package
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from llm_server import Reply, ScriptedLLMServer  # noqa: E402
 
 from keyslice.llm_client import ResponseCache, load_prompt  # noqa: E402
 from keyslice.vqa import LLMConfig, LLMFailure, LLMGenerator  # noqa: E402
@@ -137,6 +140,9 @@ def test_timeouts_exhaust_retries(server):
     server.push(*[Reply.ok(VALID, delay_s=1.5) for _ in range(2)])
     rows, failures = make_gen(server, timeout_s=0.3, max_retries=1).generate([finding()], [selection()])
     assert rows == [] and [f.error_type for f in failures] == ["timeout"]
+    assert failures[0].transient and failures[0].attempts == 2
+    from keyslice.errors import is_transient
+    assert is_transient(failures[0].as_exception())
     assert len(server.requests) == 2
 
 
@@ -152,6 +158,12 @@ def test_429_retry_after_is_honoured(server):
     assert sleeps.calls and sleeps.calls[0] >= 1.0  # Retry-After: 1, not the 0.01 s backoff
     gap = server.requests[1]["received_at"] - server.requests[0]["received_at"]
     assert gap >= 0.95 and time.monotonic() - t0 >= 1.0
+
+
+def test_server_errors_are_retried(server):
+    server.push(Reply.error(503), Reply.error(502), Reply.ok(VALID))
+    rows, failures = make_gen(server).generate([finding()], [selection()])
+    assert failures == [] and len(rows) == 3 and len(server.requests) == 3
 
 
 def test_client_error_is_not_retried(server):
@@ -173,7 +185,9 @@ def test_hallucinated_organ_every_time_is_a_grounding_failure(server):
     server.push(*[Reply.ok(HALLUCINATED) for _ in range(3)])
     rows, failures = make_gen(server).generate([finding()], [selection()])
     assert rows == [] and [f.error_type for f in failures] == ["grounding"]
-    assert "spleen" in failures[0].message
+    assert "spleen" in failures[0].message and not failures[0].transient
+    exc = failures[0].as_exception()  # what the pipeline records in the failures table
+    assert type(exc).__name__ == "LLMAnswerError" and str(exc).startswith("grounding: finding st1:0: ")
 
 
 def test_grounding_check_numbers_and_organs():
@@ -267,3 +281,59 @@ def test_prompt_file_is_versioned():
     assert "$text" in prompt.user and "$schema" in prompt.system
     with pytest.raises(FileNotFoundError):
         load_prompt("vqa_generate.v999")
+
+
+def test_retry_after_parsing_and_json_fences():
+    import email.utils
+
+    import httpx
+    import openai
+
+    from keyslice.llm_client import parse_json_content, retry_after_s
+
+    def err(headers):
+        req = httpx.Request("POST", "http://x/v1/chat/completions")
+        return openai.RateLimitError("429", response=httpx.Response(429, headers=headers, request=req), body=None)
+
+    assert retry_after_s(err({"Retry-After": "2"})) == 2.0
+    assert retry_after_s(err({"retry-after-ms": "1500", "Retry-After": "9"})) == 1.5
+    future = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= retry_after_s(err({"Retry-After": future})) <= 31
+    assert retry_after_s(err({})) is None
+    assert parse_json_content('```json\n{"a": 1}\n```') == {"a": 1}
+    with pytest.raises(ValueError):
+        parse_json_content("Sure! {")
+
+
+def test_api_key_is_read_from_the_configured_variable(server, monkeypatch):
+    monkeypatch.setenv("KEYSLICE_TEST_KEY", "sk-test-123")
+    server.push(Reply.ok(VALID))
+    make_gen(server, api_key_env="KEYSLICE_TEST_KEY").generate([finding()], [selection()])
+    assert server.requests[0]["authorization"] == "Bearer sk-test-123"
+
+
+def test_json_mode_sends_response_format(server):
+    server.push(Reply.ok(VALID))
+    make_gen(server, json_mode=True).generate([finding()], [selection()])
+    assert server.requests[0]["body"]["response_format"] == {"type": "json_object"}
+
+
+def test_llm_rows_fit_the_vqa_table_beside_rule_rows(server):
+    import datetime as dt
+
+    from keyslice.schemas import to_table
+    from keyslice.vqa import generate_rule_vqa
+
+    same_as_rules = copy.deepcopy(VALID)
+    same_as_rules["qa_pairs"].append({"question": "Which organ is abnormal in this image?", "answer": "liver",
+                                      "answer_type": "open", "question_type": "organ"})
+    server.push(Reply.ok(same_as_rules))
+    llm_rows, failures = make_gen(server).generate([finding()], [selection()])
+    rule_rows = generate_rule_vqa([finding()], [selection()], [{"series_id": "ser-a", "phase": "arterial",
+                                                                "orientation": "axial"}])
+    rows = rule_rows + llm_rows
+    assert failures == [] and len(llm_rows) == 4
+    assert len({r["qa_id"] for r in rows}) == len(rows)  # same question, other generator: other id
+    now = dt.datetime.now(dt.timezone.utc)
+    table = to_table("vqa", [{"study_id": "st1", "created_at": now, **r} for r in rows])
+    assert set(table.column("generator").to_pylist()) == {"rule", f"llm:{MODEL}"}

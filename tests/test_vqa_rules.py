@@ -125,7 +125,7 @@ def test_qa_id_is_a_hash_of_finding_and_question():
     rows = generate_rule_vqa(findings, selections, series)
     assert len({r["qa_id"] for r in rows}) == len(rows)
     for r in rows:
-        assert r["qa_id"] == qa_id(r["finding_id"], r["question"], r["answer_type"])
+        assert r["qa_id"] == qa_id(r["finding_id"], r["question"], r["answer_type"], "rule")
 
 
 def _report_study():

@@ -138,11 +138,15 @@ class Header:
         return [str(value).strip()]
 
     def floats(self, key: str) -> list[float] | None:
+        cache = self.extra.setdefault("_floats", {})
+        if key in cache:
+            return cache[key]
         try:
-            out = [float(v) for v in self.strings(key) if v != ""]
+            out = [float(v) for v in self.strings(key) if v != ""] or None
         except ValueError:
-            return None
-        return out or None
+            out = None
+        cache[key] = out
+        return out
 
     def float(self, key: str) -> float | None:
         vals = self.floats(key)
@@ -185,10 +189,10 @@ def decode_value(raw: bytes, vr: str, little_endian: bool, encodings: list[str])
             return None
         vals = list(struct.unpack(("<" if little_endian else ">") + fmt * (len(raw) // size), raw[: len(raw) // size * size]))
         return vals[0] if len(vals) == 1 else vals
-    if vr in TEXT_VRS:
+    if vr in TEXT_VRS and not (raw.isascii() and b"\x1b" not in raw):
         from pydicom.charset import decode_bytes
 
-        text = decode_bytes(raw, encodings, set()) if encodings != ["iso8859"] or not raw.isascii() else raw.decode("ascii")
+        text = decode_bytes(raw, encodings, set())
     else:
         text = raw.decode("latin_1")
     text = text.rstrip("\x00 ").strip()
@@ -205,18 +209,21 @@ class _Truncated(Exception):
 
 
 class _Buf:
-    """Grow-on-demand read buffer over an open file."""
+    """Grow-on-demand read buffer over an open file (``data`` is immutable bytes)."""
 
     def __init__(self, fh, first: bytes):
         self.fh = fh
-        self.data = bytearray(first)
+        self.data = bytes(first)
+        self.size = os.fstat(fh.fileno()).st_size
 
-    def need(self, end: int) -> None:
+    def need(self, end: int) -> bytes:
         if end > len(self.data):
-            more = self.fh.read(max(end - len(self.data), 65536))
-            self.data += more
+            if end > self.size:  # never ask the OS for a corrupt length's worth of bytes
+                raise _Truncated("file ends inside the header")
+            self.data += self.fh.read(min(max(end - len(self.data), 65536), self.size - len(self.data)))
             if end > len(self.data):
                 raise _Truncated("file ends inside the header")
+        return self.data
 
     def at_eof(self, pos: int) -> bool:
         if pos < len(self.data):
@@ -234,60 +241,79 @@ def _looks_like_dicom_start(b: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be == 0x0008
 
 
+_S_EXPLICIT = struct.Struct("<HH2sH")   # group, element, VR, short length
+_S_IMPLICIT = struct.Struct("<HHI")     # group, element, length
+_S_U32 = struct.Struct("<I")
+
+
 def _walk(buf: _Buf, pos: int, explicit: bool, stop_group: int | None, want: dict[int, tuple[str, str]],
-          out: dict[int, tuple[bytes, str]], depth: int = 0, end: int | None = None):
-    """Walk elements from ``pos``; collect wanted top-level values. Returns (pos, pixel_info)."""
+          out: dict[int, tuple[bytes, str]], depth: int = 0):
+    """Walk elements from ``pos``; collect wanted top-level values. Returns (pos, pixel_info).
+
+    The hot loop of the fast reader: one struct call per element, no object per element
+    except for the values it keeps.
+    """
     data = buf.data
-    unpack_from = struct.unpack_from
-    while end is None or pos < end:
-        if pos + 8 > len(data):
-            if depth == 0 and buf.at_eof(pos):
+    n = len(data)
+    long_vrs, valid_vrs, undefined = LONG_VRS, VALID_VRS, UNDEFINED
+    expl_unpack, impl_unpack, u32_unpack = _S_EXPLICIT.unpack_from, _S_IMPLICIT.unpack_from, _S_U32.unpack_from
+    top = depth == 0
+    while True:
+        if pos + 12 > n:
+            if top and buf.at_eof(pos):
                 return pos, None  # clean end of a file without pixel data (SR, PR...)
-            buf.need(pos + 8)
-            data = buf.data
-        group, elem = unpack_from("<HH", data, pos)
-        tag = (group << 16) | elem
-        if stop_group is not None and group != stop_group:
-            return pos, None
-        if tag == ITEM_END or tag == SEQ_END:
-            return pos + 8, None
-        if explicit and group != 0xFFFE:
-            vr = bytes(data[pos + 4: pos + 6])
-            if vr in LONG_VRS:
-                buf.need(pos + 12)
-                data = buf.data
-                length = unpack_from("<I", data, pos + 8)[0]
+            try:
+                data = buf.need(pos + 12)
+            except _Truncated:
+                data = buf.need(pos + 8)  # an 8-byte delimiter at the very end is fine
+            n = len(data)
+        if explicit:
+            group, elem, vr, length = expl_unpack(data, pos)
+            if stop_group is not None and group != stop_group:
+                return pos, None  # end of the file meta group (the dataset may be implicit VR)
+            if group == 0xFFFE:
+                length = u32_unpack(data, pos + 4)[0]
+                hdr = 8
+                vr = None
+            elif vr in long_vrs:
+                length = u32_unpack(data, pos + 8)[0]
                 hdr = 12
-            elif vr in VALID_VRS:
-                length = unpack_from("<H", data, pos + 6)[0]
+            elif vr in valid_vrs:
                 hdr = 8
             else:
                 raise _Fallback(f"bad VR {vr!r} at offset {pos}")
-            vr_s = vr.decode("ascii")
         else:
-            length = unpack_from("<I", data, pos + 4)[0]
+            group, elem, length = impl_unpack(data, pos)
             hdr = 8
-            vr_s = None
+            vr = None
+        if stop_group is not None and group != stop_group:
+            return pos, None
+        tag = (group << 16) | elem
+        if group == 0xFFFE and (tag == ITEM_END or tag == SEQ_END):
+            return pos + 8, None
         vpos = pos + hdr
-        if depth == 0 and tag in PIXEL_TAGS:
+        if top and group >= 0x7FE0 and tag in PIXEL_TAGS:
             return pos, (tag, vpos, length)
-        if length == UNDEFINED:
-            # sequence (or UN of undefined length): walk its items
-            pos = _walk_items(buf, vpos, explicit if vr_s != "UN" else False, depth)
+        if length == undefined:
+            # sequence (or UN of undefined length, which is implicit VR inside): walk its items
+            pos = _walk_items(buf, vpos, explicit and vr != b"UN", depth)
             data = buf.data
+            n = len(data)
             continue
-        if depth == 0 and tag in want:
-            buf.need(vpos + length)
-            data = buf.data
-            out[tag] = (bytes(data[vpos: vpos + length]), vr_s or want[tag][1])
         pos = vpos + length
-    return pos, None
+        if top and tag in want:
+            if pos > n:
+                data = buf.need(pos)
+                n = len(data)
+            out[tag] = (data[vpos:pos], vr.decode("ascii") if vr else want[tag][1])
 
 
 def _walk_items(buf: _Buf, pos: int, explicit: bool, depth: int) -> int:
+    if depth > 32:
+        raise _Fallback("sequences nested too deep")
     while True:
-        buf.need(pos + 8)
-        tag_g, tag_e, length = struct.unpack_from("<HHI", buf.data, pos)
+        data = buf.need(pos + 8)
+        tag_g, tag_e, length = _S_IMPLICIT.unpack_from(data, pos)
         tag = (tag_g << 16) | tag_e
         pos += 8
         if tag == SEQ_END:
@@ -298,8 +324,6 @@ def _walk_items(buf: _Buf, pos: int, explicit: bool, depth: int) -> int:
             pos, _ = _walk(buf, pos, explicit, None, {}, {}, depth + 1)
         else:
             pos += length
-        if depth > 32:
-            raise _Fallback("sequences nested too deep")
 
 
 def _read_fast(path: Path) -> Header:
@@ -344,9 +368,9 @@ def _read_fast(path: Path) -> Header:
         return hdr
 
 
-def _check_pixels(fh, buf: _Buf, pixel: tuple[int, int, int], explicit: bool) -> str | None:
+def _check_pixels(fh, buf: _Buf | None, pixel: tuple[int, int, int], explicit: bool) -> str | None:
     _tag, vpos, length = pixel
-    size = os.fstat(fh.fileno()).st_size
+    size = buf.size if buf is not None else os.fstat(fh.fileno()).st_size
     if length == UNDEFINED:
         if size < vpos + 8:
             return "file ends inside the encapsulated pixel data"
@@ -379,6 +403,15 @@ def _make_header(out: dict[int, tuple[bytes, str]], ts: str | None, has_preamble
 # --------------------------------------------------------------------------- pydicom reader
 
 
+def _raw_uid(ds, tag: int) -> str | None:
+    if tag not in ds:
+        return None
+    value = ds.get_item(tag).value
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", "replace")
+    return str(value).strip("\x00 ") or None
+
+
 def _read_pydicom(path: Path) -> Header:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -397,9 +430,9 @@ def _read_pydicom(path: Path) -> Header:
         ts = None
         media_sop = None
         fm = getattr(ds, "file_meta", None)
-        if fm is not None:
-            ts = str(fm.get("TransferSyntaxUID", "") or "") or None
-            media_sop = str(fm.get("MediaStorageSOPClassUID", "") or "") or None
+        if fm is not None:  # raw bytes: no pydicom value validation (its warnings quote the values)
+            ts = _raw_uid(fm, 0x00020010)
+            media_sop = _raw_uid(fm, 0x00020002)
         little = getattr(ds, "is_little_endian", None)
         if little is None:
             little = True
@@ -430,7 +463,7 @@ def _read_pydicom(path: Path) -> Header:
             else:
                 length, vpos = None, None
             if length is not None and ts != DEFLATED_LE:
-                truncated = _check_pixels(fh, _Buf(fh, b""), (0x7FE00010, vpos, length), explicit)
+                truncated = _check_pixels(fh, None, (0x7FE00010, vpos, length), explicit)
     hdr = _make_header(out, ts, has_preamble, media_sop, truncated, "pydicom", little)
     hdr.extra["pixel_data"] = pixel_found
     return hdr

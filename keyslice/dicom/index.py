@@ -53,14 +53,18 @@ class StudyIndex:
                 f"kept={len(self.kept())}, skipped={len(self.skipped_files)})")
 
 
-def list_files(study_dir: Path) -> list[Path]:
-    out: list[Path] = []
-    for root, dirs, files in os.walk(study_dir, followlinks=True):
+def list_files(study_dir: Path) -> list[tuple[Path, str]]:
+    """(path, relative posix path) of every file under the folder, sorted, hidden ones left out."""
+    out: list[tuple[Path, str]] = []
+    base = os.fspath(study_dir)
+    cut = len(base.rstrip(os.sep)) + 1
+    for root, dirs, files in os.walk(base, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
                 continue
-            out.append(Path(root) / name)
+            full = os.path.join(root, name)
+            out.append((Path(full), full[cut:].replace(os.sep, "/")))
     return out
 
 
@@ -98,18 +102,18 @@ def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, wor
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise DicomReadError(f"study folder {study_dir} does not exist or is not a folder")
-    paths = list_files(study_dir)
+    listed = list_files(study_dir)
+    paths = [p for p, _ in listed]
     if workers and workers > 1 and len(paths) > 8:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda p: _read_one(p, reader), paths, chunksize=16))
+            results = list(pool.map(lambda p: _read_one(p, reader), paths))
     else:
         results = [_read_one(p, reader) for p in paths]
 
     instances: list[Instance] = []
     skipped: list[tuple[str, str]] = []
     truncated: list[Instance] = []
-    for path, (hdr, reason) in zip(paths, results):
-        rel = path.relative_to(study_dir).as_posix()
+    for (path, rel), (hdr, reason) in zip(listed, results):
         if hdr is None:
             skipped.append((rel, reason or "unreadable"))
             continue

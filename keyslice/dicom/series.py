@@ -56,11 +56,17 @@ SC_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"     # Secondary Capture family (.7, 
 DOSE_SR_SOPS = {"1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.88.22"}
 
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "PILOT", "REF_SURVIEW"}
-LOCALIZER_DESC = re.compile(r"(?<![a-z])(?:scout|topogram|topo|surview|localizer|localiser|scanogram|pilot|planning|tomogram)(?![a-z])")
+LOCALIZER_DESC = re.compile(r"(?<![a-z])(?:scout|topogram|topo|surview|localizer|localiser|scanogram|pilot|survey|scout view)(?![a-z])")
 REFORMAT_TYPES = {"MIP", "MINIP", "MPR", "VR", "VRT", "REFORMATTED", "PROJECTION IMAGE", "CURVED", "CPR", "3D",
                   "VOLUME", "SSD", "MAXIMUM", "AVERAGE", "CINEMATIC", "THICK_MIP"}
-REFORMAT_DESC = re.compile(r"(?<![a-z])(?:mip|minip|mpr|vrt|vr|3d|volume render\w*|reformat\w*|curved|cpr|cor|coronal|sag|sagittal|mip\d+)(?![a-z])")
-SECONDARY_DESC = re.compile(r"(?<![a-z])(?:dose|dosis|patient protocol|exam summary|screen ?save|screenshot|report|summary|protocol sheet)(?![a-z])")
+# description words only for what geometry cannot tell (an axial MIP looks axial); coronal and
+# sagittal reformats are caught by their orientation instead, so a mislabelled description
+# cannot drop a real axial series
+REFORMAT_DESC = re.compile(r"(?<![a-z])(?:mip|minip|mpr|vrt|3d|volume render\w*|reformat\w*|curved|cpr|mip\d+)(?![a-z])")
+# not plain 'dose': 'Low Dose Thorax' is a real axial series
+SECONDARY_DESC = re.compile(r"(?<![a-z])(?:dose[\s_]?(?:report|info\w*|summary|sr)|dosis[\s_]?(?:report|bericht|info\w*)|"
+                            r"patient[\s_]protocol|exam[\s_]summary|screen[\s_]?save\w*|screenshot\w*|protocol[\s_]sheet|"
+                            r"secondary[\s_]capture)(?![a-z])")
 
 AXIAL_MAX_DEG = 30.0
 
@@ -444,7 +450,7 @@ def drop_reason(row: dict, *, n_frames: int | None = None, min_slices: int = 3,
     itype_set = set(itype)
     desc = (row.get("description") or "").lower()
     sop = row.get("sop_class") or ""
-    modality = (row.get("modality") or "").upper()
+    modality = (row.get("modality") or ("CT" if sop in CT_IMAGE_SOPS else "")).upper()
     if sop.startswith(SC_SOP_PREFIX) or sop in DOSE_SR_SOPS or "SECONDARY" in itype_set \
             or (modality in ("CT", "OT", "") and SECONDARY_DESC.search(desc)):
         return "secondary_capture"

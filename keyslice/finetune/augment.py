@@ -77,8 +77,8 @@ class SliceBank:
                     cx = bw / 2 + (w - bw) * float(u[i, 2])
                     cy = bh / 2 + (h - bh) * float(u[i, 3])
                 else:
-                    bw = bh = side
-                    cx, cy = w / 2, h / 2
+                    bw = bh = side                     # the central square, on whole pixels
+                    cx, cy = (w - side) // 2 + side / 2, (h - side) // 2 + side / 2
                 # output normalised coords -> input normalised coords (align_corners=False)
                 theta[j, 0, 0] = bw / w
                 theta[j, 0, 2] = 2 * cx / w - 1

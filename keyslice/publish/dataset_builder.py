@@ -28,13 +28,11 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from keyslice.checkpoints import STAGES, CheckpointStore
-from keyslice.schemas import validate_table
 
 CONFIGS = ("vqa", "findings", "selections")
 SPLITS = ("train", "validation", "test")
@@ -65,26 +63,40 @@ class CorpusSnapshot:
     vqa: list[dict[str, Any]]
 
 
-def _read(store: CheckpointStore, table: str, study_ids: Iterable[str]) -> list[dict[str, Any]]:
-    tables = []
-    for sid in study_ids:
-        path = store.table_path(table, sid)
-        if path.exists():
-            tables.append(validate_table(table, pq.read_table(path)))
-    return pa.concat_tables(tables).to_pylist() if tables else []
+def _read(con, table: str, study_ids: list[str]) -> list[dict[str, Any]]:
+    """Rows of ``table`` for the given studies, through the corpus' DuckDB views.
+
+    The views read per-study files and compacted shards alike (a per-study file wins over its
+    compacted rows, :mod:`keyslice.compact`), in one pass per table.
+    """
+    if not study_ids:
+        return []
+    con.register("_publish_studies", pa.table({"study_id": study_ids}))
+    try:
+        result = con.sql(f"SELECT t.* FROM {table} t SEMI JOIN _publish_studies p ON t.study_id = p.study_id "
+                         f"ORDER BY t.study_id").to_arrow_table()
+    finally:
+        con.unregister("_publish_studies")
+    return result.to_pylist()
 
 
 def read_corpus(corpus_dir: Path) -> CorpusSnapshot:
     """The complete studies of a corpus and their rows (call while holding the corpus lock)."""
+    from keyslice.sql import connect
+
     store = CheckpointStore(Path(corpus_dir))
     done = [store.done_studies(stage) for stage in STAGES]
     complete = sorted(set.intersection(*done)) if done else []
     incomplete = sorted(set.union(*done) - set(complete)) if done else []
-    studies = {r["study_id"]: r for r in _read(store, "studies", complete)}
-    series = {r["series_id"]: r for r in _read(store, "series", complete)}
-    findings = {r["finding_id"]: r for r in _read(store, "findings", complete)}
-    return CorpusSnapshot(Path(corpus_dir), complete, incomplete, studies, series, findings,
-                          _read(store, "selections", complete), _read(store, "vqa", complete))
+    con = connect(Path(corpus_dir))
+    try:
+        studies = {r["study_id"]: r for r in _read(con, "studies", complete)}
+        series = {r["series_id"]: r for r in _read(con, "series", complete)}
+        findings = {r["finding_id"]: r for r in _read(con, "findings", complete)}
+        selections, vqa = _read(con, "selections", complete), _read(con, "vqa", complete)
+    finally:
+        con.close()
+    return CorpusSnapshot(Path(corpus_dir), complete, incomplete, studies, series, findings, selections, vqa)
 
 
 def corpus_state(corpus_dir: Path) -> dict[str, Any]:
@@ -383,9 +395,13 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
                     out = dest / rel
                     out.parent.mkdir(parents=True, exist_ok=True)
                     ds.to_parquet(str(out))
-                    data = out.read_bytes()
-                    written.append(ShardFile(rel, config, split, len(records), int(ds.data.nbytes), len(data),
-                                             hashlib.sha256(data).hexdigest()))
+                    digest = hashlib.sha256()
+                    with open(out, "rb") as fh:
+                        while block := fh.read(1 << 20):
+                            digest.update(block)
+                    written.append(ShardFile(rel, config, split, len(records), int(ds.data.nbytes),
+                                             out.stat().st_size, digest.hexdigest()))
+                    del records, ds
     finally:
         if bars:
             datasets.enable_progress_bars()

@@ -44,14 +44,24 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
 
 
+def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[int, str, str]:
+    """(size, sha256, git blob sha1) of a file, streamed: shards can be hundreds of MB."""
+    size = Path(path).stat().st_size
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1(b"blob %d\x00" % size)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            sha256.update(block)
+            sha1.update(block)
+    return size, sha256.hexdigest(), sha1.hexdigest()
+
+
 def local_files(folder: Path) -> dict[str, LocalFile]:
     """Every file of a staged dataset folder with its hashes (what the Hub compares against)."""
     out = {}
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file():
-            data = path.read_bytes()
             rel = path.relative_to(folder).as_posix()
-            out[rel] = LocalFile(rel, len(data), hashlib.sha256(data).hexdigest(), git_blob_sha1(data))
+            out[rel] = LocalFile(rel, *hash_file(path))
     return out
 
 
@@ -114,7 +124,7 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, commit_message: st
     try:
         info = api.repo_info(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.create_repo(repo_id, repo_type="dataset", private=private or None, exist_ok=True)  # None: org default
         info = api.repo_info(repo_id, repo_type="dataset")
         created = True
     if private and info.private is False:

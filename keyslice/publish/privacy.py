@@ -67,18 +67,23 @@ class Rule:
     kind: str  # name | date | id_number | contact | uid | location | age
     pattern: re.Pattern[str]
     description: str
+    needs: str = ""  # a character class every match contains: texts without one skip the rule (speed)
 
 
-def _r(name: str, kind: str, pattern: str, description: str, flags: int = 0) -> Rule:
-    return Rule(name, kind, re.compile(pattern, flags), description)
+_NEEDS = {"date": r"\d", "id_number": "", "contact": r"[\d@:/.]", "uid": r"\d", "age": r"\d"}
+
+
+def _r(name: str, kind: str, pattern: str, description: str, flags: int = 0, needs: str | None = None) -> Rule:
+    return Rule(name, kind, re.compile(pattern, flags), description, _NEEDS.get(kind, "") if needs is None else needs)
 
 
 TEXT_RULES: tuple[Rule, ...] = (
     _r("title_name", "name", r"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Madam|Mme|Mlle|Herr|Frau)\.?\s+[A-Z][A-Za-z'’-]+",
        "a name after a title (Mr./Mrs./Ms./Dr./Prof.)"),
     _r("labelled_name", "name", r"\b(?:patient(?:'s)?\s+name|name|patient)\s*[:=]\s*[A-Za-z]",
-       "a value after a 'Name:'/'Patient:' label", re.IGNORECASE),
-    _r("dicom_person_name", "name", r"\b[A-Za-z][A-Za-z'-]*\^[A-Za-z'^ -]*", "a DICOM person name (FAMILY^GIVEN)"),
+       "a value after a 'Name:'/'Patient:' label", re.IGNORECASE, needs="[:=]"),
+    _r("dicom_person_name", "name", r"\b[A-Za-z][A-Za-z'-]*\^[A-Za-z'^ -]*", "a DICOM person name (FAMILY^GIVEN)",
+       needs=r"\^"),
     _r("date_dicom", "date", r"(?<!\d)(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)",
        "a DICOM-style date (YYYYMMDD)"),
     _r("date_iso", "date", r"\b(?:18|19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])\b",
@@ -87,15 +92,17 @@ TEXT_RULES: tuple[Rule, ...] = (
        r"\b\d{1,2}/\d{1,2}/(?:\d{4}|\d{2})\b|\b\d{1,2}[-.]\d{1,2}[-.](?:18|19|20)\d{2}\b",
        "a numeric date (DD/MM/YYYY, MM-DD-YYYY, DD.MM.YYYY)"),
     _r("date_text", "date",
-       rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b|\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b"
+       rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b"
+       rf"|\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b"
        rf"|\b{_MONTH}\.?\s+(?:18|19|20)\d{{2}}\b",
        "a date with a month name (March 3, 2019; 3 March 2019; March 2019)"),
     _r("id_label", "id_number",
        r"\b(?:MRN|MR\s?#|medical\s+record(?:\s+(?:number|no\.?))?|patient\s+(?:id|number|no\.?)|PID|"
        r"accession(?:\s+(?:number|no\.?|#))?|acc(?:\.|ession)?\s?(?:no\.?|#)|hospital\s+(?:number|no\.?)|"
-       r"case\s+(?:number|no\.?)|NHS\s+(?:number|no\.?)|SSN|social\s+security(?:\s+number)?)\s*[:#=]?\s*[A-Z0-9][A-Z0-9-]{2,}",
+       r"case\s+(?:number|no\.?)|NHS\s+(?:number|no\.?)|SSN|social\s+security(?:\s+number)?)"
+       r"\s*[:#=]?\s*[A-Z0-9][A-Z0-9-]{2,}",
        "an identifier after an MRN/accession/patient-id label", re.IGNORECASE),
-    _r("ssn", "id_number", r"\b\d{3}-\d{2}-\d{4}\b", "a social-security-number pattern"),
+    _r("ssn", "id_number", r"\b\d{3}-\d{2}-\d{4}\b", "a social-security-number pattern", needs=r"\d"),
     _r("phone", "contact",
        r"(?:\+\d{1,3}[\s.-]?)?\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b|\+\d{1,3}(?:[\s.-]?\d{2,4}){2,5}\b",
        "a phone or fax number"),
@@ -105,12 +112,12 @@ TEXT_RULES: tuple[Rule, ...] = (
     _r("dicom_uid", "uid", r"(?<![\d.])\d+(?:\.\d+){4,}(?![\d.])", "a DICOM UID (dotted numbers)"),
     _r("ip_address", "contact", r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])", "an IP address"),
     _r("digit_run", "id_number", r"(?<![\d.,])\d{6,}(?![\d,]|\.\d)",
-       "a run of 6 or more digits (MRN-, accession- or date-like)"),
+       "a run of 6 or more digits (MRN-, accession- or date-like)", needs=r"\d"),
     _r("url", "contact", r"\b(?:https?|ftp)://\S+|\bwww\.\S+", "a URL"),
     _r("local_path", "location",
        r"(?<![\w/.])(?:/(?:home|Users|root|mnt|media|data|srv|tmp|var|work|scratch|nfs|net|Volumes)/\S*|"
        r"[A-Za-z]:\\\S*|\\\\[A-Za-z0-9]\S*)",
-       "a local file path (folder names often hold accession numbers or names)"),
+       "a local file path (folder names often hold accession numbers or names)", needs=r"[/\\]"),
     _r("institution", "location",
        rf"\b(?:[A-Z][A-Za-z'&.-]+\s+){{1,4}}{_INSTITUTION_WORDS}\b|\b{_INSTITUTION_WORDS}\s+(?:of|de|di|für)\s+[A-Z]",
        "an institution name"),
@@ -129,10 +136,19 @@ class TextHit:
     end: int
 
 
+_NEEDS_CACHE: dict[str, re.Pattern[str]] = {}
+
+
 def scan_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> list[TextHit]:
     """Every rule match in ``text``, sorted by position (overlaps kept: each names its rule)."""
-    hits = [TextHit(rule.name, rule.kind, m.start(), m.end())
-            for rule in rules for m in rule.pattern.finditer(text)]
+    present: dict[str, bool] = {"": True}
+    hits = []
+    for rule in rules:
+        if rule.needs not in present:
+            needs = _NEEDS_CACHE.setdefault(rule.needs, re.compile(rule.needs))
+            present[rule.needs] = needs.search(text) is not None
+        if present[rule.needs]:
+            hits += [TextHit(rule.name, rule.kind, m.start(), m.end()) for m in rule.pattern.finditer(text)]
     return sorted(hits, key=lambda h: (h.start, h.end, h.rule))
 
 
@@ -155,12 +171,10 @@ def scrub_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> tuple[str, list
 def _merge_spans(hits: Sequence[TextHit]) -> list[tuple[int, int, str]]:
     merged: list[list[Any]] = []
     for h in sorted(hits, key=lambda h: (h.start, -h.end)):
-        start = h.start
-        # a leading separator captured by a rule (local_path) stays in the text
-        if merged and start < merged[-1][1]:
+        if merged and h.start < merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], h.end)
         else:
-            merged.append([start, h.end, h.kind])
+            merged.append([h.start, h.end, h.kind])
     return [(s, e, k) for s, e, k in merged]
 
 
@@ -210,15 +224,18 @@ def dicom_phi_values(headers: Iterable[Any]) -> set[str]:
 
 def read_study_phi_values(folder: Any) -> set[str]:
     """Identifying header values of every DICOM file under ``folder`` (headers only; non-DICOM files skipped)."""
+    import os
     from pathlib import Path
 
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     headers = []
-    for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file():
-            continue
+    paths = []
+    for root, dirs, files in os.walk(folder, followlinks=True):  # studies link to their DICOM folders
+        dirs.sort()
+        paths += [Path(root) / name for name in sorted(files)]
+    for path in paths:
         try:
             headers.append(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(DICOM_PHI_KEYWORDS)))
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
@@ -384,6 +401,7 @@ class PrivacyGate:
     def __init__(self, known_phi: Mapping[str, Iterable[str]] | None = None, rules: Sequence[Rule] = TEXT_RULES):
         self.rules = tuple(rules)
         self.report = PrivacyReport()
+        self._memo: dict[str, list[TextHit]] = {}
         self._known = {sid: [_value_pattern(v) for v in sorted(set(values))]
                        for sid, values in (known_phi or {}).items()}
 
@@ -424,7 +442,13 @@ class PrivacyGate:
     def _check_text(self, table: str, key: str, column: str, text: str,
                     known: Sequence[re.Pattern[str]] = ()) -> None:
         self.report.strings_checked += 1
-        hits = scan_text(text, self.rules) + _known_value_hits(text, known)
+        hits = self._memo.get(text)
+        if hits is None:  # templated questions, answers and options repeat: scan each distinct string once
+            if len(self._memo) > 1_000_000:
+                self._memo.clear()
+            hits = self._memo[text] = scan_text(text, self.rules)
+        if known:
+            hits = hits + _known_value_hits(text, known)
         if hits:
             rules = ", ".join(dict.fromkeys(h.rule for h in hits))
             self._hit(table, key, column, rules, _mask(text, hits))

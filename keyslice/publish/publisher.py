@@ -141,35 +141,39 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
     from keyslice.lock import CorpusLockedError, corpus_lock
 
     try:
-        lock = corpus_lock(corpus_dir)
-        lock.__enter__()
+        with corpus_lock(corpus_dir):
+            return _stage_locked(corpus_dir, dest, repo_id=repo_id, license=license, fractions=fractions,
+                                 max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input,
+                                 pseudonymize=pseudonymize, log=log)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
-    try:
-        state = corpus_state(corpus_dir)
-        snap = read_corpus(corpus_dir)
-        if not snap.complete:
-            raise PublishError(f"{corpus_dir} has no study with all stages done; run `keyslice build` first")
-        plan = plan_export(snap, fractions)
-        exported = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
-        if not exported:
-            raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
-        known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
-        gate = run_gate(plan, corpus_dir, known)
-        report_path = _write_report(corpus_dir, repo_id, gate.report)
-        log(f"privacy gate: {sum(gate.report.rows_checked.values())} rows, {gate.report.strings_checked} values, "
-            f"{gate.report.images_checked} images checked; {len(gate.report.hits)} hit(s); report {report_path}")
-        gate.raise_if_hits()
 
-        def image_bytes(image_path: str) -> bytes:
-            return clean_png(resolve_image(corpus_dir, image_path).read_bytes())[0]
 
-        shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes)
-        card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions)
-        (dest / "README.md").write_text(card, encoding="utf-8")
-        return plan, shards, state, gate.report
-    finally:
-        lock.__exit__(None, None, None)
+def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
+                  known_phi_input: Path | None, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
+    """The part of :func:`stage` that runs under the corpus lock."""
+    state = corpus_state(corpus_dir)
+    snap = read_corpus(corpus_dir)
+    if not snap.complete:
+        raise PublishError(f"{corpus_dir} has no study with all stages done; run `keyslice build` first")
+    plan = plan_export(snap, fractions)
+    exported = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
+    if not exported:
+        raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
+    known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
+    gate = run_gate(plan, corpus_dir, known)
+    report_path = _write_report(corpus_dir, repo_id, gate.report)
+    log(f"privacy gate: {sum(gate.report.rows_checked.values())} rows, {gate.report.strings_checked} values, "
+        f"{gate.report.images_checked} images checked; {len(gate.report.hits)} hit(s); report {report_path}")
+    gate.raise_if_hits()
+
+    def image_bytes(image_path: str) -> bytes:
+        return clean_png(resolve_image(corpus_dir, image_path).read_bytes())[0]
+
+    shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes)
+    card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions)
+    (dest / "README.md").write_text(card, encoding="utf-8")
+    return plan, shards, state, gate.report
 
 
 def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry_run_dir: Path | None = None,
@@ -181,7 +185,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
     if not (corpus_dir / "stages").is_dir():
-        raise PublishError(f"{corpus_dir} is not a keyslice corpus (no stages/ folder); build one with `keyslice build`")
+        raise PublishError(f"{corpus_dir} is not a keyslice corpus (no stages/ folder); "
+                           f"build one with `keyslice build`")
     pseudonymize = require_deliberate_key(corpus_dir)
     (corpus_dir / "publish").mkdir(parents=True, exist_ok=True)
 

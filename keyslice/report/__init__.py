@@ -1,10 +1,46 @@
 """Step 1: segment a free-text CT report (or figure caption) into finding units.
 
 Entry point :func:`segment_report` (rules by default; an optional LLM segmenter sits
-behind the same interface, see :mod:`.llm_segmenter`). Each :class:`Finding` carries
-its section, organs (with TotalSegmentator labels), status, laterality, measurements,
-phase hint and image references. Errors: :class:`keyslice.errors.EmptyReportError`,
+behind the same interface, ``ReportConfig(segmenter="llm", llm=LLMSegmenterSettings(...))``
+from :mod:`.llm_segmenter`). Each :class:`Finding` carries its section, organs (with
+TotalSegmentator labels), status, laterality, measurements, phase hint and image
+references; ``Finding.to_row()`` is a ``findings`` table row without study_id,
+finding_id and created_at. Errors: :class:`keyslice.errors.EmptyReportError`,
 :class:`keyslice.errors.UnsupportedLanguageError`.
+
+How the rules work (modules):
+
+* :mod:`.sections` - headers (FINDINGS, IMPRESSION, TECHNIQUE, HISTORY, CLINICAL
+  INFORMATION, COMPARISON, ... in common spellings) split the text; only findings and
+  impression give units; header-less text is all findings.
+* :mod:`.pipeline` - ``spacy.blank("en")`` with tokenizer special cases for
+  abbreviations and four own components: ``ks_sentencizer`` (clinical sentence rules),
+  ``ks_terms`` (one ``PhraseMatcher`` on LOWER for organs, laterality, phases, ConText
+  triggers and finding words), ``ks_units`` (compound-sentence split) and ``ks_context``
+  (ConText-style status). Built once per process (``lru_cache``); texts go through
+  ``nlp.pipe`` paragraph by paragraph (paragraphs over 20,000 characters are cut at
+  sentence ends), so 100k-character reports stay cheap.
+* :mod:`.lexicon` - all word lists, ``ORGAN_TS_LABELS`` and ``ts_labels_for``.
+* :mod:`.extract` - measurements (mm) and image references.
+* :mod:`.language` - the English check (stopword shares; documented there).
+
+Status (one per unit): ``abnormal`` when a finding is asserted present (ConText's
+default), ``normal`` when everything mentioned is negated or stated normal,
+``uncertain`` when the findings are only hedged ("possible", "cannot exclude", "likely",
+"suspicious for", "versus") or only historical/hypothetical ("history of", "status
+post", "if ..."). A sentence that asserts nothing (a title such as "Axial CT of the
+abdomen.") gets ``abnormal`` too: the schema has no "no finding" value.
+
+Phase hint policy (per unit; the highest tier present wins, then the first mention):
+3 a named phase ("arterial phase", "late arterial", CTA/angiogram -> arterial;
+"portal venous", "venous phase", nephrographic -> portal_venous; "delayed",
+"excretory" -> delayed; "non-contrast", "unenhanced", "without contrast" ->
+non_contrast); 2 an arterial finding word ("hypervascular", "arterially enhancing",
+"active extravasation") -> arterial; 1 generic contrast ("CECT", "contrast-enhanced",
+"with IV contrast", "enhancing") -> portal_venous, the routine phase; 0 "calcification",
+"calculus", "stone" -> non_contrast, ONLY when nothing above is present: calcium is best
+judged on the unenhanced series, but a named phase always wins. The clauses of a split
+compound sentence inherit the sentence's named phase.
 """
 
 from __future__ import annotations

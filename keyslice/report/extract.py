@@ -42,8 +42,14 @@ def measurements_mm(text: str) -> list[float]:
     return out
 
 
+#: cheap pre-check: no image reference without one of these
+_HINT = re.compile(r"(?i)\b(?:s|se|ser|series|i|im|img|images?|instances?|slices?)\b|[(\[]\s*\d+\s*[:/]")
+
+
 def image_refs(text: str) -> list[tuple[int, int]]:
     """(series, instance) pairs, in text order, without duplicates. Ranges give both ends."""
+    if _HINT.search(text) is None:
+        return []
     hits: list[tuple[int, tuple[int, int]]] = []
     taken: list[tuple[int, int]] = []
 

@@ -34,8 +34,13 @@ FOREIGN_STOPWORDS: dict[str, frozenset[str]] = {
     "nl": frozenset("de het een en is van niet met zijn op voor geen bij er naar lever nier milt links "
                     "rechts".split()),
 }
-# drop words that are also English function words ("a", "is", "in", "no"...)
-FOREIGN_STOPWORDS = {k: frozenset(w for w in v if w not in EN_STOP) for k, v in FOREIGN_STOPWORDS.items()}
+#: words of the lists above that are also English words (or English report tokens: "e" of
+#: "e.g.", "normal", "rate", "links") never count as foreign
+ENGLISH_TOO = frozenset("a e o y i normal rate rein links sin con pour son lo la le die dies est per use "
+                        "sono van".split())
+# drop words that are also English function words ("a", "is", "in", "no"...) or English words
+FOREIGN_STOPWORDS = {k: frozenset(w for w in v if w not in EN_STOP and w not in ENGLISH_TOO)
+                     for k, v in FOREIGN_STOPWORDS.items()}
 
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
@@ -48,7 +53,7 @@ for _lang, _words in [("en", EN_STOP), *FOREIGN_STOPWORDS.items()]:
 
 def detect_language(text: str, min_words: int = 6) -> tuple[str, dict[str, float]]:
     """Return (language code or "en", scores). Codes: en, de, fr, es, it, pt, nl, "non-latin"."""
-    n_letters = len(_LETTER.findall(text))
+    n_letters = 0 if text.isascii() else len(_LETTER.findall(text))  # ASCII text is all Latin
     if n_letters:
         non_latin = len(_NON_LATIN.findall(text))
         if non_latin / n_letters > 0.30:

@@ -158,7 +158,7 @@ _add("spleen", "spleen", "spleens", "splenic", "splenomegaly", "perisplenic", "p
      "intrasplenic", "splenic parenchyma")
 _add("kidney", "kidney", "kidneys", "renal", "nephromegaly", "nephrocalcinosis", "nephrolithiasis",
      "hydronephrosis", "pyelonephritis", "nephrectomy", "perinephric", "perirenal", "peri-renal",
-     "renal pelvis", "nephrogenic", "nephric")
+     "renal pelvis", "nephrogenic", "nephric", "postpyelonephritic")
 _add("adrenal gland", "adrenal", "adrenals", "adrenal gland", "adrenal glands", "suprarenal", "adrenalectomy")
 _add("lung", "lung", "lungs", "pulmonary", "pneumonia", "pneumonitis", "bronchus", "bronchi", "bronchial",
      "bronchiectasis", "bronchioles", "bronchiolitis", "emphysema", "lobectomy", "pneumothorax",
@@ -168,7 +168,7 @@ _add("pleura", "pleura", "pleural", "hemothorax", "haemothorax", "empyema", "hyd
      "pleural effusions", "subpleural")
 _add("heart", "heart", "cardiac", "cardiomegaly", "pericardial", "pericardium", "myocardium", "myocardial",
      "ventricle", "ventricles", "ventricular", "atrium", "atria", "atrial", "intracardiac", "coronary",
-     "epicardial", "endocardial", "pericarditis", "myocarditis", "pulmonary trunk")
+     "epicardial", "endocardial", "pericarditis", "myocarditis")
 _add("aorta", "aorta", "aortae", "aortas", "aortic", "aortic arch", "aaa", "aorta abdominalis", "periaortic",
      "aortitis")
 _add(("aorta", "iliac artery"), "aortoiliac", "aorto-iliac")
@@ -185,14 +185,14 @@ _add("small bowel", "small bowel", "small-bowel", "small intestine", "small inte
 _add(("small bowel", "colon"), "ileocecal", "ileocaecal", "ileocolic")
 _add("colon", "colon", "colonic", "colons", "large bowel", "large intestine", "cecum", "caecum", "cecal",
      "caecal", "sigmoid", "rectum", "rectal", "rectosigmoid", "colitis", "colectomy", "pericolic",
-     "pericolonic", "perirectal", "mesocolic", "transverse colon", "descending colon", "ascending colon")
+     "pericolonic", "perirectal", "anorectum", "anorectal", "transverse colon", "descending colon", "ascending colon")
 _add("gallbladder", "gallbladder", "gall bladder", "gallbladders", "cholecystitis", "cholelithiasis",
      "cholecystectomy", "gallstone", "gallstones", "gall stone", "gall stones", "pericholecystic",
      "cholecystic")
 _add("bile duct", "bile duct", "bile ducts", "biliary", "common bile duct", "cbd", "cholangiocarcinoma",
      "cholangitis", "choledocholithiasis", "hepatic duct", "choledochal", "hepatobiliary")
 _add("pancreas", "pancreas", "pancreatic", "pancreatitis", "peripancreatic", "pancreatectomy",
-     "pancreatic duct", "uncinate process", "retropancreatic")
+     "pancreatic duct", "uncinate process")
 _add("thyroid gland", "thyroid", "thyroid gland", "thyroidectomy", "goiter", "goitre", "thyroiditis")
 _add("urinary bladder", "urinary bladder", "bladder", "bladders", "vesical", "perivesical", "cystitis",
      "intravesical", "cystectomy")
@@ -224,7 +224,7 @@ _add("splenic vein", "splenic vein")
 _add("inferior vena cava", "inferior vena cava", "ivc", "vena cava inferior", "infrarenal ivc")
 _add("superior vena cava", "superior vena cava", "svc", "vena cava superior")
 _add("pulmonary artery", "pulmonary artery", "pulmonary arteries", "pulmonary arterial", "pulmonary embolism",
-     "pulmonary emboli", "pulmonary embolus", "pulmonary angiogram", "pulmonary angiography")
+     "pulmonary emboli", "pulmonary embolus", "pulmonary angiogram", "pulmonary angiography", "pulmonary trunk", "main pulmonary artery")
 _add("pulmonary vein", "pulmonary vein", "pulmonary veins")
 _add("iliac artery", "iliac artery", "iliac arteries", "common iliac artery", "external iliac artery",
      "internal iliac artery")
@@ -236,8 +236,17 @@ _add("brachiocephalic vein", "brachiocephalic vein", "brachiocephalic veins", "i
 
 #: phrases that look like organ terms but are not the organ (matched as organ "" and dropped)
 ORGAN_BLOCKERS = (
+    # display settings are not findings
     "lung window", "lung windows", "lung windowing", "lung window settings", "pulmonary window", "bone window",
     "bone windows", "bone algorithm", "bone kernel", "lung kernel", "lung algorithm",
+    # vessels named after an organ are not that organ (and have no TotalSegmentator label)
+    "hepatic artery", "hepatic arteries", "common hepatic artery", "proper hepatic artery", "hepatic vein",
+    "hepatic veins", "hepatic vessels", "splenic artery", "splenic arteries", "splenic vessels", "renal artery",
+    "renal arteries", "renal vein", "renal veins", "renal vessels", "gastric artery", "gastric arteries",
+    "gastric vein", "gastric veins", "gastroduodenal artery", "pancreaticoduodenal artery", "femoral artery",
+    "femoral arteries", "femoral vein", "femoral veins", "common femoral artery", "common femoral vein",
+    "bronchial artery", "bronchial arteries", "thyroid artery", "intercostal artery", "adrenal vein",
+    "adrenal veins", "gonadal vein",
 )
 
 #: vertebral level tokens (C1..C7, T1..T12, Th1.., L1..L5, S1) -> spine, via a Matcher REGEX
@@ -277,7 +286,7 @@ _phase("arterial", 3, "arterial phase", "late arterial", "early arterial", "arte
        "ct arteriography", "angiography", "angiographic", "arteriography", "angiogram", "computed tomography angiography",
        "pulmonary angiogram", "pulmonary angiography", "arteriographic")
 _phase("portal_venous", 3, "portal venous phase", "portal phase", "venous phase", "portovenous phase",
-       "portal-venous phase", "portal venous", "portovenous", "pv phase", "nephrographic phase", "nephrographic")
+       "portal-venous phase", "portal venous", "portovenous", "pv phase", "portalvenous", "portalvenous phase", "nephrographic phase", "nephrographic")
 _phase("delayed", 3, "delayed", "delayed phase", "delayed-phase", "excretory", "excretory phase", "urographic phase",
        "equilibrium phase", "pyelographic phase", "ct urography", "ct urogram", "late phase")
 _phase("non_contrast", 3, "non-contrast", "noncontrast", "non contrast", "unenhanced", "non-enhanced", "nonenhanced",
@@ -312,7 +321,7 @@ PORTAL_VENOUS_PHASE_NEXT = frozenset(
 CONTEXT_TERMS: dict[str, tuple[str, ...]] = {
     "NEG_PRE": (
         "no", "not", "without", "negative for", "free of", "no evidence of", "no evidence for", "no sign of",
-        "no signs of", "absence of", "nor", "neither", "no definite", "no obvious", "no significant",
+        "no signs of", "nor", "neither", "no definite", "no obvious", "no significant",
         "no suspicious", "no new", "no residual", "no focal", "no acute", "without evidence of", "without any",
         "without signs of", "resolution of", "complete regression of", "complete resolution of",
         "disappearance of", "rules out", "never", "denies", "non-visualization of", "no longer",
@@ -320,27 +329,34 @@ CONTEXT_TERMS: dict[str, tuple[str, ...]] = {
     ),
     "NEG_POST": (
         "not seen", "not identified", "not visualized", "not visualised", "not demonstrated", "not detected",
-        "not present", "not evident", "not appreciated", "are absent", "is absent", "has resolved", "have resolved",
+        "not present", "not evident", "not appreciated", "has resolved", "have resolved",
         "resolved", "ruled out", "was excluded", "were excluded", "is excluded", "no longer visible",
         "no longer seen", "no longer visualized", "not shown", "not enlarged", "not dilated", "not observed",
         "not found", "disappeared", "have disappeared", "has disappeared", "not thickened",
     ),
+    # absence words negate a finding ("absence of focal lesions" -> normal) but, said of an
+    # organ itself with no finding word ("absence of the inferior vena cava"), mean an anomaly
+    "ABSENT_PRE": ("absence of", "non-visualization of", "nonvisualization of", "agenesis of", "absent"),
+    "ABSENT_POST": ("is absent", "are absent", "was absent", "were absent"),
     "UNC_PRE": (
         "possible", "possibly", "probable", "probably", "likely", "most likely", "more likely", "unlikely",
         "questionable", "question of", "suspected", "suspicious for", "suspicion of", "suspicion for",
         "concerning for", "concern for", "may represent", "may be", "might be", "might represent",
         "could represent", "could be", "can not exclude", "cannot exclude", "cannot rule out", "can not rule out",
-        "cannot be excluded", "differential diagnosis", "differential includes", "equivocal", "indeterminate",
+        "differential diagnosis", "differential includes", "equivocal", "indeterminate",
         "suggestive of", "suggesting", "suggests", "presumed", "presumably", "worrisome for", "raising the possibility",
-        "r/o", "rule out", "to rule out", "to exclude", "versus", "vs", "vs.", "uncertain",
+        "r/o", "rule out", "to rule out", "to exclude", "uncertain",
         "suspicious of", "query",
     ),
     "UNC_POST": (
         "cannot be excluded", "can not be excluded", "cannot be ruled out", "can not be ruled out", "not excluded",
         "is not excluded", "are not excluded", "is suspected", "are suspected", "was suspected", "were suspected",
         "is possible", "is likely", "are likely", "is questionable", "not ruled out", "is uncertain",
-        "is probable", "was considered", "were considered", "is considered", "?",
+        "is probable", "was considered", "were considered", "is considered", "?", "is unclear", "are unclear",
+        "remains unclear", "remain unclear", "is equivocal", "is indeterminate",
     ),
+    # both directions: "cyst versus abscess" hedges both words
+    "UNC_BI": ("versus", "vs", "vs.", "or possibly", "and/or"),
     "HIST_PRE": (
         "history of", "h/o", "hx of", "status post", "s/p", "previous history", "known history", "presented with",
         "presenting with", "complaining of", "admitted with", "if", "should", "recommend", "recommended",
@@ -351,7 +367,7 @@ CONTEXT_TERMS: dict[str, tuple[str, ...]] = {
     "NORMAL": (
         "normal", "normally", "unremarkable", "within normal limits", "wnl", "normal in size", "normal size",
         "normal appearance", "normal-appearing", "normal appearing", "intact", "patent", "preserved",
-        "normalization of", "normalisation of", "adequate", "no abnormality", "no abnormalities",
+        "normalization of", "normalisation of", "adequate",
         "appears normal", "appear normal", "are normal", "is normal", "normal-sized", "normal sized",
     ),
     "PSEUDO": (
@@ -368,6 +384,7 @@ CONTEXT_TERMS: dict[str, tuple[str, ...]] = {
         "yet", "other than", "with the exception of", "nevertheless", "due to", "secondary to", "caused by",
         "as well as", "in addition", "also", "and there", "shows", "showed", "reveals", "revealed",
         "demonstrates", "demonstrated", "there is", "there are", "cause of", "source of", "reason for",
+        "now", "currently", "presently", "today", "at present",
     ),
 }
 
@@ -398,7 +415,7 @@ TARGET_TERMS: tuple[str, ...] = (
     "abnormalities", "abnormal", "irregular", "irregularity", "deformity", "deformation", "atrophy", "atrophic",
     "hypertrophy", "displacement", "displaced", "compression", "compressing", "invasion", "invading",
     "infiltrating", "uptake", "hotspot", "hot spot", "implant", "implants", "rupture", "ruptured", "endoleak",
-    "hypoplasia", "hypoplastic", "aplasia", "agenesis", "absence", "cavitation", "cavitating", "cavity",
+    "hypoplasia", "hypoplastic", "aplasia", "agenesis", "cavitation", "cavitating", "cavity",
     "hypoenhancing", "hypovascular", "hypervascular", "enhancing lesion", "wall thickening", "scar", "scars",
     "disease", "involvement", "spread", "recurrence", "recurrent", "residual", "dehiscence", "fistula",
     "tract", "debris", "septa", "septations", "loculated", "diverticulitis", "appendicitis", "pancreatitis",
@@ -424,7 +441,8 @@ CLAUSE_VERBS = frozenset(
      "demonstrated", "reveals", "revealed", "measures", "measured", "contains", "contained", "has", "have",
      "had", "remains", "remain", "remained", "seems", "seem", "looks", "look", "enhances", "enhance",
      "extends", "involves", "compresses", "displaces", "seen", "noted", "identified", "visualized",
-     "visualised", "present", "observed", "persists", "persist", "abuts", "surrounds", "encases", "invades"}
+     "visualised", "present", "observed", "persists", "persist", "abuts", "surrounds", "encases", "invades",
+     "became", "become", "becomes", "showing", "demonstrating", "revealing", "measuring"}
 )
 #: conjunctions at which a compound sentence may be split
 SPLIT_CONJUNCTIONS = frozenset({"and", "but", "while", "whereas", "whilst"})

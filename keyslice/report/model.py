@@ -35,6 +35,7 @@ class Finding:
             "finding_index": int(self.finding_index),
             "section": self.section,
             "text": self.text,
+            "organ": self.organs[0] if self.organs else None,  # primary organ (schema column "organ")
             "organs": list(self.organs),
             "ts_labels": list(self.ts_labels),
             "status": self.status,

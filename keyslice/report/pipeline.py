@@ -1,34 +1,38 @@
 """The spaCy pipeline of the rule-based segmenter: ``spacy.blank("en")`` plus four own components.
 
 ======================  =====================================================================
-component               what it adds to the ``Doc``
+component               what it adds (``doc.user_data["ks"]``, plain tuples of token indices)
 ======================  =====================================================================
-``ks_sentencizer``      sentence starts (``token.is_sent_start``) robust to clinical text
-``ks_terms``            one ``PhraseMatcher`` (LOWER) + one ``Matcher`` pass: ``doc.spans``
-                        groups ``ks_organs`` (label = canonical organs joined by ``+``),
-                        ``ks_laterality``, ``ks_phase`` (label ``phase/tier``),
-                        ``ks_triggers`` (label = ConText kind) and ``ks_targets``
-``ks_units``            ``doc.spans["ks_units"]``: finding units = sentences, with compound
-                        sentences about two organs split at their conjunction
-``ks_context``          ConText-style scopes inside each unit; each unit's span label
-                        becomes its status (abnormal / normal / uncertain), and each target
-                        gets ``AFFIRMED`` / ``NEGATED`` / ``UNCERTAIN`` in ``ks_targets``
+``ks_sentencizer``      sentence starts (``token.is_sent_start``, so ``doc.sents`` works) and
+                        ``"sents"``: (start, end) ranges, robust to clinical text
+``ks_terms``            one ``PhraseMatcher`` (attr LOWER) pass over every word list of
+                        :mod:`.lexicon`: ``"organs"`` (label = canonical organs joined by
+                        ``+``), ``"laterality"``, ``"phase"`` (label ``phase/tier``),
+                        ``"triggers"`` (ConText kind) and ``"targets"`` (finding words);
+                        longest match wins inside each group
+``ks_units``            ``"units"``: finding units = sentences, with compound sentences about
+                        two organs split at their conjunction
+``ks_context``          ``"status"`` per unit (abnormal / normal / uncertain) from ConText-style
+                        scopes, and ``"target_mods"`` (AFFIRMED / NEGATED / UNCERTAIN)
 ======================  =====================================================================
 
-The object is built once per process (:func:`get_nlp`, ``lru_cache``).
+Results are tuples rather than ``doc.spans`` because creating a ``Span`` per match
+costs more than all the rules; :func:`to_spans` copies them into ``doc.spans`` for
+displaCy or debugging. The object is built once per process (:func:`get_nlp`).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from functools import lru_cache
+
+import numpy
 
 import spacy
 from spacy.language import Language
 from spacy.matcher import PhraseMatcher
-from spacy.attrs import IDX, LOWER, SPACY
-from spacy.attrs import ORTH as ORTH_ATTR
-from spacy.symbols import ORTH
+from spacy.attrs import IDX, LOWER, ORTH, SPACY
 from spacy.tokens import Doc, Span
 from spacy.util import compile_infix_regex
 
@@ -51,12 +55,20 @@ def token_arrays(doc: Doc) -> tuple[list[str], list[str], list[int], str]:
     got = doc.user_data.get("ks_tok")
     if got is None:
         strings = doc.vocab.strings
-        arr = doc.to_array([ORTH_ATTR, IDX, SPACY]).tolist()
+        arr = doc.to_array([ORTH, IDX, SPACY]).tolist()
         texts = [strings[a[0]] for a in arr]
         idx = [a[1] for a in arr]
         ws = [" " if a[2] else "" for a in arr]
         text = "".join([t + w for t, w in zip(texts, ws)])
         got = doc.user_data["ks_tok"] = (texts, ws, idx, text)
+    return got
+
+
+def token_lower(doc: Doc) -> list[str]:
+    """Lowercased token texts, cached in ``doc.user_data``."""
+    got = doc.user_data.get("ks_lower")
+    if got is None:
+        got = doc.user_data["ks_lower"] = [t.lower() for t in token_arrays(doc)[0]]
     return got
 
 
@@ -86,50 +98,67 @@ def _is_list_marker(texts: list[str], ws: list[str], i: int) -> bool:
     return False
 
 
+_CANDIDATES = frozenset({".", "!", "?", ";"}) | _STRONG_BULLETS | frozenset(lx.SENTENCE_FINAL_ABBREVIATIONS)
+
+
 def sentence_starts(texts: list[str], ws: list[str]) -> list[int]:
-    """Indices of the tokens that start a sentence (see :func:`ks_sentencizer`)."""
+    """Indices of the tokens that start a sentence (rules in :func:`ks_sentencizer`).
+
+    Only candidate tokens are examined (sentence punctuation, final abbreviations,
+    bullets, whitespace tokens holding line breaks), not every token.
+    """
     n = len(texts)
-    starts: list[int] = []
-    prev = -1            # index of the previous non-space token
-    newlines = 0         # newlines seen since prev
-    sent_sig = 0         # non-space tokens in the current sentence
-    first_is_marker = False
-    final_abbr = lx.SENTENCE_FINAL_ABBREVIATIONS
-    for i in range(n):
-        text = texts[i]
-        if text.isspace():
-            newlines += text.count("\n")
+    starts = [0]  # kept sorted
+
+    def add(i: int) -> None:
+        k = bisect.bisect_left(starts, i)
+        if k == len(starts) or starts[k] != i:
+            starts.insert(k, i)
+
+    def last_start(i: int) -> int:
+        return starts[bisect.bisect_right(starts, i) - 1]
+
+    cands = [i for i, t in enumerate(texts)
+             if t in _CANDIDATES or t.isspace() or (t[-1] == "." and t.lower() in _CANDIDATES)]
+    for c in cands:
+        t = texts[c]
+        if t in _STRONG_BULLETS:
+            if c:
+                add(c)
             continue
-        if i and "\n" in ws[i - 1]:
-            newlines += 1
-        start = False
-        if prev < 0:
-            start = True
-        else:
-            ptext = texts[prev]
-            if newlines >= 2 or ptext == ";":
-                start = True
-            elif ptext in _SENT_PUNCT or (ptext[-1] == "." and ptext.lower() in final_abbr):
-                first = text[0]
-                if first.isupper() or first.isdigit() or text in _OPENERS or text in _STRONG_BULLETS:
-                    # "1. Fatty liver": no boundary right after the marker "1."
-                    start = not (first_is_marker and sent_sig <= 2 and ptext == ".")
-            if not start and newlines >= 1:
-                if _is_list_marker(texts, ws, i):
-                    start = True
-                elif i + 1 < n and texts[i + 1] == ":" and text[0].isupper():
-                    start = True
-            if not start and text in _STRONG_BULLETS:
-                start = True
-        if start:
-            starts.append(i)
-            sent_sig = 0
-            first_is_marker = _is_list_marker(texts, ws, i)
-        sent_sig += 1
-        prev = i
-        newlines = 0
-    if not starts or starts[0] != 0:
-        starts.insert(0, 0)
+        j = c + 1
+        newlines = t.count("\n") if t.isspace() else 0
+        while j < n and texts[j].isspace():
+            newlines += texts[j].count("\n")
+            j += 1
+        if j >= n:
+            continue
+        if t.isspace():
+            p = c - 1
+            while p >= 0 and texts[p].isspace():
+                p -= 1
+            if p < 0 or newlines == 0:
+                continue
+            if newlines >= 2 or _is_list_marker(texts, ws, j) or (
+                j + 1 < n and texts[j + 1] == ":" and texts[j][:1].isupper()
+            ):
+                add(j)
+            elif (texts[j][0].isupper() or texts[j][0].isdigit()) and _is_list_marker(texts, ws, last_start(c)):
+                add(j)  # a list item ends at its line break unless the next line continues it
+            continue
+        if t == ";":
+            add(j)
+            continue
+        nxt = texts[j]
+        first = nxt[0]
+        if not (first.isupper() or first.isdigit() or nxt in _OPENERS or nxt in _STRONG_BULLETS):
+            continue  # "2.3 cm. cyst in the kidney": a lowercase word continues the sentence
+        if t == ".":
+            # "1. Fatty liver": no boundary right after a list marker "1."
+            prev_start = last_start(c)
+            if c - prev_start <= 1 and _is_list_marker(texts, ws, prev_start):
+                continue
+        add(j)
     return starts
 
 
@@ -209,11 +238,13 @@ class TermMatcher:
         for match_id, s, e in self.phrases(doc):
             cat, label = key(match_id)
             groups[cat].append((s, e, label))
-        shapes = self._shapes
-        for i, h in enumerate(doc.to_array(LOWER).tolist()):
-            for cat, label in shapes(h):
-                groups[cat].append((i, i + 1, label))
-        lower = [t.lower() for t in token_arrays(doc)[0]]
+        lower_hashes = doc.to_array(LOWER)
+        hits = {h: got for h in set(lower_hashes.tolist()) if (got := self._shapes(h))}
+        if hits:
+            for i in numpy.flatnonzero(numpy.isin(lower_hashes, list(hits))).tolist():
+                for cat, label in hits[int(lower_hashes[i])]:
+                    groups[cat].append((i, i + 1, label))
+        lower = token_lower(doc)
         n = len(lower)
         # blockers ("lung window") win as the longer match and are then dropped; "T2-weighted" is MRI
         organs = [m for m in longest_first(groups["ORG"]) if m[2]
@@ -296,7 +327,7 @@ def make_ks_units(nlp: Language, name: str, split_compound: bool):
     def ks_units(doc: Doc) -> Doc:
         ks = doc.user_data["ks"]
         texts = token_arrays(doc)[0]
-        lower = [t.lower() for t in texts]
+        lower = token_lower(doc)
         organ_starts = [m[0] for m in ks["organs"]]
         units = []
         for si, (s, e) in enumerate(ks["sents"]):
@@ -313,9 +344,10 @@ def make_ks_units(nlp: Language, name: str, split_compound: bool):
 
 
 # --------------------------------------------------------------------------- ConText
-_PRE = {"NEG_PRE": "NEG", "UNC_PRE": "UNC", "HIST_PRE": "UNC"}
-_POST = {"NEG_POST": "NEG", "UNC_POST": "UNC"}
-_UNC_KINDS = frozenset({"UNC_PRE", "UNC_POST", "HIST_PRE"})
+_PRE = {"NEG_PRE": "NEG", "ABSENT_PRE": "ABSENT", "UNC_PRE": "UNC", "HIST_PRE": "UNC"}
+_POST = {"NEG_POST": "NEG", "ABSENT_POST": "ABSENT", "UNC_POST": "UNC"}
+_NEG_KINDS = frozenset({"NEG_PRE", "NEG_POST", "ABSENT_PRE", "ABSENT_POST"})
+_UNC_KINDS = frozenset({"UNC_PRE", "UNC_POST", "UNC_BI", "HIST_PRE"})
 
 
 def unit_status(s: int, e: int, triggers, targets, organs) -> tuple[str, list[str]]:
@@ -329,7 +361,7 @@ def unit_status(s: int, e: int, triggers, targets, organs) -> tuple[str, list[st
     status: ``abnormal`` if any target is affirmed (ConText's default: a finding that
     is mentioned is present); else ``uncertain`` if any target is hedged, historical or
     hypothetical; else ``normal`` if targets exist and are all negated. With no target:
-    ``abnormal`` when a negation covers an organ itself ("absence of the IVC" is an
+    ``abnormal`` when an absence word covers an organ itself ("absence of the IVC" is an
     anomaly) and no normality cue is present; ``normal`` on a normality or negation cue
     ("The liver is unremarkable"); ``uncertain`` on a hedge/history cue; else
     ``abnormal``.
@@ -340,18 +372,23 @@ def unit_status(s: int, e: int, triggers, targets, organs) -> tuple[str, list[st
     kinds = set()
     for ts, te, kind in triggers:
         kinds.add(kind)
+        # a scope includes the trigger's own tokens: "not enlarged" negates "enlarged"
         if kind in _PRE:
             end = min([x for x in term_starts if x >= te], default=e)
-            scopes.append((te, end, _PRE[kind]))
+            scopes.append((ts, end, _PRE[kind]))
         elif kind in _POST:
             begin = max([x for x in term_ends if x <= ts], default=s)
-            scopes.append((begin, ts, _POST[kind]))
+            scopes.append((begin, te, _POST[kind]))
+        elif kind == "UNC_BI":
+            begin = max([x for x in term_ends if x <= ts], default=s)
+            end = min([x for x in term_starts if x >= te], default=e)
+            scopes.append((begin, end, "UNC"))
     mods = []
     for gs, ge, _ in targets:
         mod = "AFFIRMED"
         for a, b, m in scopes:
             if a <= gs and ge <= b:
-                if m == "NEG":
+                if m == "NEG" or m == "ABSENT":
                     mod = "NEGATED"
                     break
                 mod = "UNCERTAIN"
@@ -362,17 +399,27 @@ def unit_status(s: int, e: int, triggers, targets, organs) -> tuple[str, list[st
         if "UNCERTAIN" in mods:
             return "uncertain", mods
         return "normal", mods
-    if "NORMAL" not in kinds and any(a <= o[0] and o[1] <= b for o in organs for a, b, m in scopes if m == "NEG"):
+    if "NORMAL" not in kinds and any(a <= o[0] and o[1] <= b for o in organs for a, b, m in scopes if m == "ABSENT"):
         return "abnormal", mods
-    if "NORMAL" in kinds or "NEG_PRE" in kinds or "NEG_POST" in kinds:
+    if "NORMAL" in kinds or kinds & _NEG_KINDS:
         return "normal", mods
     if kinds & _UNC_KINDS:
         return "uncertain", mods
     return "abnormal", mods
 
 
-def _inside(items, s: int, e: int):
-    return [m for m in items if m[0] >= s and m[1] <= e]
+def bucket(units, items) -> list[list]:
+    """For each unit (sorted, disjoint token ranges), the items (sorted by start) that lie inside it."""
+    out: list[list] = [[] for _ in units]
+    k, nu = 0, len(units)
+    for m in items:
+        while k < nu and units[k][1] <= m[0]:
+            k += 1
+        if k == nu:
+            break
+        if m[0] >= units[k][0] and m[1] <= units[k][1]:
+            out[k].append(m)
+    return out
 
 
 @Language.component("ks_context")
@@ -380,18 +427,19 @@ def ks_context(doc: Doc) -> Doc:
     """Status of each unit: ``doc.user_data["ks"]["status"]`` (parallel to units), target modifiers in
     ``["target_mods"]`` (parallel to targets: AFFIRMED / NEGATED / UNCERTAIN)."""
     ks = doc.user_data["ks"]
-    triggers = [t for t in ks["triggers"] if t[2] != "PSEUDO"]
-    targets = ks["targets"]
-    organs = ks["organs"]
+    units = ks["units"]
+    triggers = bucket(units, [t for t in ks["triggers"] if t[2] != "PSEUDO"])
+    targets = bucket(units, ks["targets"])
+    organs = bucket(units, ks["organs"])
     statuses = []
     mods_all: dict[tuple[int, int], str] = {}
-    for s, e, _ in ks["units"]:
-        tg = _inside(targets, s, e)
-        status, mods = unit_status(s, e, _inside(triggers, s, e), tg, _inside(organs, s, e))
+    for k, (s, e, _) in enumerate(units):
+        tg = targets[k]
+        status, mods = unit_status(s, e, triggers[k], tg, organs[k])
         statuses.append(status)
         mods_all.update(((t[0], t[1]), m) for t, m in zip(tg, mods))
     ks["status"] = statuses
-    ks["target_mods"] = [mods_all.get((t[0], t[1]), "AFFIRMED") for t in targets]
+    ks["target_mods"] = [mods_all.get((t[0], t[1]), "AFFIRMED") for t in ks["targets"]]
     return doc
 
 

@@ -11,10 +11,12 @@ from . import lexicon as lx
 from .extract import image_refs, measurements_mm
 from .language import detect_language
 from .model import Finding, ReportConfig
-from .pipeline import get_nlp, token_arrays
+from .pipeline import get_nlp, token_arrays, token_lower
 from .sections import split_sections
 
 SEGMENTER_ID = "rules-v1"
+#: the language check reads the first this many characters (enough words, bounded cost on huge reports)
+LANGUAGE_SAMPLE_CHARS = 5_000
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _SENT_END = re.compile(r"(?<=[.!?;])\s+")
@@ -28,7 +30,7 @@ def check_text(text: str | None, config: ReportConfig) -> None:
     if text is None or not str(text).strip():
         raise EmptyReportError("the report text is empty or whitespace only; nothing to segment")
     if config.check_language:
-        lang, scores = detect_language(text[:20_000])
+        lang, scores = detect_language(text[:LANGUAGE_SAMPLE_CHARS])
         if lang != "en":
             shown = {k: round(v, 2) for k, v in scores.items()}
             raise UnsupportedLanguageError(
@@ -84,7 +86,7 @@ class _DocInfo:
     def __init__(self, doc: Doc):
         ks = doc.user_data["ks"]
         self.texts, _, self.idx, self.text = token_arrays(doc)
-        self.lower = [t.lower() for t in self.texts]
+        self.lower = token_lower(doc)
         self.organs = ks["organs"]
         self.phases = []
         for s, e, label in ks["phase"]:
@@ -126,7 +128,7 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
     s, e = unit
     raw = info.span_text(s, e)
     text = clean_text(raw)
-    if not any(c.isalpha() for c in text) or sum(map(str.isalnum, text)) < max(config.min_chars, 1):
+    if _ALPHA.search(text) is None or len(_ALNUM.findall(text, 0, 4 * config.min_chars + 8)) < config.min_chars:
         return None
     lats = [(p, lab) for p, lab in info.lats if s <= p < e]
     texts = info.texts
@@ -179,6 +181,8 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
 
 
 _DIGIT = re.compile(r"\d")
+_ALPHA = re.compile(r"[^\W\d_]")
+_ALNUM = re.compile(r"[^\W_]")
 
 
 def segment_report_rules(text: str, config: ReportConfig | None = None) -> list[Finding]:

@@ -63,7 +63,7 @@ _alts = "|".join(
 # (1) at a line start or after a sentence end; (2) optional markdown/bullet decoration;
 # (3) the header; (4) ":" / " -" / "—", or end of line.
 HEADER_RE = re.compile(
-    rf"(?:^|(?<=[.!?;])[ \t]+)[ \t]*[#*_\-]*[ \t]*(?P<h>{_alts})[ \t]*[*_]*[ \t]*(?:[:：]|[ \t]+[-–—][ \t]+|[ \t]*$)",
+    rf"(?:^|(?<=[.!?;])[ \t]+)[ \t]*[#*_\-]*[ \t]*(?P<h>{_alts})[ \t]*[*_]*[ \t]*(?:[:：]|[ \t]+[-–—](?:[ \t]+|[ \t]*$)|[ \t]*$)",
     re.IGNORECASE | re.MULTILINE,
 )
 

@@ -18,6 +18,7 @@ from keyslice.selector.masks import (
     OrganMasks,
     find_masks,
     run_totalsegmentator,
+    segment_volume,
     volume_to_nifti,
 )
 from keyslice.selector.model import PRESETS, ClipEncoder, load_model, save_tiny_checkpoint
@@ -38,5 +39,5 @@ __all__ = [
     "ClipEncoder", "EmbeddingCache", "OrganMasks", "PRESETS", "Query", "SelectorConfig", "SliceChoice",
     "Volume", "WINDOWS", "choose_window", "encode_volume", "find_masks", "get_window", "load_model",
     "load_volume", "plot_similarity_curve", "render_png", "run_totalsegmentator", "save_tiny_checkpoint",
-    "select_key_slices", "slice_embeddings", "text_embeddings", "volume_from_nifti", "volume_to_nifti",
+    "segment_volume", "select_key_slices", "slice_embeddings", "text_embeddings", "volume_from_nifti", "volume_to_nifti",
 ]

@@ -117,5 +117,8 @@ class EmbeddingCache:
         arr = self._read(self._text_path(model_key, text))
         return None if arr is None else arr.astype(np.float32)
 
+    def has_text(self, model_key: str, text: str) -> bool:
+        return str(self._text_path(model_key, text)) in self._mem or self._text_path(model_key, text).is_file()
+
     def put_text(self, model_key: str, text: str, emb: np.ndarray) -> None:
         self._write(self._text_path(model_key, text), emb)

@@ -15,19 +15,27 @@
 When several sources hold a label, the first in that order (then sorted path) is used.
 
 World frames: NIfTI affines are RAS+ (+x toward the patient's right, +y anterior); DICOM
-(series and SEG) is LPS+ (+x toward the patient's left, +y posterior). Every NIfTI affine is converted with ``diag(-1, -1, 1)`` before any
-comparison. Resampling is nearest-neighbour: each pixel centre of each series slice
-(its exact ImagePositionPatient) is mapped into the mask's voxel grid. Because only world
-coordinates are used, a mask on another grid (coarser, flipped, another series of the same
-frame of reference) maps correctly, and a mask whose affine is wrong (the
-``example_ct_sm.nii.gz`` trap: slices 82-111 of a CT with the affine of slice 0) maps to
-the wrong place or nowhere — never silently onto slice indices.
+(series and SEG) is LPS+ (+x toward the patient's left, +y posterior). Every NIfTI affine
+is converted with ``diag(-1, -1, 1)`` before any comparison. Resampling is nearest-neighbour
+in world space: :meth:`OrganMasks.resample` maps each pixel centre of each series slice
+(its exact ImagePositionPatient) into the mask's voxel grid; :meth:`OrganMasks.presence` /
+:meth:`OrganMasks.z_range` give the same per-slice answer the fast way round (each label
+voxel covers its centre +- half its extent along the series normal, within the slice's field
+of view). Because only world coordinates are used, a mask on another grid (coarser,
+flipped, another series of the same frame of reference) maps correctly, and a mask whose
+affine is wrong (the ``example_ct_sm.nii.gz`` trap: slices 82-111 of a CT with the affine of
+slice 0 — TotalSegmentator's ``example_seg_fast/`` masks are on that grid) maps to the wrong
+place or nowhere, never silently onto slice indices.
 
 Mismatch policy: :meth:`OrganMasks.check_overlap` raises :class:`~keyslice.errors.MaskError`
 when no mask's world bounding box intersects the series (the mask belongs to another
 study, or its affine is wrong); :meth:`OrganMasks.z_range` returns ``None`` when none of the
 requested labels exists in the masks or none of their voxels falls on a series slice.
-An unreadable mask file raises MaskError.
+``select_key_slices`` checks the overlap per series: by default
+(``SelectorConfig.on_mask_mismatch="ignore"``) it logs a warning and selects without restriction
+(``restricted_to``/``z_range_mm`` stay None) — another series of the study may simply lie
+outside the masks — and with ``"raise"`` it raises the MaskError. An unreadable mask file
+raises MaskError.
 """
 
 from __future__ import annotations
@@ -47,8 +55,6 @@ log = logging.getLogger(__name__)
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-#: Most pixel samples per series slice when resampling (the in-plane stride grows beyond).
-MAX_SAMPLES_PER_SLICE = 256 * 256
 
 
 def normalize_label(name: str) -> str:
@@ -66,15 +72,16 @@ class _Source:
     def labels(self) -> set[str]:
         raise NotImplementedError
 
-    def bbox_world(self, names: list[str]) -> np.ndarray | None:
-        """8 world (LPS) corners of the bounding box of the labels' voxels, or None if empty."""
-        raise NotImplementedError
-
     def full_bbox_world(self) -> np.ndarray:
         raise NotImplementedError
 
     def sample(self, names: list[str], points: np.ndarray) -> np.ndarray:
         """bool [N]: whether each LPS world point falls in a voxel of one of the labels."""
+        raise NotImplementedError
+
+    def voxels(self, names: list[str]):
+        """Yield ``(centres [N, 3] LPS, edges [3, 3])``: world centres of the labels' voxels and the
+        world edge vectors of one voxel (rows)."""
         raise NotImplementedError
 
 
@@ -95,7 +102,6 @@ class _NiftiLabels(_Source):
         self.description = str(self.path)
         self._data = None
         self._lock = threading.Lock()
-        self._bbox_cache: dict[tuple, np.ndarray | None] = {}
         try:
             import nibabel as nib
 
@@ -142,24 +148,16 @@ class _NiftiLabels(_Source):
             return vals > 0
         return np.isin(vals, values)
 
-    def bbox_world(self, names: list[str]) -> np.ndarray | None:
-        key = tuple(sorted(names))
-        if key in self._bbox_cache:
-            return self._bbox_cache[key]
-        values = self._values(names)
-        out = None
-        if values:
-            m = self._hit(self.data, values)
-            if m.any():
-                idx = [np.nonzero(m.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
-                lo = np.array([i[0] for i in idx])
-                hi = np.array([i[-1] for i in idx])
-                out = self._to_world(_corners(lo, hi))
-        self._bbox_cache[key] = out
-        return out
-
     def full_bbox_world(self) -> np.ndarray:
         return self._to_world(_corners(np.zeros(3), np.array(self.shape) - 1))
+
+    def voxels(self, names: list[str]):
+        values = self._values(names)
+        if not values:
+            return
+        ijk = np.argwhere(self._hit(self.data, values))
+        if len(ijk):
+            yield self._to_world(ijk.astype(np.float64)), self.affine[:3, :3].T.copy()
 
     def _to_world(self, ijk: np.ndarray) -> np.ndarray:
         return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
@@ -201,10 +199,6 @@ class _StructureFolder(_Source):
     def labels(self) -> set[str]:
         return set(self.files)
 
-    def bbox_world(self, names: list[str]) -> np.ndarray | None:
-        boxes = [b for n in names if n in self.files for b in [self._get(n).bbox_world([n])] if b is not None]
-        return np.concatenate(boxes) if boxes else None
-
     def full_bbox_world(self) -> np.ndarray:
         if not self.files:
             return np.zeros((0, 3))
@@ -216,6 +210,11 @@ class _StructureFolder(_Source):
             if n in self.files:
                 out |= self._get(n).sample([n], points)
         return out
+
+    def voxels(self, names: list[str]):
+        for n in names:
+            if n in self.files:
+                yield from self._get(n).voxels([n])
 
 
 class _DicomSeg(_Source):
@@ -293,19 +292,6 @@ class _DicomSeg(_Source):
     def _plane_world(ipp, iop, ps, i, j):
         return ipp + np.outer(i, iop[:3] * ps[1]).reshape(-1, 3) + np.outer(j, iop[3:] * ps[0]).reshape(-1, 3)
 
-    def bbox_world(self, names: list[str]) -> np.ndarray | None:
-        pts = []
-        for ipp, iop, ps, m in self._frames_for(names):
-            if m.any():
-                rows = np.nonzero(m.any(axis=1))[0]
-                cols = np.nonzero(m.any(axis=0))[0]
-                n = np.cross(iop[:3], iop[3:])
-                for i in (cols[0] - 0.5, cols[-1] + 0.5):
-                    for j in (rows[0] - 0.5, rows[-1] + 0.5):
-                        p = ipp + i * iop[:3] * ps[1] + j * iop[3:] * ps[0]
-                        pts += [p - n * self.half_thickness, p + n * self.half_thickness]
-        return np.array(pts) if pts else None
-
     def full_bbox_world(self) -> np.ndarray:
         pts = []
         for _, ipp, iop, ps, frame in self.planes:
@@ -316,6 +302,14 @@ class _DicomSeg(_Source):
                     p = ipp + i * iop[:3] * ps[1] + j * iop[3:] * ps[0]
                     pts += [p - n * self.half_thickness, p + n * self.half_thickness]
         return np.array(pts)
+
+    def voxels(self, names: list[str]):
+        for ipp, iop, ps, m in self._frames_for(names):
+            j, i = np.nonzero(m)
+            if len(i):
+                n = np.cross(iop[:3], iop[3:])
+                pts = ipp + np.outer(i, iop[:3] * ps[1]) + np.outer(j, iop[3:] * ps[0])
+                yield pts, np.stack([iop[:3] * ps[1], iop[3:] * ps[0], n * 2 * self.half_thickness])
 
     def sample(self, names: list[str], points: np.ndarray) -> np.ndarray:
         out = np.zeros(len(points), dtype=bool)
@@ -403,16 +397,14 @@ class OrganMasks:
 
     def presence(self, ts_labels, volume) -> np.ndarray:
         """bool [n_slices]: whether any of the labels is present on each series slice (world-resampled)."""
-        key = ("presence", tuple(sorted(normalize_label(x) for x in ts_labels)), id(volume))
+        key = ("presence", tuple(sorted(normalize_label(x) for x in ts_labels)), _geometry_key(volume))
         with self._lock:
             if key in self._memo:
                 return self._memo[key]
         out = np.zeros(volume.n_slices, dtype=bool)
         for source, names in self._resolve(ts_labels):
-            box = source.bbox_world(names)
-            if box is None:
-                continue
-            out |= _presence_on_volume(source, names, box, volume)
+            for centres, edges in source.voxels(names):
+                out |= _slices_hit(centres, edges, volume)
         with self._lock:
             self._memo[key] = out
         return out
@@ -439,6 +431,15 @@ class OrganMasks:
         return out
 
 
+def _geometry_key(volume) -> tuple:
+    """Identity of a series grid for memoisation (never ``id()``: ids are reused after GC)."""
+    import hashlib
+
+    h = hashlib.sha1(np.ascontiguousarray(volume.positions, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(volume.orientation, dtype=np.float64).tobytes())
+    return tuple(volume.shape), tuple(volume.pixel_spacing), h.hexdigest()
+
+
 def _volume_bounds(volume) -> tuple[np.ndarray, np.ndarray]:
     n, rows, cols = volume.shape
     pts = []
@@ -451,33 +452,35 @@ def _volume_bounds(volume) -> tuple[np.ndarray, np.ndarray]:
     return pts.min(0), pts.max(0)
 
 
-def _presence_on_volume(source: _Source, names: list[str], box: np.ndarray, volume) -> np.ndarray:
-    """Sample each series slice inside the (projected) bounding box of the labels."""
-    n, rows, cols = volume.shape
-    out = np.zeros(n, dtype=bool)
+def _slices_hit(centres: np.ndarray, edges: np.ndarray, volume) -> np.ndarray:
+    """bool [n_slices]: series slices that a nearest-neighbour resampling would give a label voxel.
+
+    Each mask voxel covers ``centre +- h`` along the series normal (``h`` = half its extent
+    projected on the normal); a slice at ``z`` is hit when some voxel covers ``z`` and the
+    voxel centre falls inside the slice's field of view. Vectorised over all voxels:
+    the same answer as resampling every pixel of every slice, at a fraction of the cost.
+    """
+    n_sl, rows, cols = volume.shape
+    z = np.asarray(volume.z_mm, dtype=np.float64)
     normal = volume.normal
-    zb = box @ normal
-    z = np.asarray(volume.z_mm)
-    step = float(np.median(np.diff(z))) if n > 1 else (volume.slice_thickness or 1.0)
-    ks = np.nonzero((z >= zb.min() - step / 2) & (z <= zb.max() + step / 2))[0]
-    if len(ks) == 0:
-        return out
+    h = 0.5 * float(np.abs(edges @ normal).sum())
+    zc = centres @ normal
+    lo = np.searchsorted(z, zc - h - 1e-6, side="left")
+    hi = np.searchsorted(z, zc + h + 1e-6, side="right")
+    # in-plane field of view, measured on the slice nearest to each voxel (exact for tilted series)
+    kn = np.clip(np.searchsorted(z, zc), 1, max(1, n_sl - 1))
+    kn = np.where(np.abs(z[kn - 1] - zc) <= np.abs(z[np.minimum(kn, n_sl - 1)] - zc), kn - 1, kn)
+    kn = np.clip(kn, 0, n_sl - 1)
+    rel = centres - volume.positions[kn]
     o = volume.orientation
     ps_row, ps_col = volume.pixel_spacing
-    for k in ks:
-        rel = box - volume.positions[k]
-        ib = rel @ o[:3] / ps_col
-        jb = rel @ o[3:] / ps_row
-        i0, i1 = max(0, int(np.floor(ib.min()))), min(cols - 1, int(np.ceil(ib.max())))
-        j0, j1 = max(0, int(np.floor(jb.min()))), min(rows - 1, int(np.ceil(jb.max())))
-        if i0 > i1 or j0 > j1:
-            continue
-        area = (i1 - i0 + 1) * (j1 - j0 + 1)
-        stride = max(1, int(np.ceil(np.sqrt(area / MAX_SAMPLES_PER_SLICE))))
-        jj, ii = np.meshgrid(np.arange(j0, j1 + 1, stride), np.arange(i0, i1 + 1, stride), indexing="ij")
-        pts = volume.slice_world(k, ii.ravel(), jj.ravel())
-        out[k] = bool(source.sample(names, pts).any())
-    return out
+    i = rel @ o[:3] / ps_col
+    j = rel @ o[3:] / ps_row
+    ok = (hi > lo) & (i >= -0.5) & (i <= cols - 0.5) & (j >= -0.5) & (j <= rows - 0.5)
+    count = np.zeros(n_sl + 1, dtype=np.int64)
+    np.add.at(count, lo[ok], 1)
+    np.add.at(count, hi[ok], -1)
+    return np.cumsum(count)[:n_sl] > 0
 
 
 def read_label_json(path: Path) -> dict[int, str]:
@@ -514,10 +517,11 @@ def _labels_for(p: Path) -> dict[int, str]:
 
 
 def _is_dicom_seg(p: Path) -> bool:
+    """Cheap test first (the SEG SOP class UID sits in the file meta of the first KiB), then parse."""
     try:
         with open(p, "rb") as fh:
-            head = fh.read(132)
-        if len(head) < 132 or head[128:132] != b"DICM":
+            head = fh.read(2048)
+        if len(head) < 132 or head[128:132] != b"DICM" or SEG_SOP_CLASS.encode() not in head:
             return False
         import pydicom
 
@@ -566,7 +570,7 @@ def run_totalsegmentator(input_nifti: Path, output_dir: Path, *, fast: bool = Tr
     are not installed (it is an optional extra and needs a download)."""
     try:
         from totalsegmentator.python_api import totalsegmentator
-    except ImportError as e:
+    except ImportError as e:  # the optional extra is not installed
         raise ModelWeightsMissingError(
             "TotalSegmentator is not installed: `pip install 'keyslice[totalsegmentator]'` (TotalSegmentator==2.18.0), "
             "then `totalseg_download_weights -t total_fast` (or `-t total`) with network; weights go to "
@@ -580,6 +584,16 @@ def run_totalsegmentator(input_nifti: Path, output_dir: Path, *, fast: bool = Tr
     output_dir = Path(output_dir)
     totalsegmentator(str(input_nifti), str(output_dir), fast=fast, roi_subset=roi_subset, device=device, quiet=True)
     return OrganMasks.from_folder(output_dir)
+
+
+def segment_volume(volume, work_dir: Path, *, fast: bool = True, device: str = "gpu",
+                   roi_subset: list[str] | None = None) -> OrganMasks:
+    """Masks for a series that shipped none: write it as NIfTI and run TotalSegmentator on it
+    (ModelWeightsMissingError when TotalSegmentator or its weights are absent)."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return run_totalsegmentator(volume_to_nifti(volume, work_dir / "ct.nii.gz"), work_dir / "segmentations",
+                                fast=fast, device=device, roi_subset=roi_subset)
 
 
 def volume_to_nifti(volume, path: Path) -> Path:

@@ -6,8 +6,9 @@
 
   - ``clip-vit-b16``: open_clip ``ViT-B-16``, pretrained ``openai`` (QuickGELU);
   - ``pubmedclip-vit-b32``: open_clip ``ViT-B-32`` with the original PubMedCLIP checkpoint
-    (``PubMedCLIP_ViT32.pth``, an OpenAI-CLIP state dict fine-tuned on ROCO) converted
-    into open_clip's layout; put the file at ``$KEYSLICE_MODELS/pubmedclip-vit-b32/PubMedCLIP_ViT32.pth``
+    (``PubMedCLIP_ViT32.pth``: ``{"state_dict": <OpenAI-CLIP model.state_dict()>, "best_epoch",
+    "optimizer_state_dict", ...}`` as PubMedCLIP's train.py saves it, fp16 weights) converted
+    into a plain open_clip state dict once (:func:`convert_openai_checkpoint`); put the file at ``$KEYSLICE_MODELS/pubmedclip-vit-b32/PubMedCLIP_ViT32.pth``
     (``KEYSLICE_MODELS`` defaults to ``.models/`` in the working directory) or point
     ``KEYSLICE_PUBMEDCLIP_CHECKPOINT`` at it;
   - ``biomedclip``: ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``

@@ -46,7 +46,9 @@ class SelectorConfig:
     batch_size: int | str = "auto"      # "auto": from free GPU memory (CUDA) or 16 (CPU)
     restrict_to_organ: bool = True      # use the masks' z-range of the query's ts_labels when available
     z_margin_mm: float = 0.0            # widen the organ z-range by this much on both sides
-    on_mask_mismatch: str = "raise"     # masks that do not overlap the series: "raise" MaskError or "ignore"
+    # Masks that do not overlap the series at all (another frame of reference, wrong affine):
+    # "ignore" = select unrestricted (restricted_to None) and log a warning; "raise" = MaskError.
+    on_mask_mismatch: str = "ignore"
     prefetch_batches: int = 2           # batches prepared (decoded, pinned) ahead of the encoder
 
     def __post_init__(self) -> None:
@@ -212,6 +214,8 @@ def text_embeddings(texts: list[str], encoder: ClipEncoder, cache: EmbeddingCach
     for t in dict.fromkeys(texts):
         h = text_hash(t)
         if h in memo:
+            if cache is not None and not cache.has_text(mkey, t):
+                cache.put_text(mkey, t, memo[h].to(torch.float16).numpy())
             continue
         if cache is not None:
             hit = cache.get_text(mkey, t)
@@ -265,7 +269,8 @@ def select_key_slices(volume, queries: list[Query], encoder: ClipEncoder, config
         except MaskError:
             if config.on_mask_mismatch == "raise":
                 raise
-            log.warning("masks do not overlap the series; selecting without organ restriction")
+            log.warning("organ masks do not overlap this series (%s); selecting without organ restriction",
+                        volume.shape)
             use_masks = False
 
     texts = text_embeddings([q.text for q in queries], encoder, cache)

@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from keyslice.llm_client import (
+    LLMAnswerError,
     LLMError,
+    LLMRequestError,
+    LLMTransportError,
     Problem,
     ResponseCache,
     RetryPolicy,
     chat_json,
+    is_transient_error_type,
     load_json_schema,
     load_prompt,
     make_client,
@@ -57,10 +61,31 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class LLMFailure:
+    """A finding the LLM produced no rows for. ``error_type``: timeout, connection, rate_limit,
+    http_<status>, api_error, empty_response (transport) or invalid_json, schema, grounding
+    (the model's answer, after ``max_repairs`` re-asks). Failures are never cached: a rerun
+    asks again."""
+
     finding_id: str
-    error_type: str     # timeout, rate_limit, connection, http_<status>, invalid_json, schema, grounding, ...
+    error_type: str
     message: str
     attempts: int = 0
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later (the endpoint was unavailable, not the answer bad)."""
+        return is_transient_error_type(self.error_type)
+
+    def as_exception(self) -> LLMError:
+        """The failure as an exception, for ``failures`` rows (whose error_type is the class name):
+        LLMTransportError (transient), LLMRequestError (the endpoint refused) or LLMAnswerError."""
+        if self.transient:
+            cls: type[LLMError] = LLMTransportError
+        elif self.error_type.startswith("http_") or self.error_type == "api_error":
+            cls = LLMRequestError
+        else:
+            cls = LLMAnswerError
+        return cls(self.error_type, f"finding {self.finding_id}: {self.message}", self.attempts)
 
 
 def check_answer(answer: Any, source_text: str) -> list[Problem]:
@@ -99,16 +124,10 @@ class LLMGenerator:
                                   backoff_max_s=config.backoff_max_s,
                                   max_retry_after_s=config.max_retry_after_s)
         self.cache = ResponseCache(Path(config.cache_dir)) if config.cache_dir else None
-        self._client = None
+        # one client for all worker threads (openai clients are thread-safe); no request is made here
+        self.client = make_client(config.base_url, api_key_env=config.api_key_env, timeout_s=config.timeout_s)
         self._sleep = sleep
         self._schema_text = json.dumps(load_json_schema(ANSWER_SCHEMA), indent=1)
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = make_client(self.config.base_url, api_key_env=self.config.api_key_env,
-                                       timeout_s=self.config.timeout_s)
-        return self._client
 
     def cache_key(self, text: str) -> str:
         return ResponseCache.key(self.config.prompt_version, self.config.model, text)

@@ -9,13 +9,14 @@ ANSWER_TYPES = ("closed", "open", "choice")
 QUESTION_TYPES = ("plane", "phase", "organ", "abnormality", "location", "laterality", "size", "other")
 
 
-def qa_id(finding_id: str, question: str, answer_type: str) -> str:
-    """Deterministic id: hash of finding id and question.
+def qa_id(finding_id: str, question: str, answer_type: str, generator: str) -> str:
+    """Deterministic id: hash of finding id and question (whitespace and case folded).
 
     The answer type is part of the hash because the closed and the multiple-choice variant
-    of one question share the question text (they differ by their ``options``).
+    of one question share the question text (they differ by their ``options``); the
+    generator is, because the rules and an LLM may ask the same question of one finding.
     """
-    key = "\x1f".join((finding_id, answer_type, " ".join(question.split()).lower()))
+    key = "\x1f".join((finding_id, generator, answer_type, " ".join(question.split()).lower()))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
@@ -46,7 +47,7 @@ def make_row(
         raise ValueError(f"choice answer {answer!r} is not among its options {list(options)!r}")
     return {
         "finding_id": finding_id,
-        "qa_id": qa_id(finding_id, question, answer_type),
+        "qa_id": qa_id(finding_id, question, answer_type, generator),
         "question": question,
         "answer": answer,
         "answer_type": answer_type,

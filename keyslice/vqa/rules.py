@@ -1,15 +1,20 @@
 """Rule-based VQA generation from finding rows, their key slices and their series.
 
-Question families (``question_type``), each in a closed or open form and, where a fixed
-set of wrong answers exists, a multiple-choice form (``answer_type`` "choice", with
-``options``):
+Answer types: ``closed`` (yes/no, or one word of a small fixed vocabulary: a plane, a
+phase, a side; no options), ``open`` (a short free answer) and ``choice`` (the same
+question with ``options``: the answer plus up to 3 wrong answers that are certainly wrong,
+shuffled). Question families (``question_type``):
 
 * ``plane``       "In which plane is this image shown?"              (series orientation)
 * ``phase``       "In which contrast phase was this image acquired?" (series phase, only when known)
 * ``organ``       "Is there an abnormality in the liver?" yes/no; "Which organ is abnormal in this image?"
 * ``abnormality`` "What is seen in the pancreas?" (open); "What type of abnormality is seen in the liver?"
 * ``location``    "Where is the mass located?"
-* ``laterality``  "On which side is the abnormality?"
+* ``laterality``  "On which side is the abnormality?"                (finding laterality)
+* ``size``        "What is the size of the mass?"                    (only when the sentence gives one size)
+
+Plane and phase questions are asked once per slice; a question already asked on a slice
+(an impression repeating a finding) is not asked again by a later finding.
 
 Yes/no balance: every "yes" (an organ of an abnormal finding) gets a "no" on the same
 slice when a safe negative exists. A negative organ is one the report calls normal, or
@@ -219,11 +224,16 @@ _TEXT_REGIONS = (
 
 
 def _regions(organs: Sequence[tuple[str, str | None]], text: str) -> set[str]:
-    """Body regions of a finding: its organs', else the region words of its sentence."""
-    regions = {r for o, _ in organs for r in regions_of(o)}
-    if not regions:
-        regions = {name for name, pattern in _TEXT_REGIONS if pattern.search(text)}
-    return regions
+    """Body regions a finding's slice lies in: those of its specific organs (a lymph node or
+    the spine could be anywhere), else the region words of its sentence, else any of its
+    organs' regions."""
+    specific = {r for o, _ in organs if 0 < len(regions_of(o)) <= 2 for r in regions_of(o)}
+    if specific:
+        return specific
+    from_text = {name for name, pattern in _TEXT_REGIONS if pattern.search(text)}
+    if from_text:
+        return from_text
+    return {r for o, _ in organs for r in regions_of(o)}
 
 
 def _choice(rng: random.Random, answer: str, distractors: Sequence[str], n: int = N_OPTIONS) -> list[str] | None:
@@ -318,7 +328,8 @@ def _study_rows(findings: list[_Finding], series_by_id: Mapping[str, Mapping[str
                         for organ, side in positives)
             n_yes += asked
             answered_no = 0
-            for organ, side in _negative_candidates(positives, key, normal_organs, blocked, mentioned, rng):
+            regions = _regions(positives, f.text)
+            for organ, side in _negative_candidates(positives, regions, key, normal_organs, blocked, mentioned, rng):
                 if answered_no >= asked:
                     break
                 if emit(f"Is there an abnormality in {_neg_display(organ, side)}?", "no", "closed", "organ"):
@@ -392,6 +403,7 @@ def _slice_questions(emit: _Emitter, ser: Mapping[str, Any], rng: random.Random)
 
 def _negative_candidates(
     positives: list[tuple[str, str | None]],
+    regions: set[str],
     key: tuple[str, int],
     normal_organs: Mapping[tuple[str, str | None], set[tuple[str, int]]],
     blocked: _Blocked,
@@ -402,7 +414,6 @@ def _negative_candidates(
     if not positives:
         return []
     pos_organs = {o for o, _ in positives}
-    regions = {r for o, _ in positives for r in regions_of(o)}
     tiers: list[list[tuple[str, str | None]]] = [[], [], []]
     for (organ, side), slices in sorted(normal_organs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         if organ in pos_organs and not _other_side_ok(organ, side, positives):
@@ -458,7 +469,7 @@ def _abnormal_questions(emit: _Emitter, f: _Finding, blocked: _Blocked, rng: ran
     if len(distinct) == 1 and organ is not None:
         answer = _bare(organ_display(organ, side)).removeprefix("both ")
         emit("Which organ is abnormal in this image?", answer, "open", "organ")
-        regions = set(regions_of(organ))
+        regions = _regions(organs, f.text)
         pool = [o for o, info in ORGANS.items()
                 if o != organ and info.negative_ok and set(info.regions) & regions and not blocked.blocks(o, None)]
         opts = _choice(rng, answer, pool)
@@ -487,7 +498,7 @@ def _abnormal_questions(emit: _Emitter, f: _Finding, blocked: _Blocked, rng: ran
         thing = _LOCATABLE.get(abn or "", "abnormality")
         q = f"Where is the {thing} located?"
         emit(q, loc, "open", "location")
-        regions = set(regions_of(organ))
+        regions = _regions(organs, f.text)
         pool = [_bare(_neg_display(o, None)) for o, info in ORGANS.items()
                 if o != organ and info.negative_ok and set(info.regions) & regions and not blocked.blocks(o, None)]
         opts = _choice(rng, loc, pool)

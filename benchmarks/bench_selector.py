@@ -1,0 +1,245 @@
+"""Benchmark of the key-slice selector (step 3), three numbers from one run on one machine.
+
+(a) model-only: slices/s of ``encoder.encode_images`` on already preprocessed tensors;
+(b) end-to-end: slices/s from DICOM files on disk to SliceChoices (``load_volume`` +
+    ``select_key_slices`` for all findings; decoding overlapped with encoding);
+(c) reference: a straightforward loop — pydicom per file (sequential), then for EACH finding
+    PIL/torchvision preprocessing per slice and encoding every slice again, one at a time.
+
+It prints b/a (target >= 0.9: the pipeline keeps the model busy) and b/c (target >= 10).
+Throughputs count slice images through the model: (b) encodes each slice once per window
+used by the findings (``--windows``), (c) once per finding.
+
+The model defaults to open_clip ``ViT-B-16`` with RANDOM weights (``open_clip.create_model``,
+no download): speed does not depend on the weights. ``--model`` also takes ``tiny`` (the
+test model) or any ``load_model`` spec. The series defaults to the real 20-slice JPEG 2000
+Siemens series of the test data; ``--slices N`` uses its first N slices, or, when N is larger,
+a SYNTHETIC PHANTOM series of N slices (a water cylinder with a "lesion", uncompressed DICOM
+written to a temp dir, real header fields from that series). On this project's CPU machine
+ViT-B-16 runs at about 1.5 slices/s, so the default settings take a few minutes there.
+
+    python benchmarks/bench_selector.py                         # CPU, ViT-B-16, 20 real slices, 8 findings
+    python benchmarks/bench_selector.py --model tiny --slices 200
+    python benchmarks/bench_selector.py --device cuda --slices 512   # bf16 autocast on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from keyslice.selector import (  # noqa: E402
+    Query,
+    SelectorConfig,
+    load_model,
+    load_volume,
+    save_tiny_checkpoint,
+    select_key_slices,
+)
+from keyslice.selector.model import ClipEncoder, resolve_device, resolve_precision  # noqa: E402
+from keyslice.selector.preprocess import reference_preprocess  # noqa: E402
+from keyslice.selector.select import auto_batch_size  # noqa: E402
+from keyslice.selector.windows import choose_window, get_window  # noqa: E402
+
+DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", ROOT.parent / "shared" / "data"))
+SERIES = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"
+CAPTIONS = DATA / "roco_ct_captions" / "captions.json"
+ORGAN_SETS = [["liver"], ["lung"], ["vertebrae_L1"], ["aorta"], ["brain"], ["liver"], ["pancreas"], ["kidney_left"]]
+
+
+def build_encoder(spec: str, device: str, precision: str) -> ClipEncoder:
+    if spec == "tiny":
+        return load_model(str(save_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="bench-tiny-")))), device=device,
+                          precision=precision)
+    if spec in ("ViT-B-16", "ViT-B-32", "ViT-L-14"):
+        import open_clip
+
+        dev = resolve_device(device)
+        prec = resolve_precision(precision, dev)
+        model = open_clip.create_model(spec, device=dev)  # random weights, no download
+        cfg = model.visual.preprocess_cfg
+        return ClipEncoder(model, open_clip.get_tokenizer(spec), model_id=f"{spec}-random", weights_sha256="random",
+                           device=dev, precision=prec, image_size=model.visual.image_size[0]
+                           if isinstance(model.visual.image_size, tuple) else model.visual.image_size,
+                           mean=cfg["mean"], std=cfg["std"], context_length=77)
+    return load_model(spec, device=device, precision=precision)
+
+
+def synthetic_phantom(n: int, out: Path) -> list[Path]:
+    """N-slice SYNTHETIC phantom series (uncompressed), headers copied from slice 0 of the real series."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    src = pydicom.dcmread(sorted(SERIES.iterdir())[0])
+    src.decompress()
+    rows, cols = int(src.Rows), int(src.Columns)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    rng = np.random.default_rng(0)
+    series_uid = generate_uid()
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(n):
+        img = np.full((rows, cols), -1000.0)
+        body = (yy - rows / 2) ** 2 / (0.38 * rows) ** 2 + (xx - cols / 2) ** 2 / (0.45 * cols) ** 2 < 1
+        img[body] = 40
+        r = 30 * np.exp(-((k - n / 2) / (n / 6)) ** 2)  # a "lesion" that grows then shrinks along z
+        img[(yy - rows * 0.45) ** 2 + (xx - cols * 0.4) ** 2 < r ** 2] = -20
+        img += rng.normal(0, 10, img.shape)
+        ds = src.copy()
+        ds.PixelData = (np.clip(img, -1024, 3071) + 1024).astype(np.uint16).tobytes()
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.ImagePositionPatient = [float(src.ImagePositionPatient[0]), float(src.ImagePositionPatient[1]), -1000.0 + 2 * k]
+        ds.InstanceNumber = k + 1
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.SeriesDescription = "SYNTHETIC PHANTOM (benchmark only)"
+        path = out / f"phantom_{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def sentences(n: int) -> list[str]:
+    items = json.loads(CAPTIONS.read_text())
+    return [it["caption"] for it in items][:n]
+
+
+def sync(encoder: ClipEncoder) -> None:
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_model_only(encoder: ClipEncoder, n: int, batch: int) -> float:
+    x = torch.randn(min(batch, n), 3, encoder.image_size, encoder.image_size)
+    if encoder.device.type == "cuda":
+        x = x.pin_memory()
+    encoder.encode_images(x[: min(4, len(x))])  # warm-up
+    sync(encoder)
+    t = time.perf_counter()
+    done = 0
+    while done < n:
+        b = min(batch, n - done)
+        encoder.encode_images(x[:b])
+        done += b
+    sync(encoder)
+    return n / (time.perf_counter() - t)
+
+
+def bench_end_to_end(encoder: ClipEncoder, files: list[Path], queries: list[Query], batch) -> tuple[float, float, int]:
+    encoder.__dict__.pop("_text_memo", None)
+    t = time.perf_counter()
+    vol = load_volume(files)
+    choices = select_key_slices(vol, queries, encoder, SelectorConfig(batch_size=batch))
+    sync(encoder)
+    dt = time.perf_counter() - t
+    n_windows = len({c.window for c in choices})
+    return vol.n_slices * n_windows / dt, dt, n_windows
+
+
+def bench_reference(encoder: ClipEncoder, files: list[Path], queries: list[Query]) -> tuple[float, float]:
+    import pydicom
+
+    t = time.perf_counter()
+    slices = []
+    for f in files:  # pydicom per file, sequential
+        ds = pydicom.dcmread(f)
+        slices.append((float(ds.ImagePositionPatient[2]),
+                       ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)))
+    slices.sort(key=lambda s: s[0])
+    model = encoder.model
+    count = 0
+    with torch.inference_mode():
+        for q in queries:  # every finding re-encodes every slice
+            window = get_window(choose_window(q.organs))
+            tok = encoder.tokenizer([q.text], context_length=encoder.context_length).to(encoder.device)
+            with encoder._autocast():
+                te = torch.nn.functional.normalize(model.encode_text(tok).float(), dim=-1)
+            scores = []
+            for _, hu in slices:
+                x = reference_preprocess(hu, window, encoder.image_size, encoder.mean, encoder.std)
+                with encoder._autocast():
+                    ie = torch.nn.functional.normalize(model.encode_image(x[None].to(encoder.device)).float(), dim=-1)
+                scores.append(float(ie @ te[0]))
+                count += 1
+            int(np.argmax(scores))
+    sync(encoder)
+    dt = time.perf_counter() - t
+    return count / dt, dt
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="ViT-B-16", help="ViT-B-16 (random weights), tiny, or a load_model spec")
+    ap.add_argument("--slices", type=int, default=20, help="<= 20: first N real slices; more: synthetic phantom")
+    ap.add_argument("--findings", type=int, default=8)
+    ap.add_argument("--windows", type=int, default=1, help="distinct display windows among the findings (1-5)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16")
+    ap.add_argument("--batch-size", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    real = sorted(p for p in SERIES.iterdir() if p.is_file())
+    tmp = None
+    if args.slices <= len(real):
+        files, source = real[: args.slices], f"real Siemens JPEG 2000 series, {args.slices} slices"
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-phantom-")
+        files = synthetic_phantom(args.slices, Path(tmp.name))
+        source = f"SYNTHETIC PHANTOM, {args.slices} uncompressed slices"
+    encoder = build_encoder(args.model, args.device, args.precision)
+    organ_sets = ORGAN_SETS[: max(1, min(5, args.windows))]
+    queries = [Query(f"f{i}", s, organ_sets[i % len(organ_sets)], []) for i, s in enumerate(sentences(args.findings))]
+    hw = (512, 512)
+    batch = auto_batch_size(encoder, hw) if args.batch_size == "auto" else int(args.batch_size)
+
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"device {encoder.device} ({torch.cuda.get_device_name(encoder.device) if encoder.device.type == 'cuda' else 'cpu'}), "
+          f"precision {encoder.precision}")
+    print(f"model: {args.model} ({encoder.model_id}), input {encoder.image_size}px, batch {batch}")
+    print(f"series: {source}; findings: {len(queries)} in {len(organ_sets)} window(s)")
+    n_model = len(files) * len(organ_sets)
+    # Warm-up (first-call kernel setup, tokenizer, decoder plugins): 2 slices, untimed.
+    select_key_slices(load_volume(files[:2]), queries[:1], encoder, SelectorConfig(batch_size=2))
+    a = bench_model_only(encoder, n_model, batch)
+    print(f"(a) model-only encode:     {a:9.2f} slices/s  ({n_model} slices)")
+    b, b_dt, n_windows = bench_end_to_end(encoder, files, queries, batch)
+    print(f"(b) end-to-end from DICOM: {b:9.2f} slices/s  ({len(files)} slices x {n_windows} window(s) in {b_dt:.1f} s, "
+          f"{len(queries)} findings -> {len(files) / b_dt:.2f} series slices/s)")
+    out = {"a_model_only": a, "b_end_to_end": b, "b_seconds": b_dt, "b_over_a": b / a, "model": args.model,
+           "device": str(encoder.device), "precision": encoder.precision, "slices": len(files),
+           "findings": len(queries), "windows": n_windows, "batch": batch, "source": source}
+    print(f"    b/a = {b / a:.2f}  (target >= 0.9)")
+    if not args.skip_reference:
+        c, c_dt = bench_reference(encoder, files, queries)
+        print(f"(c) reference loop:        {len(files) / c_dt:9.2f} series slices/s  ({len(files) * len(queries)} "
+              f"slice encodings in {c_dt:.1f} s, {c:.2f}/s)")
+        speedup = c_dt / b_dt  # same work: all findings of the study answered
+        print(f"    b/c = {speedup:.2f}  (series slices/s of the same study, all findings answered; target >= 10)")
+        out.update({"c_reference": c, "c_seconds": c_dt, "b_over_c": speedup})
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    return out
+
+
+if __name__ == "__main__":
+    main()

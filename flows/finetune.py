@@ -1,0 +1,46 @@
+"""The fine-tuning flow: train (resumable) then evaluate before vs after; thin wrappers over keyslice.finetune.
+
+``finetune_flow(config_path)`` runs the whole YAML-defined run; a retried or re-run flow resumes
+from the run folder's last checkpoint (the training task retries once on a transient error).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from keyslice.finetune.config import FinetuneConfig
+
+
+@task(name="finetune-train", retries=1, retry_delay_seconds=5, cache_policy=NONE, persist_result=False)
+def train_task(config: dict[str, Any], max_steps: int | None = None, restart: bool = False) -> dict[str, Any]:
+    from keyslice.finetune.train import train
+
+    logger = get_run_logger()
+    result = train(FinetuneConfig.from_dict(config), max_steps=max_steps, restart=restart, progress=logger.info)
+    return {"out_dir": str(result.out_dir), "model_dir": str(result.model_dir) if result.model_dir else None,
+            "step": result.step, "total_steps": result.total_steps, "final_loss": result.final_loss,
+            "train_seconds": result.train_seconds, "resumed_from": result.resumed_from}
+
+
+@task(name="finetune-eval", cache_policy=NONE, persist_result=False)
+def eval_task(config: dict[str, Any]) -> dict[str, Any]:
+    from keyslice.finetune.evaluate import evaluate_run, jsonable
+
+    logger = get_run_logger()
+    result = evaluate_run(FinetuneConfig.from_dict(config), progress=logger.info)
+    return {"report": str(result.report_path), "summary": jsonable(result.summary)}
+
+
+@flow(name="keyslice-finetune", log_prints=True, validate_parameters=False)
+def finetune_flow(config_path: str, overrides: dict[str, Any] | None = None, max_steps: int | None = None,
+                  restart: bool = False, evaluate: bool = True) -> dict[str, Any]:
+    """Train the run of ``config_path`` (dotted ``overrides`` such as ``{"out_dir": ...}`` win) and,
+    once training has finished, evaluate before vs after."""
+    cfg = FinetuneConfig.from_yaml(config_path, **(overrides or {}))
+    config = cfg.to_dict()
+    trained = train_task(config, max_steps=max_steps, restart=restart)
+    evaluated = eval_task(config) if evaluate and trained["model_dir"] else None
+    return {"train": trained, "eval": evaluated}

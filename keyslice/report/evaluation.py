@@ -1,0 +1,212 @@
+"""Accuracy of a segmenter against the hand-labelled caption fixture, and its throughput.
+
+Used by ``benchmarks/bench_report.py`` (prints the numbers) and by
+``tests/test_report_accuracy.py`` (asserts floors). The fixture is
+``tests/fixtures/report_labels.json``: real ROCO caption sentences with hand labels
+(organ set, status, phase hint); see its ``guidelines``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .model import Finding, ReportConfig
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO / "tests" / "fixtures" / "report_labels.json"
+
+
+def captions_path() -> Path:
+    """The real ROCO captions (``keyslice.sample.data_dir``: ``$KEYSLICE_DATA_DIR`` or ``../shared/data``)."""
+    from keyslice.sample import data_dir
+
+    return data_dir() / "roco_ct_captions" / "captions.json"
+
+_STATUS_RANK = {"abnormal": 2, "uncertain": 1, "normal": 0}
+
+#: "dev" (tuned on), "test" (held out), "test_unseen" (held-out items from captions with
+#: index >= 200: the lexicon was written after reading captions 0-199, so only these
+#: captions were never seen before the rules were written), "all".
+SPLITS = ("dev", "test", "test_unseen", "all")
+
+
+def _in_split(item: dict, split: str) -> bool:
+    if split == "all":
+        return True
+    if split == "test_unseen":
+        return item["split"] == "test" and item["caption_index"] >= 200
+    return item["split"] == split
+
+Segmenter = Callable[[str, ReportConfig | None], list[Finding]]
+
+
+def load_fixture(path: Path = FIXTURE) -> list[dict]:
+    return json.loads(Path(path).read_text())["items"]
+
+
+def merge_units(findings: list[Finding]) -> dict:
+    """One prediction per labelled sentence: organs united (first mention order), the most
+    assertive status (abnormal > uncertain > normal), the first phase hint."""
+    organs: list[str] = []
+    for f in findings:
+        organs += [o for o in f.organs if o not in organs]
+    status = max((f.status for f in findings), key=_STATUS_RANK.__getitem__, default=None)
+    phase = next((f.phase_hint for f in findings if f.phase_hint), None)
+    return {"organs": organs, "status": status, "phase_hint": phase, "units": len(findings)}
+
+
+def evaluate(items: list[dict], segment: Segmenter, config: ReportConfig | None = None) -> dict:
+    """Per-field accuracy by split ("dev", "test", "all") plus the list of disagreements."""
+    rows = []
+    for it in items:
+        try:
+            pred = merge_units(segment(it["sentence"], config))
+            err = None
+        except Exception as exc:  # a crash counts as wrong on every field
+            pred, err = {"organs": None, "status": None, "phase_hint": None, "units": 0}, repr(exc)
+        rows.append((it, pred, err))
+    out: dict = {}
+    for split in SPLITS:
+        sel = [r for r in rows if _in_split(r[0], split)]
+        with_status = [r for r in sel if r[0]["status"] is not None]
+        tp = fp = fn = 0
+        for it, pred, _ in sel:
+            gold, got = set(it["organs"]), set(pred["organs"] or [])
+            tp += len(gold & got)
+            fp += len(got - gold)
+            fn += len(gold - got)
+        out[split] = {
+            "sentences": len(sel),
+            "organ_set_exact": _ratio(sum(set(it["organs"]) == set(p["organs"] or []) for it, p, _ in sel), len(sel)),
+            "organ_precision": _ratio(tp, tp + fp),
+            "organ_recall": _ratio(tp, tp + fn),
+            "status_sentences": len(with_status),
+            "status": _ratio(sum(it["status"] == p["status"] for it, p, _ in with_status), len(with_status)),
+            "phase_hint": _ratio(sum(it["phase_hint"] == p["phase_hint"] for it, p, _ in sel), len(sel)),
+            "gold_status_counts": dict(Counter(it["status"] for it, _, _ in sel)),
+            "errors": sum(1 for _, _, e in sel if e),
+        }
+    out["disagreements"] = [
+        {"roco_id": it["roco_id"], "split": it["split"], "sentence": it["sentence"],
+         **{f"gold_{k}": it[k] for k in ("organs", "status", "phase_hint")},
+         **{f"pred_{k}": p[k] for k in ("organs", "status", "phase_hint")}, "error": e}
+        for it, p, e in rows
+        if e or set(it["organs"]) != set(p["organs"] or []) or it["phase_hint"] != p["phase_hint"]
+        or (it["status"] is not None and it["status"] != p["status"])
+    ]
+    return out
+
+
+def evaluate_segmentation(items: list[dict], segment: Segmenter) -> dict:
+    """Sentence splitting on whole captions (compound split off): a caption counts as right
+    when the segmenter's units are exactly the hand-split sentences (whitespace-normalised)."""
+    captions: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        captions[it["roco_id"]].append(it)
+    raw = {c["roco_id"]: c["caption"] for c in json.loads(captions_path().read_text())}
+    norm = lambda s: re.sub(r"\s+", " ", s).strip().rstrip(";").strip()  # noqa: E731
+    exact = 0
+    gold_b = pred_b = both_b = 0
+    for rid, its in captions.items():
+        text = raw.get(rid) or " ".join(i["sentence"] for i in its)
+        gold = [norm(i["sentence"]) for i in sorted(its, key=lambda i: i["sentence_index"])]
+        pred = [norm(f.text) for f in segment(text, ReportConfig(split_compound=False))]
+        exact += gold == pred
+        gb, pb = _boundaries(gold), _boundaries(pred)
+        gold_b, pred_b, both_b = gold_b + len(gb), pred_b + len(pb), both_b + len(gb & pb)
+    p, r = _ratio(both_b, pred_b), _ratio(both_b, gold_b)
+    return {"captions": len(captions), "caption_exact": _ratio(exact, len(captions)),
+            "boundary_precision": p, "boundary_recall": r}
+
+
+def _boundaries(sents: list[str]) -> set[int]:
+    """Character offsets (in the letters-only concatenation) where a sentence ends."""
+    out, pos = set(), 0
+    for s in sents[:-1]:
+        pos += len(re.sub(r"[^A-Za-z0-9]", "", s))
+        out.add(pos)
+    return out
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+# ------------------------------------------------------------------ throughput
+def caption_sentences(path: Path | None = None) -> list[str]:
+    """Real sentences of all ROCO CT captions (a plain regex split, independent of the segmenter)."""
+    caps = json.loads(Path(path or captions_path()).read_text())
+    out = []
+    for c in caps:
+        out += [s.strip() for s in re.split(r"(?<=[.;])\s+(?=[A-Z(])", c["caption"]) if len(s.strip()) > 15]
+    return out
+
+
+def assembled_reports(n: int = 300, lo: int = 10, hi: int = 20, seed: int = 0) -> list[str]:
+    """Reports ASSEMBLED from real caption sentences (no free-licence full reports exist):
+    each has a FINDINGS section of lo..hi-1 sentences wrapped at ~80 columns and a
+    two-sentence IMPRESSION."""
+    sents = caption_sentences()
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.randrange(lo, hi)
+        body = " ".join(rng.sample(sents, k))
+        wrapped = "\n".join(_wrap(body, 80))
+        imp = " ".join(rng.sample(sents, 2))
+        out.append(f"CLINICAL INFORMATION: abdominal pain.\nFINDINGS:\n{wrapped}\n\nIMPRESSION:\n1. {imp}\n")
+    return out
+
+
+def _wrap(text: str, width: int) -> Iterable[str]:
+    line = ""
+    for w in text.split(" "):
+        if line and len(line) + 1 + len(w) > width:
+            yield line
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    if line:
+        yield line
+
+
+def throughput(reports: list[str], segment: Segmenter, repeat: int = 3) -> dict:
+    """Reports per second in this process (one core), CPU time and wall time.
+
+    The reports are timed ``repeat`` times; the median and the best pass are given (on a
+    shared machine the best pass is the least disturbed one, as ``timeit`` reports).
+    Alongside, spaCy's plain ``spacy.blank("en")`` tokenizer is timed on the same reports
+    in the same passes: a calibration of how fast this machine runs spaCy at that moment.
+    """
+    import statistics
+
+    import spacy
+
+    segment(reports[0], None)  # build the pipeline outside the timing
+    tokenizer = spacy.blank("en").tokenizer
+    cpu, wall, tok = [], [], []
+    units = 0
+    for _ in range(repeat):
+        c0, w0 = time.process_time(), time.perf_counter()
+        units = 0
+        for r in reports:
+            units += len(segment(r, None))
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+        c0 = time.process_time()
+        for r in reports:
+            tokenizer(r)
+        tok.append(time.process_time() - c0)
+    n = len(reports)
+    rate = lambda secs: round(n / secs, 1)  # noqa: E731
+    return {"reports": n, "passes": repeat, "units_per_report": round(units / n, 2),
+            "mean_chars": round(sum(map(len, reports)) / n),
+            "reports_per_s_cpu_median": rate(statistics.median(cpu)), "reports_per_s_cpu_best": rate(min(cpu)),
+            "reports_per_s_wall_median": rate(statistics.median(wall)), "reports_per_s_wall_best": rate(min(wall)),
+            "blank_tokenizer_reports_per_s_cpu_best": rate(min(tok))}

@@ -1,0 +1,100 @@
+"""Optional LLM segmenter behind the same interface as the rules (``ReportConfig(segmenter="llm")``).
+
+The model (any OpenAI-compatible endpoint, through :mod:`keyslice.llm_client`) returns
+units with section, text, organs, status, laterality and phase hint (prompt
+``prompts/segment_report.v1.md``). The code then keeps only units whose text occurs in the
+report, only vocabulary organs, and derives TotalSegmentator labels, measurements and
+image references itself, so they are computed exactly as in the rules path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from keyslice.llm_client import chat_json, load_prompt, make_client, schema_errors
+
+from .extract import image_refs, measurements_mm
+from .lexicon import ORGAN_TS_LABELS, ts_labels_for
+from .model import LATERALITIES, PHASES, STATUSES, Finding, ReportConfig
+from .rules import check_text
+
+
+@dataclass(frozen=True)
+class LLMSegmenterSettings:
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    prompt_version: str = "segment_report.v1"
+    max_repairs: int = 1
+
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["findings"],
+    "properties": {
+        "findings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["section", "text", "organs", "status"],
+                "properties": {
+                    "section": {"enum": ["findings", "impression"]},
+                    "text": {"type": "string", "minLength": 1},
+                    "organs": {"type": "array", "items": {"type": "string"}},
+                    "status": {"enum": list(STATUSES)},
+                    "laterality": {"enum": [*LATERALITIES, None]},
+                    "phase_hint": {"enum": [*PHASES, None]},
+                },
+            },
+        }
+    },
+}
+
+_WS = re.compile(r"\s+")
+
+
+def _norm(text: str) -> str:
+    return _WS.sub(" ", text).strip().lower()
+
+
+def segment_report_llm(text: str, config: ReportConfig) -> list[Finding]:
+    settings = config.llm
+    if not isinstance(settings, LLMSegmenterSettings):
+        raise ValueError("ReportConfig(segmenter='llm') needs llm=LLMSegmenterSettings(base_url=..., model=...)")
+    check_text(text, config)
+    report_norm = _norm(text)
+
+    def check(answer: Any) -> list[tuple[str, str]]:
+        problems = [("schema", m) for m in schema_errors(answer, ANSWER_SCHEMA)]
+        if problems:
+            return problems
+        for k, unit in enumerate(answer["findings"]):
+            if _norm(unit["text"]) not in report_norm:
+                problems.append(("ungrounded", f"findings[{k}].text is not copied verbatim from the report"))
+        return problems
+
+    prompt = load_prompt(settings.prompt_version)
+    messages = prompt.messages(organs=", ".join(ORGAN_TS_LABELS), report=text)
+    client = make_client(settings.base_url, api_key_env=settings.api_key_env, timeout_s=settings.timeout_s)
+    answer, _, _ = chat_json(client, model=settings.model, messages=messages, check=check,
+                             max_repairs=settings.max_repairs, extra={"response_format": {"type": "json_object"}})
+    out: list[Finding] = []
+    for unit in answer["findings"]:
+        if unit["section"] not in config.sections:
+            continue
+        lat = unit.get("laterality")
+        organs = [o for o in dict.fromkeys(unit["organs"]) if o in ORGAN_TS_LABELS]
+        ts: list[str] = []
+        for organ in organs:
+            ts += [lab for lab in ts_labels_for(organ, lat) if lab not in ts]
+        out.append(Finding(
+            finding_index=len(out), section=unit["section"], text=_WS.sub(" ", unit["text"]).strip(),
+            organs=organs, ts_labels=ts, status=unit["status"], laterality=lat,
+            measurements_mm=measurements_mm(unit["text"]), phase_hint=unit.get("phase_hint"),
+            image_refs=image_refs(unit["text"]), language="en",
+            segmenter=f"llm-v1:{settings.prompt_version}:{settings.model}",
+        ))
+    return out
