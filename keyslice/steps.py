@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from keyslice.context import BuildContext
+from keyslice.errors import DicomReadError
 from keyslice.schemas import utcnow
 from keyslice.studies import Study
 
@@ -29,9 +30,9 @@ def _stamp(rows: Rows, study_id: str) -> Rows:
 
 def segment_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     """Step 1: report text -> finding sentences tagged with organ, status, laterality, phase."""
-    from keyslice.report import segment_report
+    from keyslice.report import report_config_for_build, segment_report
 
-    findings = segment_report(study.read_report())
+    findings = segment_report(study.read_report(), report_config_for_build(ctx.config.segmenter, ctx.config.llm))
     rows = []
     for f in findings:
         row = f.to_row()
@@ -70,7 +71,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     """Step 3: per assigned series, decode and encode it once, then pick each finding's key slice."""
     from keyslice.dicom import index_study
     from keyslice.selector import (EmbeddingCache, Query, SelectorConfig, find_masks, load_model,
-                                   load_volume, render_png, select_key_slices)
+                                   load_volume, plot_similarity_curve, render_png, select_key_slices)
 
     cfg = ctx.config
     sid = study.study_id
@@ -84,10 +85,16 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
 
     encoder = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
     masks = find_masks(study.path) if cfg.use_masks else None
-    records = {rec.row["series_id"]: rec for rec in index_study(study.path, ctx.pseudonymize).series}
+    # file lists only (paths are never checkpointed); the phase was settled in step 2
+    records = {rec.row["series_id"]: rec
+               for rec in index_study(study.path, ctx.pseudonymize, image_phase=False).series}
     selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks)
     cache = EmbeddingCache(ctx.cache_dir / "embeddings")
     rows: Rows = []
+    missing = sorted(set(by_series) - set(records))
+    if missing:
+        raise DicomReadError(f"series {', '.join(missing)} assigned in step 2 no longer found in study {sid}; "
+                             f"the folder changed (or the pseudonym key did): rerun with --force-stage series")
     for series_id, items in sorted(by_series.items()):
         volume = load_volume(records[series_id].files)
         queries = [Query(a["finding_id"], findings[a["finding_id"]]["text"],
@@ -99,6 +106,8 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         for choice in choices:
             index = findings[choice.finding_id]["finding_index"]
             image = ctx.store.write_image(sid, f"{index:04d}.png", render_png(volume, choice.top1_index, choice.window))
+            if cfg.save_curves:  # on request: the similarity curve along z beside the key slice
+                ctx.store.write_image(sid, f"{index:04d}_curve.png", plot_similarity_curve(choice, volume))
             instance = volume.instance_numbers[choice.top1_index]
             rows.append({
                 "finding_id": choice.finding_id, "series_id": series_id, "model_id": encoder.model_id,

@@ -452,7 +452,7 @@ EXPECTED_SQL = {
                WHERE {_EXCLUDE}""",
     "findings": f"""SELECT f.finding_id, f.study_id, s.patient_id, sel.series_id, f.finding_index, f.section, f.text,
                            f.organ, f.organs, f.status, f.laterality, f.measurements_mm, f.phase_hint, f.language,
-                           se.phase, sel.window, sel.top1_index AS slice_index, sel.image_path
+                           f.segmenter, se.phase, sel.window, sel.top1_index AS slice_index, sel.image_path
                     FROM findings f JOIN selections sel USING (finding_id) JOIN studies s ON s.study_id = f.study_id
                     JOIN series se ON se.series_id = sel.series_id WHERE {_EXCLUDE}""",
     "selections": f"""SELECT sel.finding_id, sel.study_id, s.patient_id, sel.series_id, se.phase, se.phase_confidence,

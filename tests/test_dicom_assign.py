@@ -83,6 +83,23 @@ def test_multiphase_built_from_real_rows_prefers_asked_phase(multiphase_rows_bui
     assert out["f:delayed"]["series_id"] == "se-pv" and "no such series" in out["f:delayed"]["reason"]
     for o in out.values():
         assert o["reason"] and "/" not in o["reason"].split(":")[0]  # no paths
+    # the reason names what each other series lost on
+    why = out["f:default"]["reason"]
+    assert "portal venous preferred by default" in why and "soft kernel Br38f" in why and "3 mm slices" in why
+    assert "series 4 'Venoes 0.6 Br38f' (0.6 mm slices, 1-5 mm preferred)" in why
+    assert "series 6 'Venoes 3.0 Bl57 Lunge' (lung kernel)" in why and "series 7 'Venoes 3.0 Br64' (bone kernel)" in why
+    assert "series 2 'Nativ 5.0 Br38f' (phase non_contrast)" in why
+    assert "series 1" not in why  # dropped series are not candidates
+    assert "series 5 'Venoes 3.0 Br38f' (soft kernel)" in out["f:lung"]["reason"]
+    assert "finding asks for arterial; arterial_late series available" in out["f:art"]["reason"]
+
+
+@needs_data
+def test_stone_finding_reads_the_native_series_even_if_thicker(multiphase_rows_built_from_real_siemens_row):
+    """Calcifications and stones get a non_contrast hint in step 1; that phase beats thickness."""
+    rows = multiphase_rows_built_from_real_siemens_row
+    (out,) = assign_series([_finding("f:stone", organs=["kidney"], phase_hint="non_contrast")], rows)
+    assert out["series_id"] == "se-nat" and "5 mm slices" in out["reason"]
 
 
 @needs_data

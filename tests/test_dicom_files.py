@@ -188,3 +188,142 @@ def test_corrupted_headers_never_crash_the_index(tmp_path, reader):
     assert idx.n_files == n and idx.n_dicom + len(idx.skipped_files) >= n
     for s in idx.series:
         assert s.row["series_id"].startswith("se-")
+
+
+# --------------------------------------------------------------------------- headers only, never pixels
+
+
+def _garble_encapsulated_fragments(src: Path, dst: Path, seed: int) -> Path:
+    """Copy a JPEG 2000 file with every pixel fragment replaced by random bytes of the same length.
+
+    The item structure (offset table, fragment lengths, sequence delimiter) is kept, so the
+    file is still well-formed DICOM; only the compressed image stream is garbage.
+    """
+    import random
+
+    rng = random.Random(seed)
+    raw = bytearray(src.read_bytes())
+    start = raw.rfind(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff")
+    assert start > 0, "no encapsulated Pixel Data element"
+    pos = start + 12
+    first = True
+    while True:
+        group, elem, length = struct.unpack_from("<HHI", raw, pos)
+        pos += 8
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            break
+        assert (group, elem) == (0xFFFE, 0xE000)
+        if not first:  # leave the basic offset table alone
+            raw[pos:pos + length] = rng.randbytes(length)
+        first = False
+        pos += length
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_garbage_pixel_data_indexes_like_the_original(tmp_path, reader):
+    """Pixels are never decoded at this step: a series whose J2K streams are random bytes
+    gives exactly the same series row (geometry, phase, keep) as the real one."""
+    import pydicom
+
+    srcs = sorted(SIEMENS.iterdir())
+    for i, src in enumerate(srcs):
+        _garble_encapsulated_fragments(src, tmp_path / src.name, seed=i)
+    with pytest.raises(Exception):  # the garbage is real: a full read cannot decode it
+        pydicom.dcmread(tmp_path / srcs[0].name).pixel_array
+    got = index_study(tmp_path, PS, reader=reader)
+    ref = index_study(SIEMENS, PS, reader=reader)
+    assert not got.skipped_files and got.n_dicom == 20
+    assert [s.row for s in got.series] == [s.row for s in ref.series]
+    assert [[p.name for p in s.files] for s in got.series] == [[p.name for p in s.files] for s in ref.series]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_index_never_touches_pixel_decoding(monkeypatch, reader):
+    """Every real set indexes with pydicom's pixel access disabled (any call would raise)."""
+    import pydicom
+
+    def boom(self, *a, **k):
+        raise AssertionError("pixel data decoded during header indexing")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(boom))
+    monkeypatch.setattr(pydicom.dataset.Dataset, "convert_pixel_data", boom)
+    monkeypatch.setattr(pydicom.dataset.Dataset, "decompress", boom)
+    for folder in (SIEMENS, PHILIPS_AX.parent.parent.parent, GE_TILT, DCMQI.parent):
+        idx = index_study(folder, PS, reader=reader, image_phase=False)
+        assert idx.kept(), folder.name
+
+
+# --------------------------------------------------------------------------- missing UIDs, parallel reading
+
+
+def _rewrite(src: Path, dst: Path, drop: tuple[str, ...] = (), blank: tuple[str, ...] = ()) -> None:
+    """Copy a real file with some elements removed or emptied (pixel bytes copied untouched)."""
+    import pydicom
+
+    ds = pydicom.dcmread(src)
+    for kw in drop:
+        if kw in ds:
+            delattr(ds, kw)
+    for kw in blank:
+        setattr(ds, kw, "")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dst, enforce_file_format=False)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_philips_study_without_uids_groups_by_fallback_key(tmp_path, how):
+    """Study/Series/SOP Class UIDs removed (or emptied) from every file of the real Philips study:
+    the fallback key (study date/time, series number/description, frame of reference,
+    orientation...) still finds the same three series with the same keep/drop decisions."""
+    uids = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+    study = PHILIPS_AX.parent
+    for src in sorted(p for p in study.rglob("I*") if p.is_file()):
+        dst = tmp_path / src.relative_to(study)
+        if how == "missing":
+            _rewrite(src, dst, drop=uids)
+        else:
+            _rewrite(src, dst, blank=uids)
+    got = index_study(tmp_path, PS)
+    ref = index_study(study, PS)
+    assert all(s.row["grouping"] == "fallback" for s in got.series)
+    key = ("series_number", "n_instances", "n_slices", "kept", "drop_reason", "orientation", "slice_spacing_mm",
+           "z_min_mm", "z_max_mm", "has_rescale")
+    assert sorted(tuple(s.row[k] for k in key) for s in got.series) == \
+        sorted(tuple(s.row[k] for k in key) for s in ref.series)
+    ax = next(s for s in got.series if s.row["kept"])
+    assert [p.name for p in ax.files] == [p.name for p in ref.kept()[0].files]
+
+
+def test_headers_are_read_in_parallel(monkeypatch):
+    """With workers > 1 two files are read at the same time (a barrier only two concurrent
+    reads can pass); the result is the same as a sequential read, in the same order."""
+    import threading
+
+    import keyslice.dicom.index as index_mod
+
+    real = index_mod.read_header
+    barrier = threading.Barrier(2, timeout=30)
+    threads: set[int] = set()
+    lock = threading.Lock()
+    calls = {"n": 0}
+
+    def read(path, reader="fast"):
+        with lock:
+            calls["n"] += 1
+            first_two = calls["n"] <= 2
+            threads.add(threading.get_ident())
+        if first_two:
+            barrier.wait()  # raises BrokenBarrierError if reads were sequential
+        return real(path, reader)
+
+    monkeypatch.setattr(index_mod, "read_header", read)
+    par = index_study(GE_TILT, PS, workers=4)
+    monkeypatch.setattr(index_mod, "read_header", real)
+    seq = index_study(GE_TILT, PS, workers=1)
+    assert len(threads) >= 2
+    assert dict(par.skipped_files) == dict(seq.skipped_files)  # no read failed at the barrier
+    assert [s.row for s in par.series] == [s.row for s in seq.series]
+    assert [s.files for s in par.series] == [s.files for s in seq.series]

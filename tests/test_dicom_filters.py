@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from keyslice.dicom.series import bolus_delay_s, classify_orientation, drop_reason, tm_seconds
+from keyslice.dicom.headers import Header
+from keyslice.dicom.index import time_offsets
+from keyslice.dicom.series import bolus_delay_s, classify_orientation, drop_reason, first_time, tm_seconds
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 BASE = {"modality": "CT", "sop_class": CT, "image_type": ["ORIGINAL", "PRIMARY", "AXIAL"], "description": "Abdomen 3.0",
@@ -72,3 +74,27 @@ def test_time_helpers():
     assert bolus_delay_s("140352.457000", "140216.694022") == pytest.approx(95.763, abs=1e-3)
     assert bolus_delay_s("000030", "235950") == pytest.approx(40)  # over midnight
     assert bolus_delay_s(None, "120000") is None
+
+
+def _hdr(**values):
+    return Header(values, None, True)
+
+
+def test_first_time_uses_dates_when_every_instance_has_one():
+    hs = [_hdr(AcquisitionDate="20240101", AcquisitionTime="235950"), _hdr(AcquisitionDate="20240102", AcquisitionTime="000010")]
+    dated, first = first_time(hs, "AcquisitionDate", "AcquisitionTime")
+    assert dated and first % 86400 == pytest.approx(23 * 3600 + 59 * 60 + 50)
+    # AcquisitionDateTime stands in for a missing AcquisitionTime
+    dated, first = first_time([_hdr(AcquisitionDateTime="20221208140352.457")], "AcquisitionDate", "AcquisitionTime",
+                              "AcquisitionDateTime")
+    assert dated and first % 86400 == pytest.approx(14 * 3600 + 3 * 60 + 52.457)
+    assert first_time([_hdr(SeriesTime="")], "SeriesDate", "SeriesTime") is None
+
+
+def test_time_offsets_between_series():
+    day = 738000 * 86400.0
+    # across midnight with dates: the next-day series is 30 s later, not 24 h earlier
+    assert time_offsets([(True, day + 86390), (True, day + 86420), None]) == [0.0, 30.0, None]
+    # without dates (or mixed): times of day on one day
+    assert time_offsets([(False, 100.0), (True, day + 130.0)]) == [0.0, 30.0]
+    assert time_offsets([None, None]) == [None, None]

@@ -64,7 +64,28 @@ def test_siemens_empty_uids_fallback_one_series(reader):
     assert s.positions_mm == sorted(s.positions_mm) and len(s.files) == 20
     assert all(b - a == pytest.approx(2.0) for a, b in zip(s.positions_mm, s.positions_mm[1:]))
     assert idx.patient_key is None  # PatientID is empty
+    # header facts step 3 relies on
+    assert r["has_rescale"] is True and r["gantry_tilt_deg"] == 0.0 and r["pixel_spacing_mm"] == [0.9765625, 0.9765625]
+    assert r["kernel"] == "Br38f\\3" and r["image_type"][:3] == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert r["body_part"] == "PARTIALBODY" and r["protocol"] == "FDG_TK_KM"
+    # sorted by position, not by InstanceNumber (which runs the other way in this series)
+    assert s.instance_numbers == list(range(286, 266, -1))
+    assert r["acquisition_offset_s"] == 0.0 and r["series_offset_s"] == 0.0  # the only series
     _schema_ok(idx)
+
+
+def test_whole_totalsegmentator_folder_finds_only_the_dicom_series():
+    """The full reference folder: NIfTI masks, JSON and the LICENSE are skipped, one series found."""
+    idx = index_study(SIEMENS.parents[2], PS)
+    assert idx.n_dicom == 20 and len(idx.series) == 1 and idx.series[0].row["kept"]
+    reasons = dict(idx.skipped_files)
+    assert len(reasons) == idx.n_files - 20
+    assert all(why.startswith("not DICOM") for why in reasons.values()), set(reasons.values())
+
+
+def test_folder_without_dicom_is_an_input_error():
+    with pytest.raises(DicomReadError, match="no readable DICOM"):
+        index_study(DATA / "roco_ct_captions", PS)
 
 
 def test_philips_study(reader):
@@ -83,6 +104,18 @@ def test_philips_study(reader):
     sc = _only(idx, series_number=401)
     assert not sc.row["kept"] and sc.row["drop_reason"] == "secondary_capture" and sc.row["n_instances"] == 6
     assert [s.row["series_number"] for s in idx.kept()] == [201]
+    # geometry facts of the kept series
+    assert ax.row["has_rescale"] is True and ax.row["gantry_tilt_deg"] == 0.0 and ax.row["kernel"] == "UB"
+    assert ax.row["z_min_mm"] == pytest.approx(696.21) and ax.row["z_max_mm"] == pytest.approx(831.21)
+    assert all(b - a == pytest.approx(5.0) for a, b in zip(ax.positions_mm, ax.positions_mm[1:]))
+    assert ax.instance_numbers == list(range(1, 29)) and not ax.row["warnings"]
+    assert "LOCALIZER" in loc.row["image_type"] and loc.row["n_slices"] == 1
+    # the exam summary: no rescale (RGB/text images) and burned-in text
+    assert sc.row["has_rescale"] is False and sc.row["burned_in_annotation"] is True
+    assert any("RescaleSlope/RescaleIntercept missing" in w for w in sc.row["warnings"])
+    # times as offsets from the study's first series: localizer, then the axial scan, then the summary
+    assert loc.row["acquisition_offset_s"] == 0.0 and ax.row["acquisition_offset_s"] == pytest.approx(37.0)
+    assert ax.row["series_offset_s"] == pytest.approx(74.689) and sc.row["series_offset_s"] == pytest.approx(217.457)
     _schema_ok(idx)
 
 
@@ -102,6 +135,10 @@ def test_ge_tilt_and_uneven_spacing(reader):
     assert any("TotalSegmentator not installed" in e for e in r["phase_evidence"])
     # sorted by position, which here agrees with InstanceNumber
     assert s.instance_numbers == list(range(1, 29))
+    assert all(b > a for a, b in zip(s.positions_mm, s.positions_mm[1:]))
+    assert r["has_rescale"] is True and r["kernel"] == "STD+" and r["body_part"] == "HEAD"
+    assert r["z_min_mm"] == pytest.approx(5.8361) and r["z_max_mm"] == pytest.approx(157.7761)
+    assert r["acquisition_offset_s"] is None and r["series_offset_s"] is None  # no times in these headers
     _schema_ok(idx)
 
 
@@ -114,6 +151,16 @@ def test_dcmqi_3slice_kept_seg_dropped(reader):
     assert not seg.row["kept"] and seg.row["drop_reason"] == "non_ct"
     assert idx.modalities == ["CT", "SEG"]
     assert all(p.endswith(".nrrd") or p == "LICENSE.txt" for p, _ in idx.skipped_files)
+    r = ct.row
+    assert ct.positions_mm == pytest.approx([-128.69, -127.69, -126.69]) and ct.instance_numbers == [3, 2, 1]
+    assert [p.name for p in ct.files] == ["03.dcm", "02.dcm", "01.dcm"]
+    assert r["slice_thickness_mm"] == 1.25 and r["slice_spacing_mm"] == pytest.approx(1.0) and r["spacing_uniform"]
+    assert any("thickness 1.25 mm != position step 1.00 mm (overlapping slices)" in w for w in r["warnings"])
+    assert r["has_rescale"] is True and r["gantry_tilt_deg"] == 0.0 and r["orientation"] == "axial"
+    assert r["z_min_mm"] == pytest.approx(-128.69) and r["z_max_mm"] == pytest.approx(-126.69)
+    assert r["phase"] == "unknown" and r["contrast_agent"] is None  # no contrast tags
+    assert seg.row["orientation"] == "unknown" and seg.row["n_instances"] == 1
+    assert r["acquisition_offset_s"] == 0.0 and seg.row["acquisition_offset_s"] is None
     _schema_ok(idx)
 
 
@@ -123,6 +170,15 @@ def test_readers_agree_on_every_real_series():
         b = index_study(folder, PS, reader="pydicom")
         assert [s.row for s in a.series] == [s.row for s in b.series], folder.name
         assert [s.files for s in a.series] == [s.files for s in b.series]
+
+
+def test_parallel_and_sequential_reads_agree_on_every_real_series():
+    for folder in (SIEMENS, PHILIPS, GE_TILT, DCMQI):
+        par = index_study(folder, PS, workers=4)
+        seq = index_study(folder, PS, workers=1)
+        assert [s.row for s in par.series] == [s.row for s in seq.series], folder.name
+        assert [s.files for s in par.series] == [s.files for s in seq.series]
+        assert par.skipped_files == seq.skipped_files
 
 
 def test_series_ids_stable_and_keyed():

@@ -104,6 +104,17 @@ def test_dicom_header_values_from_real_dicom(data_dir):
     assert "janct000" not in gate.report.hits[0].detail  # the report masks the value
 
 
+def test_software_columns_allow_model_release_dates_but_not_paths():
+    """Dated model ids are not patient dates; the same string in a report-derived column still is a hit."""
+    gate = PrivacyGate()
+    row = {"qa_id": "0123456789abcdef0123", "generator": "llm:gpt-4o-2024-08-06",
+           "segmenter": "llm-v1:segment_report.v1:claude-3-5-sonnet-20241022",
+           "model_id": "local:/home/jdoe/models/clip", "answer": "llm:gpt-4o-2024-08-06"}
+    gate.check_rows("vqa", [row], ["qa_id"], {"qa_id": "qa_id"},
+                    software_columns={"generator", "segmenter", "model_id"})
+    assert {(h.column, h.rule) for h in gate.report.hits} == {("model_id", "local_path"), ("answer", "date_iso")}
+
+
 # --------------------------------------------------------------------------- PNG
 
 
@@ -211,6 +222,70 @@ def test_planted_phi_refuses_the_publish_and_names_every_location(corpus, tmp_pa
     assert "[NAME] has" in next(h["detail"] for h in report["hits"] if h["column"] == "text")
 
 
+def test_scrub_text_replaces_report_phi_and_lists_each_removal(corpus, tmp_path):
+    """--scrub-text: PHI-looking spans of report-derived text become placeholders, each change is in the
+    report (location, rule, scrubbed value), and every other column still fails closed."""
+    import datasets
+    from typer.testing import CliRunner
+
+    from keyslice.cli import app
+    from keyslice.publish import PrivacyError, publish_corpus
+
+    root, fx = corpus
+    s1, s2, s3 = (fx.study_ids[k] for k in ("case_001", "case_002", "case_003"))
+
+    def name_in_sentence(t):
+        text = t["findings"][1]["text"]
+        t["findings"][1]["text"] = "Mr. Henderson has " + text[0].lower() + text[1:]
+
+    def phi_in_vqa(t):
+        t["vqa"][0]["answer"] = "yes (MRN 004417823)"
+        t["vqa"][1]["options"] = [*t["vqa"][1]["options"][:-1], "call 555-123-4567"]
+
+    _recommit(root, "segment", s1, name_in_sentence)
+    _recommit(root, "vqa", s2, phi_in_vqa)
+    qa0, qa1 = CheckpointStore(root).read_rows("vqa", s2)[:2]
+    last = f"options[{len(qa1['options']) - 1}]"
+
+    out = tmp_path / "dry"
+    result = publish_corpus(root, "o/n", dry_run_dir=out, scrub_text=True, log=lambda m: None)
+    scrubbed = {(h.table, h.row, h.column): h for h in result.privacy.scrubbed}
+    assert set(scrubbed) == {("findings", f"{s1}:1", "text"), ("vqa", qa0["qa_id"], "answer"),
+                             ("vqa", qa1["qa_id"], last)}
+    assert scrubbed[("findings", f"{s1}:1", "text")].rule == "title_name"
+    assert scrubbed[("vqa", qa0["qa_id"], "answer")].detail == "yes ([ID_NUMBER])"
+    assert scrubbed[("vqa", qa1["qa_id"], last)].detail == "call [CONTACT]"
+    # what was exported is the scrubbed text, and the raw values are nowhere in the output or the report
+    findings = datasets.load_dataset(str(out), "findings", cache_dir=str(tmp_path / "cache"))
+    texts = {r["finding_id"]: r["text"] for part in findings.values() for r in part}
+    assert texts[f"{s1}:1"].startswith("[NAME] has ")
+    vqa = datasets.load_dataset(str(out), "vqa", cache_dir=str(tmp_path / "cache"))
+    by_qa = {r["qa_id"]: r for part in vqa.values() for r in part}
+    assert by_qa[qa0["qa_id"]]["answer"] == "yes ([ID_NUMBER])"
+    assert by_qa[qa1["qa_id"]]["options"][-1] == "call [CONTACT]"
+    report_file = root / "publish" / "o__n.privacy.json"
+    for path in [report_file, *out.rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"Henderson" not in data and b"004417823" not in data and b"555-123-4567" not in data, path
+    report = json.loads(report_file.read_text())
+    assert report["ok"] is True and len(report["scrubbed"]) == 3
+    assert report["rules"]["title_name"].startswith("a name after a title")
+    assert "3 report-derived text value(s) had PHI-looking spans replaced" in (out / "README.md").read_text()
+
+    def birth_date_in_kernel(t):  # a DICOM-derived column: never scrubbed, the publish is still refused
+        t["series"][0]["kernel"] = "19560214"
+
+    _recommit(root, "series", s3, birth_date_in_kernel)
+    with pytest.raises(PrivacyError) as err:
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry2", scrub_text=True, log=lambda m: None)
+    assert {(h.table, h.column) for h in err.value.report.hits} == {("selections", "kernel")}
+    res = CliRunner().invoke(app, ["publish", "--out", str(root), "--repo-id", "o/n", "--scrub-text",
+                                   "--dry-run", str(tmp_path / "dry3")])
+    assert res.exit_code == 2 and "column kernel: date_dicom" in res.output
+    assert "column text" not in res.output and "column answer" not in res.output  # those were scrubbed
+
+
 def test_raw_identifier_in_an_id_column_is_refused(corpus, tmp_path):
     from keyslice.publish import PrivacyError, publish_corpus
 
@@ -252,14 +327,16 @@ def test_png_metadata_is_stripped_on_export(corpus, tmp_path):
     assert len(rows) == 1 and np.array_equal(np.asarray(rows[0]["image"]), original)
 
 
-def test_secondary_capture_by_sop_class_alone_is_excluded(corpus, tmp_path):
+@pytest.mark.parametrize("column,value", [("sop_class", "1.2.840.10008.5.1.4.1.1.7.4"),
+                                          ("image_type", ["DERIVED", "SECONDARY", "AXIAL"])])
+def test_secondary_capture_by_series_headers_alone_is_excluded(corpus, tmp_path, column, value):
     from keyslice.publish import publish_corpus
 
     root, fx = corpus
     sid = fx.study_ids["case_003"]
 
-    def as_secondary_capture(t):  # no drop reason recorded, but the SOP class says Secondary Capture
-        t["series"][0]["sop_class"] = "1.2.840.10008.5.1.4.1.1.7.4"
+    def as_secondary_capture(t):  # no drop reason recorded, but the SOP class or ImageType says Secondary Capture
+        t["series"][0][column] = value
 
     _recommit(root, "series", sid, as_secondary_capture)
     result = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
@@ -300,6 +377,9 @@ def test_dicom_header_values_checked_with_input_folder(corpus, tmp_path, data_di
     shutil.rmtree(studies / "case_003")
     with pytest.raises(PublishError, match="not in"):
         publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry3", input_dir=studies, log=lambda m: None)
+    with pytest.raises(PublishError, match="is not a folder"):
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry3", input_dir=tmp_path / "nowhere",
+                       log=lambda m: None)
 
 
 def test_cli_names_the_location_and_exits_nonzero(corpus, tmp_path):

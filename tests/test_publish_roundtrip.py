@@ -86,6 +86,7 @@ def test_card_metadata_and_build_provenance(corpus, tmp_path):
     # how it was built: model + weights hash, prompt versions, phase rules, exclusions, corpus state
     assert "`local:tiny-test-clip`" in text and hashlib.sha256(b"local:tiny-test-clip").hexdigest() in text
     assert "prompt_version" in text and "ContrastBolusStartTime" in text
+    assert "### Report segmenter" in text and "| `fixture` |" in text
     assert "BurnedInAnnotation" in text and result.state["corpus_state"] in text
     from huggingface_hub import DatasetCard
 

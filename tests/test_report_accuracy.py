@@ -1,17 +1,28 @@
 """Accuracy floors of the rules segmenter on the hand-labelled real caption fixture.
 
-The fixture (tests/fixtures/report_labels.json) holds 177 sentences of real ROCO CT
-captions (captions with index 1 mod 6 = "dev", 4 mod 6 = held-out "test"), labelled by
-reading (organ set, status, phase hint; see its "guidelines").
+The fixture (tests/fixtures/report_labels.json) holds real ROCO CT caption sentences,
+labelled by reading (organ set, status, phase hint; see its "guidelines"):
+  dev / test   every sentence of the captions with index 1 mod 6 (dev, tuned on) and
+               4 mod 6 (test, held out): 177 sentences, 153 with a status;
+  cues         48 held-out sentences of the other captions that hold a negation,
+               normality or hedging word (the systematic sample has only 11 normal and 5
+               uncertain sentences), labelled before the rules were run on them.
 
-Measured with rules-v1 (benchmarks/bench_report.py):
-    dev   organ-set 0.989  status 1.000  phase 0.989
-    test  organ-set 0.966  status 0.961  phase 0.977   (first held-out run: 0.966 / 0.948 / 0.977)
-    test items from captions 200+ (never read before the lexicon was written):
-          organ-set 0.932  status 0.919  phase 0.977
-Floors: a little under the HELD-OUT numbers, not the dev ones, so that small lexicon
-changes may trade one sentence for another (one sentence is 1.1 % of a split) while a
-real regression (e.g. a broken negation scope or sentencizer) fails the test.
+Measured with rules-v1 (benchmarks/bench_report.py; results in benchmarks/results/report.txt):
+    split       n   organ-set  status (n, always-abnormal baseline)  phase
+    dev        89     0.989    1.000  (76, 0.908)                    0.989
+    test       88     0.966    0.961  (77, 0.883)                    0.977   (first held-out run: 0.966 / 0.948 / 0.977)
+    cues       48     0.938    0.886  (44, 0.795)                    0.958   (first and only run)
+Floors: the measurement minus two binomial standard errors, rounded down to 0.01
+(e.g. test organ-set: 0.966 - 2 * sqrt(0.966 * 0.034 / 88) = 0.927 -> 0.92), so that a
+lexicon change may trade a sentence or two (one sentence is 1.1 % of test) while a real
+regression (a broken negation scope or sentencizer) fails. Where that rule would not beat
+the always-abnormal baseline (cues status: 0.79 vs 0.795) the floor is two sentences under
+the measurement instead (37/44 = 0.84); and the recall of "normal" is asserted on its own.
+Checked once by hand: with the negation triggers emptied, test status falls to 0.896,
+dev+test to 0.935 and the recall of "normal" to 1/6 (test) and 1/8 (cues), so this fails.
+Uncertain is measured but has no floor: 6 gold items in all, and the 3 held-out test ones
+(clinical history / outcome sentences of captions) are all missed (see the report notes).
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ from keyslice.report import ORGAN_TS_LABELS, segment_report
 from keyslice.report.evaluation import evaluate, evaluate_segmentation, load_fixture
 
 FLOORS = {
-    "all": {"organ_set_exact": 0.93, "status": 0.93, "phase_hint": 0.95},
+    "dev+test": {"organ_set_exact": 0.95, "status": 0.95, "phase_hint": 0.96},
     "test": {"organ_set_exact": 0.92, "status": 0.91, "phase_hint": 0.94},
+    "cues": {"organ_set_exact": 0.86, "status": 0.84, "phase_hint": 0.90},
 }
 
 
@@ -36,15 +48,21 @@ def items():
 
 def test_fixture_is_real_and_complete(items, data_dir):
     assert len(items) >= 100
-    caps = {c["roco_id"]: c for c in json.loads((data_dir / "roco_ct_captions/captions.json").read_text())}
+    assert sum(it["split"] in ("dev", "test") for it in items) >= 100  # the systematic sample alone
+    caps = json.loads((data_dir / "roco_ct_captions/captions.json").read_text())
     for it in items:
-        cap = caps[it["roco_id"]]
+        cap = caps[it["caption_index"]]
+        assert cap["roco_id"] == it["roco_id"]
         assert it["sentence"] in cap["caption"]                       # verbatim real text
-        assert it["pmc_image"] == cap["pmc_image"] and it["source"] == cap["source"]  # CC BY attribution kept
+        assert (it["pmc_image"], it["source"], it["license"]) == (cap["pmc_image"], cap["source"], cap["license"])
         assert set(it["organs"]) <= set(ORGAN_TS_LABELS)
         assert it["status"] in ("abnormal", "normal", "uncertain", None)
         assert it["phase_hint"] in ("non_contrast", "arterial", "portal_venous", "delayed", None)
-        assert it["split"] == ("dev" if it["caption_index"] % 6 == 1 else "test")
+        expected = {1: "dev", 4: "test"}.get(it["caption_index"] % 6, "cues")
+        assert it["split"] == expected
+    # every status value and every phase occurs, so each field's accuracy means something
+    assert {it["status"] for it in items} == {"abnormal", "normal", "uncertain", None}
+    assert {it["phase_hint"] for it in items} == {"non_contrast", "arterial", "portal_venous", "delayed", None}
 
 
 def test_accuracy_floors(items):
@@ -52,7 +70,11 @@ def test_accuracy_floors(items):
     for split, floors in FLOORS.items():
         for field, floor in floors.items():
             assert acc[split][field] >= floor, (split, field, acc[split][field], acc["disagreements"])
-    assert acc["all"]["errors"] == 0
+        assert acc[split]["status"] > acc[split]["status_majority_baseline"], split
+        assert acc[split]["errors"] == 0
+    # status is not "always abnormal": normal (negated) sentences are recognised on held-out text
+    assert acc["test"]["status_recall"]["normal"] == 1.0      # measured 6/6
+    assert acc["cues"]["status_recall"]["normal"] >= 0.75     # measured 7/8
 
 
 def test_sentence_segmentation_of_whole_captions(items):

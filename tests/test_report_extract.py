@@ -61,6 +61,7 @@ def test_image_refs_on_findings():
     ("Portal venous phase shows a hypodense lesion.", "portal_venous"),
     ("In the venous phase the splenic vein is patent.", "portal_venous"),
     ("CECT abdomen shows a mass.", "portal_venous"),
+    ("Enhancing mass in the pancreas.", "portal_venous"),    # enhancement implies contrast: the routine phase
     ("Contrast-enhanced CT shows a renal mass.", "portal_venous"),
     ("Delayed images show washout.", "delayed"),
     ("Excretory phase shows a filling defect in the renal pelvis.", "delayed"),

@@ -80,3 +80,63 @@ def test_llm_segmenter_checks_input_first_and_needs_settings():
         assert server.requests == []
     with pytest.raises(ValueError):
         segment_report(REPORT, ReportConfig(segmenter="llm"))
+
+
+# A German report (written for this test, i.e. synthetic) that the rules refuse; the LLM path is for such reports.
+GERMAN = ("Befund: Die Leber ist unauffällig. In der linken Niere zeigt sich eine Zyste von 2,3 cm "
+          "(Serie 3, Bild 45).\nBeurteilung: Nierenzyste links.")
+GERMAN_ANSWER = {"language": "de", "findings": [
+    {"section": "findings", "text": "Die Leber ist unauffällig.", "organs": ["liver"], "status": "normal",
+     "laterality": None, "phase_hint": None},
+    {"section": "findings", "text": "In der linken Niere zeigt sich eine Zyste von 2,3 cm (Serie 3, Bild 45).",
+     "organs": ["kidney"], "status": "abnormal", "laterality": "left", "phase_hint": None},
+    {"section": "impression", "text": "Nierenzyste links.", "organs": ["kidney"], "status": "abnormal",
+     "laterality": "left", "phase_hint": None},
+]}
+
+
+def test_llm_segmenter_takes_a_language_the_rules_refuse():
+    from keyslice.errors import UnsupportedLanguageError
+
+    with pytest.raises(UnsupportedLanguageError):
+        segment_report(GERMAN)                                     # the rules: a clear refusal
+    with ScriptedLLMServer() as server:
+        server.push(Reply.ok(GERMAN_ANSWER))
+        got = segment_report(GERMAN, config(server))
+    assert [(f.section, f.text, f.organs, f.status) for f in got] == [
+        ("findings", "Die Leber ist unauffällig.", ["liver"], "normal"),
+        ("findings", "In der linken Niere zeigt sich eine Zyste von 2,3 cm (Serie 3, Bild 45).", ["kidney"], "abnormal"),
+        ("impression", "Nierenzyste links.", ["kidney"], "abnormal"),
+    ]
+    assert {f.language for f in got} == {"de"}
+    assert got[1].ts_labels == ["kidney_left"] and got[1].measurements_mm == [23.0]
+    # without the model's code the stopword heuristic names the language
+    no_code = {"findings": GERMAN_ANSWER["findings"][:1]}
+    with ScriptedLLMServer() as server:
+        server.push(Reply.ok(no_code))
+        assert segment_report(GERMAN, config(server))[0].language == "de"
+
+
+def test_a_build_with_segmenter_llm_uses_the_endpoint_of_its_config(tmp_path):
+    """steps.segment_step -> report_config_for_build -> the LLM segmenter, against the loopback server."""
+    from types import SimpleNamespace
+
+    from keyslice.config import BuildConfig, LLMSettings
+    from keyslice.report import report_config_for_build
+    from keyslice.steps import segment_step
+
+    study = SimpleNamespace(study_id="s1", read_report=lambda: REPORT)
+    with ScriptedLLMServer() as server:
+        server.push(Reply.ok(CANNED))
+        cfg = BuildConfig(input_dir=tmp_path, out_dir=tmp_path, segmenter="llm",
+                          llm=LLMSettings(base_url=server.base_url, model="build-model"))
+        rows = segment_step(study, SimpleNamespace(config=cfg))["findings"]
+        assert server.requests[0]["body"]["model"] == "build-model"
+    assert [r["finding_id"] for r in rows] == ["s1:0", "s1:1", "s1:2", "s1:3"]
+    assert {r["segmenter"] for r in rows} == {"llm-v1:segment_report.v1:build-model"}
+    rules_rows = segment_step(study, SimpleNamespace(config=BuildConfig(input_dir=tmp_path, out_dir=tmp_path)))
+    assert {r["segmenter"] for r in rules_rows["findings"]} == {"rules-v1"}
+    with pytest.raises(ValueError, match="llm.base_url"):
+        report_config_for_build("llm", LLMSettings())               # no endpoint configured
+    with pytest.raises(ValueError, match="'rules' or 'llm'"):
+        report_config_for_build("gpt", None)

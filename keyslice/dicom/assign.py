@@ -112,6 +112,29 @@ def _label(row: dict) -> str:
     return " ".join(bits)
 
 
+_LOST_ON = ("phase", "kernel", "thickness", "geometry", "phase confidence", "coverage")
+
+
+def _lost_on(theirs: tuple, ours: tuple, row: dict) -> str:
+    """The first criterion on which a series ranked below the chosen one, in words."""
+    i = next((k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b), len(ours))
+    if i >= len(_LOST_ON):
+        return "tie, lower series number wins"
+    what = _LOST_ON[i]
+    if what == "phase":
+        return f"phase {row['phase']}"
+    if what == "kernel":
+        return f"{kernel_family(row.get('kernel'), row.get('description'))} kernel"
+    if what == "thickness":
+        t = row.get("slice_thickness_mm")
+        return "slice thickness unknown" if t is None else f"{t:g} mm slices, 1-5 mm preferred"
+    if what == "geometry":
+        return "uneven spacing or gantry tilt"
+    if what == "phase confidence":
+        return f"phase confidence {float(row.get('phase_confidence') or 0):.2f}"
+    return f"{row.get('n_slices') or 0} slices"
+
+
 def assign_series(findings: list[dict], series_rows: list[dict]) -> list[dict]:
     """One assignments row (finding_id, series_id, phase, reason) per finding."""
     kept = [r for r in series_rows if r.get("kept")]
@@ -158,7 +181,8 @@ def assign_series(findings: list[dict], series_rows: list[dict]) -> list[dict]:
         t = best.get("slice_thickness_mm")
         parts.append(f"{t:g} mm slices" if t is not None else "slice thickness unknown")
         if len(kept) > 1:
-            parts.append(f"chosen among {len(kept)} usable series")
+            losers = [f"{_label(r)} ({_lost_on(score(r), s, r)})" for r in kept if r is not best]
+            parts.append(f"chosen among {len(kept)} usable series over " + ", ".join(losers))
         out.append({
             "finding_id": f["finding_id"],
             "series_id": best["series_id"],

@@ -132,9 +132,11 @@ def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, wor
 
     groups = _attach_truncated(group_instances(instances + truncated))
     records: list[SeriesRecord] = []
+    times: list[tuple] = []
     for g in groups:
         b = build_series(g, pseudonymize, min_slices=min_slices)
         start = b.row.pop("_contrast_start_time", None)
+        times.append((b.row.pop("_acquisition_time", None), b.row.pop("_series_time", None)))
         call = infer_phase({**b.row, "contrast_start_time": start})
         if image_phase and b.row["kept"] and headers_silent(call):
             ts = totalsegmentator_phase(b.files)
@@ -143,6 +145,10 @@ def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, wor
                 call.phase, call.confidence = ts.phase, ts.confidence
         b.row["phase"], b.row["phase_confidence"], b.row["phase_evidence"] = call.phase, float(call.confidence), call.evidence
         records.append(SeriesRecord(b.row, b.files, b.positions_mm, b.instance_numbers))
+    for key, offsets in (("acquisition_offset_s", time_offsets([t[0] for t in times])),
+                         ("series_offset_s", time_offsets([t[1] for t in times]))):
+        for rec, off in zip(records, offsets):
+            rec.row[key] = off
     records.sort(key=lambda r: (r.row["series_number"] if r.row["series_number"] is not None else 1 << 30,
                                 r.row["series_id"]))
     for r in records:
@@ -155,6 +161,23 @@ def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, wor
         n_files=len(paths), n_dicom=len(instances) + len(truncated),
         patient_key=pids.most_common(1)[0][0] if pids else None,
         modalities=modalities, series=records, skipped_files=skipped)
+
+
+def time_offsets(times: list[tuple[bool, float] | None]) -> list[float | None]:
+    """Seconds from the study's earliest time to each series' earliest time (None when unknown).
+
+    Offsets, not times: they order the acquisitions of a multi-phase exam (arterial about
+    20-40 s after the native scan, portal venous later) without storing a time of day or
+    a date. Dates are used when every timed series has them; otherwise times of day on one
+    day are assumed (a study that crosses midnight without dates gets wrong offsets).
+    """
+    known = [t for t in times if t is not None]
+    if not known:
+        return [None] * len(times)
+    dated = all(d for d, _ in known)
+    vals = [None if t is None else (t[1] if dated else t[1] % 86400.0) for t in times]
+    ref = min(v for v in vals if v is not None)
+    return [None if v is None else round(v - ref, 3) for v in vals]
 
 
 def _attach_truncated(groups: list[SeriesGroup]) -> list[SeriesGroup]:

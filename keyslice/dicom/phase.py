@@ -30,8 +30,9 @@ conflicts are settled):
 3. **ProtocolName keywords**: same table at lower weight (0.5 / 0.3), used only when the
    description has no phase word (the protocol is shared by every series of the exam).
 4. **ContrastBolusAgent/Route**: an agent (not ``NONE``/``NO``/...) means contrast was
-   given (portal_venous at 0.3 when nothing else is known); an oral-only route is not IV
-   contrast and is reported as such.
+   given (portal_venous at 0.3 when nothing else is known), and so does an IV route with an
+   empty agent (the Contrast/Bolus module is written only when contrast was used); an
+   oral-only route is not IV contrast and is reported as such.
 
 Conflict rule (documented, tested): when the signals disagree on contrast vs. no
 contrast, *timing* wins if it exists (it is measured per acquisition); otherwise the
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -82,7 +84,9 @@ KEYWORDS: list[tuple[str, str, str]] = [
     ("non_contrast", _B + r"non[\s\-_]?(?:con|contrast|contr|enhanced|ce)" + _E, "non-contrast"),
     ("non_contrast", _B + r"un[\s\-_]?enhanced" + _E, "unenhanced"),
     ("non_contrast", _B + r"pre[\s\-_]?(?:contrast|con|km|iv|injection)" + _E, "pre-contrast"),
-    ("non_contrast", _B + r"(?:w/o|wo|without|ohne|sin|sans|senza|zonder|sem)[\s\-_/]*(?:i\.?v\.?\s*)?(?:contrast[a-z]*|kontrast[a-z]*|km|cm|contraste|contrasto|injection|iv|mezzo di contrasto)" + _E, "without contrast"),
+    ("non_contrast", _B + r"(?:w/o|wo|without|ohne|sin|sans|senza|zonder|sem)[\s\-_/]*(?:i\.?v\.?\s*)?(?:contrast[a-z]*|kontrast[a-z]*|km|cm|contraste|contrasto|injection|iv|mdc|mezzo di contrasto)" + _E, "without contrast"),
+    # US shorthand 'CT HEAD C-' (not the 'C-A-P' of chest-abdomen-pelvis)
+    ("non_contrast", _B + r"c\s?-(?![a-z0-9])", "C-"),
     ("non_contrast", _B + r"w/o" + _E, "without contrast"),
     ("non_contrast", _B + r"nati(?:v|ve|f|vo|va)" + _E, "native"),
     ("non_contrast", _B + r"nat" + _E, "nat"),
@@ -94,9 +98,12 @@ KEYWORDS: list[tuple[str, str, str]] = [
     ("non_contrast", _B + r"(?:sin|sans|senza|zonder|sem)\s+(?:contraste|contrasto|contrast)" + _E, "without contrast"),
     # --- arterial, early / late first
     ("arterial_early", _B + r"(?:early|fruh|frueh|precoce|temprana|precoz)[\s\-_]*(?:arterial|arteriell\w*|art|arteria\w*|arteriel\w*)" + _E, "early arterial"),
+    # Romance languages put the adjective after: 'fase arterial precoz', 'phase artérielle précoce'
+    ("arterial_early", _B + r"(?:arterial|arteriale|arteriel\w*)[\s\-_]+(?:precoce|precoz|temprana|temprano)" + _E, "early arterial"),
     ("arterial_early", _B + r"(?:fruharteriell\w*|fruehartriell\w*|fruehaterielle\w*|frueharteriell\w*)" + _E, "frueharteriell"),
     ("arterial_early", _B + r"(?:cta|angio\w*|ct[\s\-_]?angio\w*|aort\w*|pe|lae|runoff|run[\s\-_]off|tavi|tavr|pulmonary[\s\-_]angio\w*)" + _E, "angiography"),
     ("arterial_late", _B + r"(?:late|spat|spaet|tardiv\w*|tardia)[\s\-_]*(?:arterial|arteriell\w*|art|arteria\w*|arteriel\w*)" + _E, "late arterial"),
+    ("arterial_late", _B + r"(?:arterial|arteriale|arteriel\w*)[\s\-_]+(?:tardia|tardio|tardiva|tardive|tardif)" + _E, "late arterial"),
     ("arterial_late", _B + r"(?:spatarteriell\w*|spaetarteriell\w*)" + _E, "spaetarteriell"),
     ("arterial_late", _B + r"(?:pancreatic|pankrea\w*|pancreas[\s\-_]phase)" + _E, "pancreatic/late arterial"),
     ("arterial", _B + r"(?:art|arterial|arteriell\w*|arteriel\w*|arteria|arteriale|arterieel|arteriele|arterielle|arter)" + _E, "arterial"),
@@ -112,7 +119,7 @@ KEYWORDS: list[tuple[str, str, str]] = [
     ("portal_venous", _B + r"(?:hepatic[\s\-_]?phase|parenchym\w*)" + _E, "parenchymal"),
     # --- generic contrast (phase unknown)
     ("contrast", _B + r"(?:km|kontrast\w*|contrast\w*|contraste|contrasto|mdc|iv|i\.v\.|enhanced|ce|cect|post[\s\-_]?contrast|post[\s\-_]?km)" + _E, "contrast"),
-    ("contrast", r"(?:\+\s*c|c\s*\+|\+\s*km|\+\s*kb|\+\s*iv|w/\s*(?:i\.?v\.?\s*)?(?:contrast|c)|with\s+(?:iv\s+)?contrast|mit\s+km|mit\s+kontrast\w*|con\s+contraste|con\s+mdc|avec\s+(?:injection|contraste)|met\s+contrast)", "with contrast"),
+    ("contrast", r"(?:\+\s*c|c\s*\+|\+\s*km|\+\s*kb|\+\s*iv|w/\s*(?:i\.?v\.?\s*)?(?:contrast|c)|(?<![a-z])w\s+con(?:trast)?(?![a-z])|com\s+contraste|with\s+(?:iv\s+)?contrast|mit\s+km|mit\s+kontrast\w*|con\s+contraste|con\s+mdc|avec\s+(?:injection|contraste)|met\s+contrast)", "with contrast"),
 ]
 _COMPILED = [(ph, re.compile(p), label) for ph, p, label in KEYWORDS]
 _SECONDS = re.compile(r"(?<![0-9a-z.])(\d{2,3})[\s\-_]?(?:s|sec|secs|second|seconds|sek|sekunden)(?![a-z])")
@@ -122,11 +129,9 @@ _FAMILY = {"arterial_early": "arterial", "arterial_late": "arterial", "arterial"
 
 
 def _fold(text: str) -> str:
-    t = text.lower()
-    for a, b in (("ä", "a"), ("ö", "o"), ("ü", "u"), ("ß", "ss"), ("é", "e"), ("è", "e"), ("ê", "e"),
-                 ("á", "a"), ("í", "i"), ("ó", "o"), ("ú", "u"), ("à", "a"), ("ç", "c"), ("ñ", "n")):
-        t = t.replace(a, b)
-    return t
+    """Lower case without diacritics ('Venös' -> 'venos', 'Arteriële' -> 'arteriele', 'ß' -> 'ss')."""
+    t = unicodedata.normalize("NFKD", text.lower().replace("ß", "ss"))
+    return "".join(ch for ch in t if not unicodedata.combining(ch))
 
 
 def _variants(text: str) -> list[str]:
@@ -169,7 +174,7 @@ def keyword_phase(text: str | None) -> tuple[str | None, str | None]:
             return "non_contrast", f"'{found['non_contrast'][2]}' ({found['non_contrast'][1]})"
         # both a no-contrast word and a phase word: 'pre' words lose against explicit phases
         label = found["non_contrast"][1]
-        if label in ("pre-contrast", "native", "nat", "NC", "without contrast", "non-contrast", "unenhanced"):
+        if label in ("pre-contrast", "native", "nat", "NC", "C-", "without contrast", "non-contrast", "unenhanced"):
             return "conflict", "; ".join(f"'{v[2]}' ({v[1]})" for v in found.values())
     specific = [(v[0], p) for p, v in found.items() if p in PHASES]
     if specific:
@@ -263,6 +268,10 @@ def infer_phase(header_fields: Mapping[str, Any] | Any) -> PhaseCall:
         evidence.append(f"ContrastBolusRoute='{route}'" + (" (oral only: not IV contrast)" if oral_only else ""))
     if oral_only:
         given = False
+    elif given is None and route and re.search(r"\biv\b|intraven|i\.v\.|intra-?arter|\bia\b", str(route).lower()):
+        # the Contrast/Bolus module is only written when contrast was used; its agent is type 2 (may be empty)
+        given = True
+        evidence.append("IV route recorded without an agent name: contrast was given")
     tcall = None
     if delay is not None and (given is not False or oral_only is False):
         tcall = timing_phase(float(delay))

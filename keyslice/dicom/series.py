@@ -6,7 +6,8 @@ Grouping
   stacks (different orientation or matrix) is split into one series per stack.
 * ``fallback`` (SeriesInstanceUID missing or empty): by StudyInstanceUID-or-(StudyDate,
   StudyTime), SeriesNumber, SeriesDescription, FrameOfReferenceUID, rounded
-  ImageOrientationPatient, Modality and matrix. AcquisitionNumber splits a fallback
+  ImageOrientationPatient, matrix, ConvolutionKernel and SeriesDate (the last five not for
+  secondary captures, whose images mix them), and Modality. AcquisitionNumber splits a fallback
   group only when two acquisitions repeat the same slice positions (a dynamic or
   repeated scan); sequential scanners write one acquisition number per rotation, and
   those slices stay one series.
@@ -36,6 +37,7 @@ fewer than 3 positions leave no slice choice and no spacing check).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import statistics
@@ -138,6 +140,41 @@ def bolus_delay_s(acq_time: str | None, start_time: str | None) -> float | None:
     return round(d, 3)
 
 
+def first_time(hs: list[Header], date_key: str, time_key: str,
+               datetime_key: str | None = None) -> tuple[bool, float] | None:
+    """Earliest (date, time) of a series as (dated, seconds); None when no instance has the time.
+
+    ``dated`` is True when every timed instance also has a date; ``seconds`` then counts
+    from 0001-01-01, else from midnight. Only offsets between series are ever stored
+    (times of day and dates identify an exam; see :func:`keyslice.dicom.index.time_offsets`).
+    """
+    found: list[tuple[str | None, float]] = []
+    for h in hs:
+        t, d = h.text(time_key), h.text(date_key)
+        dtv = h.text(datetime_key) if datetime_key else None
+        if not t and dtv and len(dtv) > 8:
+            d, t = dtv[:8], dtv[8:]
+        sec = tm_seconds(t)
+        if sec is not None:
+            found.append((d, sec))
+    if not found:
+        return None
+    days = [_date_ordinal(d) for d, _ in found]
+    if all(o is not None for o in days):
+        return True, min(o * 86400.0 + sec for o, (_, sec) in zip(days, found))
+    return False, min(sec for _, sec in found)
+
+
+def _date_ordinal(da: str | None) -> int | None:
+    m = re.match(r"^(\d{4})(\d{2})(\d{2})", (da or "").strip().replace("-", "").replace(".", ""))
+    if not m:
+        return None
+    try:
+        return dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3))).toordinal()
+    except ValueError:
+        return None
+
+
 def _normal(iop: tuple[float, ...]) -> tuple[float, float, float] | None:
     r, c = iop[:3], iop[3:]
     n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
@@ -185,12 +222,15 @@ def group_instances(instances: list[Instance]) -> list[SeriesGroup]:
             key = f"uid|{h.text('StudyInstanceUID') or ''}|{series_uid}"
             grouping = "uid"
         else:
-            parts = [
-                h.text("StudyInstanceUID") or f"{h.text('StudyDate') or ''} {h.text('StudyTime') or ''}",
-                h.text("SeriesNumber") or "", h.text("SeriesDescription") or "", h.text("FrameOfReferenceUID") or "",
-                _round_iop(_iop(h)), h.text("Modality") or "", f"{h.int('Rows')}x{h.int('Columns')}",
-                h.text("SeriesDate") or "", h.text("SeriesTime") or "",
-            ]
+            study = h.text("StudyInstanceUID") or f"{h.text('StudyDate') or ''} {h.text('StudyTime') or ''}"
+            parts = [study, h.text("SeriesNumber") or "", h.text("SeriesDescription") or "", h.text("Modality") or ""]
+            if _is_secondary(h):
+                # secondary captures stay one series: an 'Exam Summary' mixes sizes and orientations,
+                # and only some of its images carry a frame of reference or a series date
+                parts.append("secondary")
+            else:  # SeriesTime is left out: it can change per instance (Philips)
+                parts += [h.text("FrameOfReferenceUID") or "", _round_iop(_iop(h)), f"{h.int('Rows')}x{h.int('Columns')}",
+                          h.text("ConvolutionKernel") or "", h.text("SeriesDate") or ""]
             key = "fallback|" + "|".join(parts)
             grouping = "fallback"
         groups.setdefault(key, SeriesGroup(key, grouping)).instances.append(inst)
@@ -198,6 +238,11 @@ def group_instances(instances: list[Instance]) -> list[SeriesGroup]:
     for g in groups.values():
         out.extend(_split_stacks(g) if g.grouping == "uid" else _split_acquisitions(g))
     return out
+
+
+def _is_secondary(h: Header) -> bool:
+    sop = h.text("SOPClassUID") or h.extra.get("media_sop_class") or ""
+    return sop.startswith(SC_SOP_PREFIX) or "SECONDARY" in [t.upper() for t in h.strings("ImageType")]
 
 
 def _split_stacks(g: SeriesGroup) -> list[SeriesGroup]:
@@ -213,8 +258,7 @@ def _split_stacks(g: SeriesGroup) -> list[SeriesGroup]:
         by[f"{_round_iop(_iop(h))}|{h.int('Rows')}x{h.int('Columns')}"].append(inst)
     if len(by) <= 1:
         return [g]
-    secondary = any((i.hdr.text("SOPClassUID") or "").startswith(SC_SOP_PREFIX)
-                    or "SECONDARY" in [t.upper() for t in i.hdr.strings("ImageType")] for i in g.instances)
+    secondary = any(_is_secondary(i.hdr) for i in g.instances)
     stacks = [k for k, v in by.items() if len(v) >= 2 and not k.startswith("none")]
     if secondary or len(stacks) < 2:
         g.warnings.append(f"series mixes {len(by)} orientations/matrix sizes")
@@ -428,6 +472,8 @@ def build_series(g: SeriesGroup, pseudonymize: Callable[[str, str], str], *, min
         "contrast_agent": _mode(h.text("ContrastBolusAgent") for h in hs),
         "contrast_route": _mode(h.text("ContrastBolusRoute") for h in hs),
         "bolus_delay_s": _f32(delay, 3),
+        "acquisition_offset_s": None,   # set per study by the index (offsets between series)
+        "series_offset_s": None,
         "phase": "unknown",
         "phase_confidence": 0.0,
         "phase_evidence": [],
@@ -440,6 +486,8 @@ def build_series(g: SeriesGroup, pseudonymize: Callable[[str, str], str], *, min
     row["kept"] = reason is None
     row["drop_reason"] = reason
     row["_contrast_start_time"] = start
+    row["_acquisition_time"] = first_time(hs, "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime")
+    row["_series_time"] = first_time(hs, "SeriesDate", "SeriesTime")
     return Built(row, files, positions, inums)
 
 

@@ -88,13 +88,16 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
 
 
 def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, license: str,
-                state: Mapping[str, Any], fractions: Sequence[float]) -> str:
+                state: Mapping[str, Any], fractions: Sequence[float], scrubbed: int = 0) -> str:
+    """The whole card; ``scrubbed`` is the number of values ``--scrub-text`` changed (said in the card, so
+    users know that ``[NAME]``-style placeholders in the text are deliberate)."""
     meta = card_metadata(plan, shards, license=license)
     counts: dict[str, Counter[str]] = {c: Counter() for c in CONFIGS}
     for shard in shards:
         counts[shard.config][shard.split] += shard.rows
     groups = plan.split_groups()
 
+    segmenters = Counter(r.fields["segmenter"] for r in plan.rows["findings"])
     models = Counter((r.fields["model_id"], r.fields["weights_sha256"]) for r in plan.rows["selections"])
     prompts = Counter((r.fields["generator"], r.fields["prompt_version"] or "(none: rule templates)")
                       for r in plan.rows["vqa"])
@@ -131,6 +134,13 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         "",
         "## How it was built",
         "",
+        "### Report segmenter",
+        "",
+        "`rules-v1` is keyslice's rule-based segmenter; `llm-v1:<prompt_version>:<model>` an LLM through an "
+        "OpenAI-compatible endpoint with that versioned prompt.",
+        "",
+        _table(["segmenter", "findings"], [(f"`{name}`", n) for name, n in sorted(segmenters.items())]),
+        "",
         "### Key-slice selector models",
         "",
         _table(["model_id", "weights_sha256", "selections"],
@@ -164,8 +174,11 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         f"keyslice's privacy gate ({RULES_VERSION}: names after titles, DICOM person names, dates, MRN- and "
         "accession-like numbers, phone numbers, e-mail addresses, UIDs, URLs, local paths, institutions, ages "
         "over 89), every identifier was checked to be a pseudonym, and every PNG was checked to hold no "
-        "metadata chunks (only IHDR/PLTE/IDAT/IEND). The gate is rule-based: it lowers the risk, it does not "
-        "prove the absence of identifying information. Report any problem to the dataset's maintainers.",
+        "metadata chunks (only IHDR/PLTE/IDAT/IEND). "
+        + (f"{scrubbed} report-derived text value(s) had PHI-looking spans replaced by placeholders such as "
+           "`[NAME]` or `[DATE]`. " if scrubbed else "")
+        + "The gate is rule-based: it lowers the risk, it does not prove the absence of identifying information. "
+        "Report any problem to the dataset's maintainers.",
         "",
         "## Provenance",
         "",

@@ -14,7 +14,7 @@ checked by the privacy gate). Columns that could only leak (``created_at``, run 
 DICOM descriptions) are not exported.
 
 Splits are assigned BY PATIENT (``studies.patient_id``; the study when the DICOM has no
-PatientID) with a keyed-salt-free hash of the pseudonym, so a patient never straddles two
+PatientID) with a fixed-salt hash of the (already keyed) pseudonym, so a patient never straddles two
 splits and the assignment of existing patients never changes when the corpus grows. Shards
 are hash buckets of patients too: adding a study rewrites only its bucket's shard, which is
 what makes publishing incremental. Shards are written deterministically (same rows, same
@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 
 from keyslice.checkpoints import STAGES, CheckpointStore
+from keyslice.errors import KeysliceError
 
 CONFIGS = ("vqa", "findings", "selections")
 SPLITS = ("train", "validation", "test")
@@ -44,7 +45,7 @@ SECONDARY_CAPTURE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC, multi-frame SC
 ROW_OVERHEAD_BYTES = 512  # estimate of a row's non-image bytes, for shard sizing
 
 
-class PublishError(RuntimeError):
+class PublishError(KeysliceError):
     """The corpus cannot be published as it is (incomplete data, bad paths, key problems)."""
 
 
@@ -153,7 +154,6 @@ def n_shards_for(estimated_bytes: int, max_shard_bytes: int) -> int:
 
 @dataclass
 class ExportRow:
-    config: str
     split: str
     group: str                     # patient (or study) pseudonym: split and shard key
     sort_key: tuple
@@ -184,13 +184,21 @@ def _image_name(image_path: str) -> str:
 
 
 def excluded_series(series: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """series_id -> reason, for series that must never be exported."""
+    """series_id -> reason, for series that must never be exported.
+
+    ``burned_in_annotation`` is True when any instance of the series says BurnedInAnnotation YES
+    (:mod:`keyslice.dicom.series`). A secondary capture is recognised by the series step's drop
+    reason and, independently of it, by the SOP class and ImageType SECONDARY: the build never
+    selects key slices on dropped series, so this is the second line, for rows that reached the
+    corpus some other way (an older build, a hand-edited table).
+    """
     out = {}
     for sid, s in series.items():
         if s.get("burned_in_annotation") is True:
             out[sid] = "burned_in_annotation"
-        elif s.get("drop_reason") == "secondary_capture" or str(s.get("sop_class") or "").startswith(
-                SECONDARY_CAPTURE_SOP_PREFIX):
+        elif (s.get("drop_reason") == "secondary_capture"
+              or str(s.get("sop_class") or "").startswith(SECONDARY_CAPTURE_SOP_PREFIX)
+              or "SECONDARY" in [str(t).upper() for t in s.get("image_type") or []]):
             out[sid] = "secondary_capture"
     return out
 
@@ -234,8 +242,7 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
         base = {"finding_id": key, "study_id": study_id, "patient_id": snap.studies[study_id].get("patient_id"),
                 "series_id": sel["series_id"]}
         plan.rows["selections"].append(ExportRow(
-            "selections", split_of(group, fractions), group, (study_id, finding["finding_index"] if finding else 0,
-                                                              key),
+            split_of(group, fractions), group, (study_id, finding["finding_index"] if finding else 0, key),
             sel["image_path"], _image_name(sel["image_path"]),
             {**base, "phase": s["phase"], "phase_confidence": s["phase_confidence"],
              "manufacturer": s.get("manufacturer"), "kernel": s.get("kernel"),
@@ -250,14 +257,14 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
             plan.problems.append(("selections", key, "finding_id", "unknown_finding: no findings row"))
             continue
         plan.rows["findings"].append(ExportRow(
-            "findings", split_of(group, fractions), group, (study_id, finding["finding_index"], key),
+            split_of(group, fractions), group, (study_id, finding["finding_index"], key),
             sel["image_path"], _image_name(sel["image_path"]),
             {**base, "finding_index": finding["finding_index"], "section": finding["section"],
              "text": finding["text"], "organ": finding["organ"], "organs": list(finding["organs"]),
              "status": finding["status"], "laterality": finding["laterality"],
              "measurements_mm": list(finding["measurements_mm"]), "phase_hint": finding["phase_hint"],
-             "language": finding["language"], "phase": s["phase"], "window": sel["window"],
-             "slice_index": sel["top1_index"]}))
+             "language": finding["language"], "segmenter": finding["segmenter"], "phase": s["phase"],
+             "window": sel["window"], "slice_index": sel["top1_index"]}))
 
     selected_images = {sel["image_path"] for sel in selection_by_finding.values()}
     for qa in snap.vqa:
@@ -272,7 +279,7 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
         group = group_of(study_id)
         finding = snap.findings.get(qa["finding_id"])
         plan.rows["vqa"].append(ExportRow(
-            "vqa", split_of(group, fractions), group,
+            split_of(group, fractions), group,
             (study_id, finding["finding_index"] if finding else -1, qa["finding_id"], key),
             qa["image_path"], _image_name(qa["image_path"]),
             {"qa_id": key, "finding_id": qa["finding_id"], "study_id": study_id,
@@ -320,8 +327,8 @@ def features(config: str):
     elif config == "findings":
         cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "finding_index": i32, "section": s,
                 "text": s, "organ": s, "organs": List(s), "status": s, "laterality": s,
-                "measurements_mm": List(f32), "phase_hint": s, "language": s, "phase": s, "window": s,
-                "slice_index": i32}
+                "measurements_mm": List(f32), "phase_hint": s, "language": s, "segmenter": s, "phase": s,
+                "window": s, "slice_index": i32}
     elif config == "selections":
         cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "phase": s, "phase_confidence": f32,
                 "manufacturer": s, "kernel": s, "slice_thickness_mm": f32, "model_id": s, "weights_sha256": s,
@@ -339,6 +346,10 @@ ID_COLUMNS: dict[str, str] = {"study_id": "study_id", "patient_id": "patient_id"
                               "image": "image_name"}
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {"vqa": ("qa_id", "finding_id"), "findings": ("finding_id",),
                                            "selections": ("finding_id",)}
+#: Columns that name the software a row was made with (checked without the date/number rules).
+SOFTWARE_COLUMNS = ("model_id", "generator", "prompt_version", "segmenter")
+#: Columns whose text comes from report sentences: the only ones ``--scrub-text`` may rewrite.
+REPORT_TEXT_COLUMNS: dict[str, tuple[str, ...]] = {"findings": ("text",), "vqa": ("question", "answer", "options")}
 
 
 def exported_record(row: ExportRow, image_bytes: bytes | None = None) -> dict[str, Any]:

@@ -40,10 +40,6 @@ class LocalFile:
     git_sha1: str
 
 
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
-
-
 def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[int, str, str]:
     """(size, sha256, git blob sha1) of a file, streamed: shards can be hundreds of MB."""
     size = Path(path).stat().st_size
@@ -110,7 +106,6 @@ class PushResult:
     head: str | None            # the repo's head after the push
     plan: PushPlan
     uploaded_bytes: int
-    created: bool
 
 
 def push_folder(folder: Path, repo_id: str, *, private: bool, commit_message: str, commit_description: str = "",
@@ -120,13 +115,11 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, commit_message: st
     from huggingface_hub.errors import RepositoryNotFoundError
 
     api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
-    created = False
     try:
         info = api.repo_info(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:
         api.create_repo(repo_id, repo_type="dataset", private=private or None, exist_ok=True)  # None: org default
         info = api.repo_info(repo_id, repo_type="dataset")
-        created = True
     if private and info.private is False:
         raise PublishError(f"{repo_id} already exists and is PUBLIC, but --private was asked for; nothing was "
                            f"uploaded. Make the repository private on the Hub (Settings) or choose another --repo-id.")
@@ -134,13 +127,13 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, commit_message: st
     remote = remote_files(api, repo_id, info.sha) if info.sha else {}
     plan = plan_against(files, remote)
     if plan.empty:
-        return PushResult(repo_id, None, info.sha, plan, 0, created)
+        return PushResult(repo_id, None, info.sha, plan, 0)
     operations: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(Path(folder) / p))
                              for p in plan.upload]
     operations += [CommitOperationDelete(path_in_repo=p) for p in plan.delete]
     commit = api.create_commit(repo_id, operations=operations, repo_type="dataset", commit_message=commit_message,
                                commit_description=commit_description, parent_commit=info.sha)
-    return PushResult(repo_id, commit.oid, commit.oid, plan, sum(files[p].size for p in plan.upload), created)
+    return PushResult(repo_id, commit.oid, commit.oid, plan, sum(files[p].size for p in plan.upload))
 
 
 # --------------------------------------------------------------------------- the publish manifest

@@ -22,6 +22,12 @@ What it checks, on exactly the rows and images that would be exported:
 
 Any hit stops the publish: :class:`PrivacyError` names the table, the row (``finding_id``/``qa_id``), the
 column and the rule, and the report shows the value with the suspicious span masked, never the value itself.
+
+The one exception is opt-in (``keyslice publish --scrub-text``): :func:`scrub_rows` replaces the PHI-looking
+spans of report-derived text (finding sentences, questions, answers, options) by ``[KIND]`` placeholders
+before the gate runs, and the report lists every value it changed (table, row, column, rules, the scrubbed
+value). Identifiers, DICOM-derived columns, header values found with ``--input`` and images are never
+scrubbed: a hit there means the source or its de-identification is wrong, and the publish stays refused.
 The gate is deliberately strict: a false positive costs a fixed report sentence; a false negative
 publishes PHI. Pixel content (text burned into the image) cannot be checked by rules, which is why series
 flagged ``BurnedInAnnotation`` and secondary captures are excluded before the gate runs
@@ -30,11 +36,15 @@ flagged ``BurnedInAnnotation`` and secondary captures are excluded before the ga
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
+
+from keyslice.errors import KeysliceError
 
 RULES_VERSION = "privacy-rules.v1"
 
@@ -128,6 +138,13 @@ TEXT_RULES: tuple[Rule, ...] = (
 )
 
 
+#: Rules NOT applied to columns that name software (selector model, VQA generator, report segmenter,
+#: prompt version): those values come from the build configuration, never from a study, and model ids
+#: carry release dates and numbers (``gpt-4o-2024-08-06``, ``claude-3-5-sonnet-20241022``) that are
+#: not patient dates or MRNs. Every other rule (names, paths, contacts...) still applies to them.
+VERSION_NUMBER_RULES = frozenset({"date_dicom", "date_iso", "date_numeric", "date_text", "digit_run"})
+
+
 @dataclass(frozen=True)
 class TextHit:
     rule: str
@@ -159,13 +176,18 @@ def scrub_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> tuple[str, list
     image), but the scrubbed form is what the privacy report shows: the context without the value.
     """
     hits = scan_text(text, rules)
+    return _replace_spans(text, hits), hits
+
+
+def _replace_spans(text: str, hits: Sequence[TextHit]) -> str:
+    """``text`` with each (merged) hit span replaced by ``[KIND]``."""
     out, pos = [], 0
     for start, end, kind in _merge_spans(hits):
         out.append(text[pos:start])
         out.append(f"[{kind.upper()}]")
         pos = end
     out.append(text[pos:])
-    return "".join(out), hits
+    return "".join(out)
 
 
 def _merge_spans(hits: Sequence[TextHit]) -> list[tuple[int, int, str]]:
@@ -222,11 +244,8 @@ def dicom_phi_values(headers: Iterable[Any]) -> set[str]:
     return values
 
 
-def read_study_phi_values(folder: Any) -> set[str]:
+def read_study_phi_values(folder: Path) -> set[str]:
     """Identifying header values of every DICOM file under ``folder`` (headers only; non-DICOM files skipped)."""
-    import os
-    from pathlib import Path
-
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -325,18 +344,22 @@ class PrivacyReport:
     hits: list[Hit] = field(default_factory=list)
     png_chunks_removed: dict[str, list[str]] = field(default_factory=dict)
     excluded: dict[str, Any] = field(default_factory=dict)
+    scrubbed: list[Hit] = field(default_factory=list)  # --scrub-text: each value changed, as exported
 
     @property
     def ok(self) -> bool:
         return not self.hits
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON report; ``rules`` explains, in words, every text rule that fired or scrubbed."""
         data = asdict(self)
         data["ok"] = self.ok
+        fired = {name for h in (*self.hits, *self.scrubbed) for name in h.rule.split(", ")}
+        data["rules"] = {r.name: r.description for r in TEXT_RULES if r.name in fired}
         return data
 
 
-class PrivacyError(RuntimeError):
+class PrivacyError(KeysliceError):
     """The export holds something that looks like PHI: nothing was written or uploaded."""
 
     def __init__(self, report: PrivacyReport, max_listed: int = 20):
@@ -346,7 +369,8 @@ class PrivacyError(RuntimeError):
         if len(report.hits) > max_listed:
             lines.append(f"  ... and {len(report.hits) - max_listed} more (see the privacy report)")
         lines.append("Fix the source (report text, DICOM de-identification), rebuild the affected studies "
-                     "(`keyslice build ... --force-stage segment`), and publish again.")
+                     "(`keyslice build ... --force-stage segment`), and publish again; PHI-looking text in report "
+                     "sentences, questions or answers can instead be replaced by placeholders with --scrub-text.")
         super().__init__("\n".join(lines))
 
 
@@ -354,15 +378,7 @@ def _mask(value: str, hits: Sequence[TextHit] | None = None, limit: int = 160) -
     """The value with the matched spans replaced by ``[KIND]``; a whole-value mask for id mismatches."""
     if hits is None:
         return f"<{len(value)} chars, not a keyslice pseudonym>"
-    scrubbed = value
-    if hits:
-        out, pos = [], 0
-        for start, end, kind in _merge_spans(hits):
-            out.append(value[pos:start])
-            out.append(f"[{kind.upper()}]")
-            pos = end
-        out.append(value[pos:])
-        scrubbed = "".join(out)
+    scrubbed = _replace_spans(value, hits)
     return scrubbed if len(scrubbed) <= limit else scrubbed[:limit] + "..."
 
 
@@ -391,6 +407,43 @@ def _value_pattern(value: str) -> re.Pattern[str]:
     return re.compile(r"(?<![A-Za-z0-9])" + body + r"(?![A-Za-z0-9])", re.IGNORECASE)
 
 
+def _row_key(row: Mapping[str, Any], key_columns: Sequence[str], n: int) -> str:
+    """How a report names a row: its first well-formed key, else ``#n`` (a malformed key, which may be a raw
+    identifier, is reported as its own hit and never echoed)."""
+    for k in key_columns:
+        value = row.get(k)
+        if isinstance(value, str) and ID_FORMATS.get(k, ID_FORMATS["finding_id"]).fullmatch(value):
+            return value
+    return f"#{n}"
+
+
+def scrub_rows(table: str, rows: Iterable[MutableMapping[str, Any]], key_column: str, columns: Sequence[str],
+               rules: Sequence[Rule] = TEXT_RULES) -> list[Hit]:
+    """Replace PHI-looking spans in ``columns`` of ``rows`` (in place; strings and lists of strings).
+
+    Returns one :class:`Hit` per changed value whose ``detail`` is the scrubbed value, i.e. exactly
+    what gets exported: the report says what was removed and where without repeating it.
+    """
+    changed = []
+
+    def scrub(key: str, path: str, text: str) -> str:
+        scrubbed, hits = scrub_text(text, rules)
+        if hits:
+            changed.append(Hit(table, key, path, ", ".join(dict.fromkeys(h.rule for h in hits)), scrubbed))
+        return scrubbed
+
+    for n, row in enumerate(rows):
+        key = _row_key(row, (key_column,), n)
+        for column in columns:
+            value = row.get(column)
+            if isinstance(value, str):
+                row[column] = scrub(key, column, value)
+            elif isinstance(value, list):
+                row[column] = [scrub(key, f"{column}[{i}]", v) if isinstance(v, str) else v
+                               for i, v in enumerate(value)]
+    return changed
+
+
 class PrivacyGate:
     """Checks rows and images; collects every hit (so one run lists all of them), then fails closed.
 
@@ -400,24 +453,21 @@ class PrivacyGate:
 
     def __init__(self, known_phi: Mapping[str, Iterable[str]] | None = None, rules: Sequence[Rule] = TEXT_RULES):
         self.rules = tuple(rules)
+        self.software_rules = tuple(r for r in self.rules if r.name not in VERSION_NUMBER_RULES)
         self.report = PrivacyReport()
-        self._memo: dict[str, list[TextHit]] = {}
+        self._memo: dict[tuple[bool, str], list[TextHit]] = {}
         self._known = {sid: [_value_pattern(v) for v in sorted(set(values))]
                        for sid, values in (known_phi or {}).items()}
 
     # rows ---------------------------------------------------------------------
     def check_rows(self, table: str, rows: Iterable[Mapping[str, Any]], key_columns: Sequence[str],
-                   id_columns: Mapping[str, str] | None = None) -> None:
-        """Scan rows of one exported table. ``id_columns`` maps a column to its :data:`ID_FORMATS` key."""
+                   id_columns: Mapping[str, str] | None = None, software_columns: Collection[str] = ()) -> None:
+        """Scan rows of one exported table. ``id_columns`` maps a column to its :data:`ID_FORMATS` key;
+        ``software_columns`` are checked without :data:`VERSION_NUMBER_RULES`."""
         id_columns = dict(id_columns or {})
         n = 0
         for row in rows:
-            key = f"#{n}"
-            for k in key_columns:
-                value = row.get(k)
-                if isinstance(value, str) and ID_FORMATS.get(k, ID_FORMATS["finding_id"]).fullmatch(value):
-                    key = value  # a malformed key is reported as its own hit, never echoed
-                    break
+            key = _row_key(row, key_columns, n)
             n += 1
             known = self._known.get(row.get("study_id"), ()) if isinstance(row.get("study_id"), str) else ()
             for column, value in row.items():
@@ -425,7 +475,7 @@ class PrivacyGate:
                     self._check_id(table, key, column, value, id_columns[column])
                     continue
                 for path, text in _strings(value, column):
-                    self._check_text(table, key, path, text, known)
+                    self._check_text(table, key, path, text, known, software=column in software_columns)
         self.report.rows_checked[table] = self.report.rows_checked.get(table, 0) + n
 
     def _check_id(self, table: str, key: str, column: str, value: Any, fmt: str) -> None:
@@ -440,13 +490,13 @@ class PrivacyGate:
             self._hit(table, key, column, "not_a_pseudonym", _mask(str(value)))
 
     def _check_text(self, table: str, key: str, column: str, text: str,
-                    known: Sequence[re.Pattern[str]] = ()) -> None:
+                    known: Sequence[re.Pattern[str]] = (), software: bool = False) -> None:
         self.report.strings_checked += 1
-        hits = self._memo.get(text)
+        hits = self._memo.get((software, text))
         if hits is None:  # templated questions, answers and options repeat: scan each distinct string once
             if len(self._memo) > 1_000_000:
                 self._memo.clear()
-            hits = self._memo[text] = scan_text(text, self.rules)
+            hits = self._memo[(software, text)] = scan_text(text, self.software_rules if software else self.rules)
         if known:
             hits = hits + _known_value_hits(text, known)
         if hits:

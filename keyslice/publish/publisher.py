@@ -5,7 +5,8 @@ Order of operations, each a hard stop on failure:
 1. a deliberate pseudonymisation key (``$KEYSLICE_PSEUDONYM_KEY``) must be set: publishing
    identifiers made with a throw-away key, or a key nobody controls, is refused;
 2. under the corpus lock (no build may write meanwhile): read the complete studies, plan the
-   rows (exclusions, patient splits), run the privacy gate on exactly those rows and images;
+   rows (exclusions, patient splits), with ``--scrub-text`` replace PHI-looking spans of the
+   report-derived text, then run the privacy gate on exactly those rows and images;
 3. still under the lock, write the Parquet shards and the card into a staging folder (the
    ``--dry-run`` folder, or a temporary one);
 4. compare with the Hub (or, for a dry run, with the previous publish's manifest) and commit only
@@ -26,10 +27,10 @@ from keyslice import __version__
 from keyslice.publish import hub
 from keyslice.publish.card import render_card
 from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAULT_MAX_SHARD_BYTES, ID_COLUMNS,
-                                              KEY_COLUMNS, ExportPlan, PublishError, corpus_state,
-                                              exported_record, plan_export, read_corpus, resolve_image,
-                                              write_shards)
-from keyslice.publish.privacy import Hit, PrivacyGate, PrivacyReport, clean_png, read_study_phi_values
+                                              KEY_COLUMNS, REPORT_TEXT_COLUMNS, SOFTWARE_COLUMNS, ExportPlan,
+                                              PublishError, corpus_state, exported_record, plan_export, read_corpus,
+                                              resolve_image, write_shards)
+from keyslice.publish.privacy import Hit, PrivacyGate, PrivacyReport, clean_png, read_study_phi_values, scrub_rows
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer, load_pseudonymizer
 
 
@@ -81,12 +82,13 @@ class PublishResult:
     manifest: Path | None
 
 
-def _known_phi(input_dir: Path, pseudonymize: Pseudonymizer, study_ids: set[str],
-               manifest: Path | None = None) -> dict[str, set[str]]:
+def _known_phi(input_dir: Path, pseudonymize: Pseudonymizer, study_ids: set[str]) -> dict[str, set[str]]:
     """Identifying DICOM header values per exported study, read from the source studies."""
     from keyslice.studies import discover_studies
 
-    found = {s.study_id: s for s in discover_studies(Path(input_dir), pseudonymize, manifest)}
+    if not Path(input_dir).is_dir():
+        raise PublishError(f"--input {input_dir} is not a folder; pass the studies folder the corpus was built from")
+    found = {s.study_id: s for s in discover_studies(Path(input_dir), pseudonymize)}
     missing = sorted(study_ids - set(found))
     if missing and len(missing) == len(study_ids):
         raise PublishError(f"none of the corpus' studies is in {input_dir} under ${KEY_ENV}: wrong --input folder, "
@@ -97,6 +99,14 @@ def _known_phi(input_dir: Path, pseudonymize: Pseudonymizer, study_ids: set[str]
     return {sid: read_study_phi_values(found[sid].path) for sid in sorted(study_ids)}
 
 
+def scrub_plan(plan: ExportPlan) -> list[Hit]:
+    """``--scrub-text``: PHI-looking spans of the report-derived columns replaced in the planned rows."""
+    changed = []
+    for config, columns in REPORT_TEXT_COLUMNS.items():
+        changed += scrub_rows(config, (r.fields for r in plan.rows[config]), KEY_COLUMNS[config][0], columns)
+    return changed
+
+
 def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str]] | None = None) -> PrivacyGate:
     """The privacy gate over exactly what would be exported (rows with their image names, and the PNGs)."""
     gate = PrivacyGate(known_phi)
@@ -104,7 +114,8 @@ def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str
         rule, _, detail = what.partition(": ")
         gate.report.hits.append(Hit(table, row, column, rule, detail))
     for config in CONFIGS:
-        gate.check_rows(config, (exported_record(r) for r in plan.rows[config]), KEY_COLUMNS[config], ID_COLUMNS)
+        gate.check_rows(config, (exported_record(r) for r in plan.rows[config]), KEY_COLUMNS[config], ID_COLUMNS,
+                        SOFTWARE_COLUMNS)
     seen = set()
     for rows in plan.rows.values():
         for r in rows:
@@ -136,21 +147,22 @@ def _prepare_dry_run_dir(target: Path) -> None:
 
 
 def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
-          known_phi_input: Path | None, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
-    """Lock, read, gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
+          known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
+    """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.lock import CorpusLockedError, corpus_lock
 
     try:
         with corpus_lock(corpus_dir):
             return _stage_locked(corpus_dir, dest, repo_id=repo_id, license=license, fractions=fractions,
-                                 max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input,
+                                 max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input, scrub=scrub,
                                  pseudonymize=pseudonymize, log=log)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
 
 def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
-                  known_phi_input: Path | None, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
+                  known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
+                  log: Callable[[str], None]):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
@@ -161,8 +173,13 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
     if not exported:
         raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
     known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
+    scrubbed = scrub_plan(plan) if scrub else []
     gate = run_gate(plan, corpus_dir, known)
+    gate.report.scrubbed = scrubbed
     report_path = _write_report(corpus_dir, repo_id, gate.report)
+    if scrub:
+        log(f"--scrub-text: {len(scrubbed)} report-derived value(s) had PHI-looking spans replaced by placeholders "
+            f"(each listed in the report)")
     log(f"privacy gate: {sum(gate.report.rows_checked.values())} rows, {gate.report.strings_checked} values, "
         f"{gate.report.images_checked} images checked; {len(gate.report.hits)} hit(s); report {report_path}")
     gate.raise_if_hits()
@@ -171,17 +188,22 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
         return clean_png(resolve_image(corpus_dir, image_path).read_bytes())[0]
 
     shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes)
-    card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions)
+    card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions,
+                       scrubbed=len(scrubbed))
     (dest / "README.md").write_text(card, encoding="utf-8")
     return plan, shards, state, gate.report
 
 
 def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry_run_dir: Path | None = None,
-                   license: str = "other", input_dir: Path | None = None,
+                   license: str = "other", input_dir: Path | None = None, scrub_text: bool = False,
                    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
                    endpoint: str | None = None, log: Callable[[str], None] = print) -> PublishResult:
-    """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``)."""
+    """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
+
+    ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
+    ``scrub_text`` replaces PHI-looking spans of report-derived text instead of refusing on them.
+    """
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
     if not (corpus_dir / "stages").is_dir():
@@ -200,7 +222,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
     try:
         plan, shards, state, report = stage(corpus_dir, staging, repo_id=repo_id, license=license,
                                             fractions=fractions, max_shard_bytes=max_shard_bytes,
-                                            known_phi_input=input_dir, pseudonymize=pseudonymize, log=log)
+                                            known_phi_input=input_dir, scrub=scrub_text, pseudonymize=pseudonymize,
+                                            log=log)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)
@@ -233,7 +256,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
             "uploaded_bytes": pushed.uploaded_bytes, "counts": counts,
             "privacy": {"rules_version": report.rules_version, "rows_checked": report.rows_checked,
                         "images_checked": report.images_checked,
-                        "png_chunks_removed": len(report.png_chunks_removed), "excluded": report.excluded},
+                        "png_chunks_removed": len(report.png_chunks_removed), "scrubbed": len(report.scrubbed),
+                        "excluded": report.excluded},
             "previous_commit": (previous or {}).get("commit"),
         }
         path = hub.write_manifest(corpus_dir, repo_id, manifest)

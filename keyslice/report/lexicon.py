@@ -2,9 +2,10 @@
 
 Everything the rules know lives here as data: organ terms, the TotalSegmentator
 labels of each canonical organ, laterality words, phase phrases, ConText-style
-triggers and abnormality targets. The spaCy components in :mod:`.pipeline` turn
-these lists into ``PhraseMatcher`` / ``Matcher`` patterns (attribute ``LOWER``),
-so matching is case-insensitive and tokenised exactly like the report text.
+triggers and abnormality targets. The ``ks_terms`` component of :mod:`.pipeline`
+turns these lists into one ``PhraseMatcher`` (attribute ``LOWER``), so matching is
+case-insensitive and tokenised exactly like the report text; the two regexes below
+(vertebral levels, disease-shaped words) are evaluated once per distinct word.
 
 Canonical organ names are the keys of :data:`ORGAN_TS_LABELS`. A term may name
 several organs (``hepatosplenomegaly`` -> liver + spleen).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 # --- TotalSegmentator v2 ("total" task) labels --------------------------------
 # Names checked against shared/data/totalsegmentator_reference/totalsegmentator_total_labels.json
-# (tests/test_report_lexicon.py asserts every label below exists there).
+# (tests/test_report_segment.py::test_organ_labels_are_totalsegmentator_names asserts it).
 
 _LUNG_LEFT = ("lung_upper_lobe_left", "lung_lower_lobe_left")
 _LUNG_RIGHT = ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right")
@@ -249,7 +250,7 @@ ORGAN_BLOCKERS = (
     "adrenal veins", "gonadal vein",
 )
 
-#: vertebral level tokens (C1..C7, T1..T12, Th1.., L1..L5, S1) -> spine, via a Matcher REGEX
+#: vertebral level tokens (C1..C7, T1..T12, Th1.., L1..L5, S1) -> spine (regex on the lowercased token)
 VERTEBRAL_LEVEL_REGEX = r"^(?:c[1-7]|th?(?:1[0-2]|[1-9])|l[1-5]|s1)$"
 
 # --- laterality ----------------------------------------------------------------

@@ -1,10 +1,15 @@
 """Optional LLM segmenter behind the same interface as the rules (``ReportConfig(segmenter="llm")``).
 
+It exists for the languages and report styles the rules miss, so unlike the rules it
+accepts any language: the units keep the report's own words, the organs are the
+canonical (English) vocabulary, and ``Finding.language`` records the report's language.
+
 The model (any OpenAI-compatible endpoint, through :mod:`keyslice.llm_client`) returns
 units with section, text, organs, status, laterality and phase hint (prompt
 ``prompts/segment_report.v1.md``). The code then keeps only units whose text occurs in the
-report, only vocabulary organs, and derives TotalSegmentator labels, measurements and
-image references itself, so they are computed exactly as in the rules path.
+report (an invented sentence is sent back for repair), only vocabulary organs, and derives
+TotalSegmentator labels, measurements and image references itself, so they are computed
+exactly as in the rules path and the model cannot invent numbers.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from typing import Any
 from keyslice.llm_client import chat_json, load_prompt, make_client, schema_errors
 
 from .extract import image_refs, measurements_mm
+from .language import detect_language
 from .lexicon import ORGAN_TS_LABELS, ts_labels_for
 from .model import LATERALITIES, PHASES, STATUSES, Finding, ReportConfig
-from .rules import check_text
+from .rules import LANGUAGE_SAMPLE_CHARS, require_text
 
 
 @dataclass(frozen=True)
 class LLMSegmenterSettings:
+    """Endpoint of the LLM segmenter; the key is read from the environment variable ``api_key_env``."""
+
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
@@ -35,6 +43,7 @@ ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["findings"],
     "properties": {
+        "language": {"type": "string", "pattern": "^[a-z]{2}$"},
         "findings": {
             "type": "array",
             "items": {
@@ -61,10 +70,15 @@ def _norm(text: str) -> str:
 
 
 def segment_report_llm(text: str, config: ReportConfig) -> list[Finding]:
+    """Segment ``text`` with the LLM; same output as the rules (see :func:`keyslice.report.segment_report`).
+
+    Raises EmptyReportError before any request, and keyslice.llm_client's LLMError family
+    when the endpoint fails or no valid answer comes back after ``max_repairs`` rounds.
+    """
     settings = config.llm
     if not isinstance(settings, LLMSegmenterSettings):
         raise ValueError("ReportConfig(segmenter='llm') needs llm=LLMSegmenterSettings(base_url=..., model=...)")
-    check_text(text, config)
+    require_text(text)
     report_norm = _norm(text)
 
     def check(answer: Any) -> list[tuple[str, str]]:
@@ -81,6 +95,9 @@ def segment_report_llm(text: str, config: ReportConfig) -> list[Finding]:
     client = make_client(settings.base_url, api_key_env=settings.api_key_env, timeout_s=settings.timeout_s)
     answer, _, _ = chat_json(client, model=settings.model, messages=messages, check=check,
                              max_repairs=settings.max_repairs, extra={"response_format": {"type": "json_object"}})
+    # the model's ISO 639-1 code when it gave one, else the stopword heuristic's ("und": undetermined)
+    guess = detect_language(text[:LANGUAGE_SAMPLE_CHARS])[0]
+    language = answer.get("language") or (guess if guess != "non-latin" else "und")
     out: list[Finding] = []
     for unit in answer["findings"]:
         if unit["section"] not in config.sections:
@@ -94,7 +111,7 @@ def segment_report_llm(text: str, config: ReportConfig) -> list[Finding]:
             finding_index=len(out), section=unit["section"], text=_WS.sub(" ", unit["text"]).strip(),
             organs=organs, ts_labels=ts, status=unit["status"], laterality=lat,
             measurements_mm=measurements_mm(unit["text"]), phase_hint=unit.get("phase_hint"),
-            image_refs=image_refs(unit["text"]), language="en",
+            image_refs=image_refs(unit["text"]), language=language,
             segmenter=f"llm-v1:{settings.prompt_version}:{settings.model}",
         ))
     return out

@@ -27,7 +27,7 @@ class Finding:
     measurements_mm: list[float]
     phase_hint: str | None       # "non_contrast" | "arterial" | "portal_venous" | "delayed" | None
     image_refs: list[tuple[int, int]]  # (series_number, instance_number)
-    language: str = "en"
+    language: str = "en"         # ISO 639-1 code ("en" for the rules, which accept English only)
     segmenter: str = "rules-v1"
 
     def to_row(self) -> dict:
@@ -57,13 +57,15 @@ class ReportConfig:
     sections: sections that produce findings. Header-less text counts as "findings".
     split_compound: split "The liver is normal and the spleen is enlarged." in two units.
     min_chars: units with fewer letters/digits than this are dropped ("1.", "-").
-    check_language: raise UnsupportedLanguageError on non-English text.
+    check_language: raise UnsupportedLanguageError on non-English text (rules only: the LLM
+        segmenter takes any language and records it in ``Finding.language``).
     infer_phase: derive phase hints from findings when no phase is named
         ("hypervascular" -> arterial, "calcification"/"stone" -> non_contrast).
     inherit_sentence_phase: the clauses of a split sentence share its named phase.
     max_chunk_chars: paragraphs longer than this are cut at sentence ends before spaCy
         sees them (memory and spaCy's max_length stay bounded on huge reports).
-    segmenter: "rules" (default) or "llm" (needs ``llm``: keyslice.report.llm_segmenter.LLMSegmenterSettings).
+    segmenter: "rules" (default) or "llm" (needs ``llm``: keyslice.report.llm_segmenter.LLMSegmenterSettings;
+        typed ``object`` here so that this module does not import the OpenAI client).
     """
 
     sections: tuple[str, ...] = ("findings", "impression")

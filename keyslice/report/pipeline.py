@@ -19,6 +19,16 @@ component               what it adds (``doc.user_data["ks"]``, plain tuples of t
 Results are tuples rather than ``doc.spans`` because creating a ``Span`` per match
 costs more than all the rules; :func:`to_spans` copies them into ``doc.spans`` for
 displaCy or debugging. The object is built once per process (:func:`get_nlp`).
+
+Why not medspaCy: the brief asks for medspaCy's clinical sentence rules where they
+install cleanly. They do not here: medspacy 1.3.1 (the latest) pins ``spacy<3.8``, and
+installing it would downgrade this project's spaCy 3.8 (and numpy) for every step.
+``ks_sentencizer`` and ``ks_context`` therefore re-implement the parts used (PyRuSH-style
+clinical sentence rules, ConText-style modifiers with pre/post/bidirectional scopes,
+pseudo-triggers and terminators) on spaCy 3.8 with no new dependency. Likewise there is
+no trained parser: a model such as ``en_core_web_sm`` is a download, and the build must run
+offline, so ``ks_units`` splits compound sentences with a shallow clause rule (an organ and
+a verb on each side of the conjunction) instead of a dependency parse.
 """
 
 from __future__ import annotations
@@ -41,7 +51,6 @@ from . import lexicon as lx
 #: characters that mark a bullet at the start of a line (or anywhere for "•")
 BULLETS = frozenset({"-", "*", "•", "·", "–", "—", "‣", "▪", "◦"})
 _STRONG_BULLETS = frozenset({"•", "‣", "▪", "◦"})
-_SENT_PUNCT = frozenset({".", "!", "?"})
 _OPENERS = frozenset({"(", "[", '"', "“", "'", "‘"})
 
 
@@ -70,14 +79,6 @@ def token_lower(doc: Doc) -> list[str]:
     if got is None:
         got = doc.user_data["ks_lower"] = [t.lower() for t in token_arrays(doc)[0]]
     return got
-
-
-def span_text(doc: Doc, start: int, end: int) -> str:
-    """Text of tokens [start, end) without their final whitespace (like ``Span.text``)."""
-    if end <= start:
-        return ""
-    texts, _, idx, text = token_arrays(doc)
-    return text[idx[start]: idx[end - 1] + len(texts[end - 1])]
 
 
 # --------------------------------------------------------------------------- sentencizer
@@ -283,6 +284,7 @@ def longest_first(matches: list[tuple[int, int, str]]) -> list[tuple[int, int, s
 
 @Language.factory("ks_terms")
 def make_ks_terms(nlp: Language, name: str) -> TermMatcher:
+    """spaCy factory of :class:`TermMatcher` (a stateful component: it holds the PhraseMatcher)."""
     return TermMatcher(nlp)
 
 
@@ -462,6 +464,7 @@ def to_spans(doc: Doc) -> Doc:
 
 # --------------------------------------------------------------------------- build
 def _add_special_cases(nlp: Language) -> None:
+    """Abbreviations become single tokens, so their period is never read as a sentence end."""
     for abbr in lx.ABBREVIATIONS + lx.SLASH_ABBREVIATIONS:
         nlp.tokenizer.add_special_case(abbr, [{ORTH: abbr}])
     # "mass.Regions": a period glued between two words is a sentence end with a missing space

@@ -24,11 +24,25 @@ _LEAD_MARKER = re.compile(
     r"^\s*(?:[-*•·–—‣▪◦]+\s*|\(?\d{1,2}[.)](?=\s)\s*|\(?[A-Za-z]\)\s+|[A-Za-z]\.\s+(?=[A-Z(]))"
 )
 _WS = re.compile(r"\s+")
+_DIGIT = re.compile(r"\d")
+_ALPHA = re.compile(r"[^\W\d_]")
+_ALNUM = re.compile(r"[^\W_]")
+
+
+def require_text(text: str | None) -> None:
+    """Refuse an empty or whitespace-only report: it would silently give a study with no findings."""
+    if text is None or not str(text).strip():
+        raise EmptyReportError("the report text is empty or whitespace only; nothing to segment")
 
 
 def check_text(text: str | None, config: ReportConfig) -> None:
-    if text is None or not str(text).strip():
-        raise EmptyReportError("the report text is empty or whitespace only; nothing to segment")
+    """Refuse input the rules cannot segment, with an error that says what to do.
+
+    Besides empty text (:func:`require_text`): non-English text, which the English word
+    lists would turn into findings with no organs and the default status, i.e.
+    plausible-looking garbage.
+    """
+    require_text(text)
     if config.check_language:
         lang, scores = detect_language(text[:LANGUAGE_SAMPLE_CHARS])
         if lang != "en":
@@ -61,6 +75,11 @@ def chunk_paragraphs(body: str, max_chars: int) -> list[str]:
 
 
 def clean_text(text: str) -> str:
+    """The unit's text as stored: one line, without list markers ("1.", "-", "a)") or a trailing ","/";".
+
+    Line wraps and markers are layout, not content; removing them makes the same finding
+    read the same in every report style (and in VQA questions built from it).
+    """
     text = _WS.sub(" ", text).strip()
     prev = None
     while prev != text:
@@ -70,6 +89,7 @@ def clean_text(text: str) -> str:
 
 
 def _combine(sides) -> str | None:
+    """One laterality for several mentions: left + right (or any "bilateral") is bilateral."""
     s = set(sides)
     if not s:
         return None
@@ -113,6 +133,10 @@ class _DocInfo:
         return self.text[self.idx[s]: self.idx[e - 1] + len(self.texts[e - 1])]
 
     def phase(self, s: int, e: int, infer: bool) -> tuple[str | None, int]:
+        """(phase, tier) of tokens [s, e) by the policy of :mod:`keyslice.report`; (None, -1) when none.
+
+        With ``infer`` off, the finding-derived tiers (0 calcium, 2 hypervascular) are ignored.
+        """
         best = None  # (tier, -start, phase): highest tier, then first mention
         for ps, pe, phase, tier in self.phases:
             if ps < s or pe > e or (not infer and tier in (0, 2)):
@@ -125,6 +149,12 @@ class _DocInfo:
 
 def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int], status: str, index: int,
                     section: str, config: ReportConfig) -> Finding | None:
+    """The Finding of one unit, or None when it is only a marker or punctuation.
+
+    A laterality word applies to the organ it stands next to ("cyst in the left kidney
+    and a liver lesion": only the kidney is left), so TotalSegmentator labels are chosen
+    per organ; a paired organ with no side of its own takes the unit's side.
+    """
     s, e = unit
     raw = info.span_text(s, e)
     text = clean_text(raw)
@@ -180,12 +210,12 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
     )
 
 
-_DIGIT = re.compile(r"\d")
-_ALPHA = re.compile(r"[^\W\d_]")
-_ALNUM = re.compile(r"[^\W_]")
-
-
 def segment_report_rules(text: str, config: ReportConfig | None = None) -> list[Finding]:
+    """The default segmenter (see :func:`keyslice.report.segment_report`).
+
+    All chunks of a report go through one ``nlp.pipe`` call, so spaCy's per-call overhead
+    is paid once per report, not once per paragraph.
+    """
     config = config or ReportConfig()
     check_text(text, config)
     chunks: list[tuple[str, str]] = []
