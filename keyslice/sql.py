@@ -48,3 +48,20 @@ def query(corpus_dir: Path, sql: str):
     """Run one SQL statement against the corpus views; returns an Arrow table."""
     relation = connect(corpus_dir).sql(sql)
     return relation.to_arrow_table() if relation is not None else pa.table({})
+
+
+# Documented corpus reports (README, `keyslice demo`): closed yes/no balance per generator, and the
+# question-type distribution. Rule-based questions use normal findings and other organs of the same slice
+# as "no" answers, so a yes_share far from 0.5 points at a generator or lexicon problem.
+VQA_YES_NO_BALANCE = """\
+SELECT generator,
+       count(*) FILTER (WHERE lower(answer) = 'yes') AS n_yes,
+       count(*) FILTER (WHERE lower(answer) = 'no') AS n_no,
+       round(n_yes / nullif(n_yes + n_no, 0), 3) AS yes_share
+FROM vqa WHERE answer_type = 'closed' AND lower(answer) IN ('yes', 'no')
+GROUP BY generator ORDER BY generator"""
+
+VQA_QUESTION_TYPES = """\
+SELECT generator, question_type, answer_type, count(*) AS n,
+       round(100.0 * n / sum(n) OVER (PARTITION BY generator), 1) AS pct
+FROM vqa GROUP BY generator, question_type, answer_type ORDER BY generator, n DESC"""

@@ -103,6 +103,9 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         with _ENCODE_LOCK:
             choices = select_key_slices(volume, queries, encoder, selector_cfg, masks=masks, cache=cache,
                                         cache_key=f"{sid}/{series_id}")
+        if volume.skipped:
+            ctx.store.record_failure(sid, "keyslice-slices", DicomReadError(_skipped_summary(series_id, volume)), 1,
+                                     ctx.run_id)
         for choice in choices:
             index = findings[choice.finding_id]["finding_index"]
             image = ctx.store.write_image(sid, f"{index:04d}.png", render_png(volume, choice.top1_index, choice.window))
@@ -122,6 +125,20 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
                 "image_path": image,
             })
     return {"selections": _stamp(rows, sid)}
+
+
+def _skipped_summary(series_id: str, volume) -> str:
+    """What the selector left out of a series (keyslice.selector.volume's bad-input policy: a bad
+    file is dropped, a slice whose pixels cannot be decoded is kept blank and never selected),
+    as reasons and slice indices only: file names may be raw UIDs and never enter the corpus."""
+    import re
+    from collections import Counter
+
+    reasons = Counter(re.split(r" \(|:", reason, maxsplit=1)[0] for _, reason in volume.skipped)
+    blank = [int(k) for k, ok in enumerate(volume.valid) if not ok]
+    return (f"series {series_id}: {len(volume.skipped)} file(s) not used as read "
+            f"({', '.join(f'{n} x {r}' for r, n in sorted(reasons.items()))}); "
+            f"blank slices, never selected: {blank or 'none'}")
 
 
 def vqa_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:

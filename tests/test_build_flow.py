@@ -64,6 +64,18 @@ def test_sample_build_produces_findings_selections_and_vqa(reference_corpus):
     assert {"liver", "kidney", "pancreas"} <= {r["organ"] for r in organs}
 
 
+def test_documented_vqa_reports_show_balanced_yes_no(reference_corpus):
+    """The README's SQL reports run on a real corpus, and rule-based yes/no stays balanced."""
+    from keyslice.sql import VQA_QUESTION_TYPES, VQA_YES_NO_BALANCE
+
+    (balance,) = query(reference_corpus, VQA_YES_NO_BALANCE).to_pylist()
+    assert balance["generator"] == "rule" and balance["n_yes"] >= 5
+    assert 0.4 <= balance["yes_share"] <= 0.6
+    types = query(reference_corpus, VQA_QUESTION_TYPES).to_pylist()
+    assert {"organ", "abnormality", "phase", "plane"} <= {r["question_type"] for r in types}
+    assert abs(sum(r["pct"] for r in types) - 100.0) < 0.5
+
+
 def test_no_raw_identifiers_reach_the_corpus(reference_corpus, samples):
     names = [p.name for p in samples.iterdir()]
     for table in ("studies", "series", "findings", "selections", "vqa"):

@@ -296,3 +296,63 @@ def test_segment_volume_without_totalsegmentator(tmp_path, monkeypatch, siemens)
     for label in ("pancreas", "rib_left_6"):
         assert masks.z_range([label], back) == pytest.approx(masks.z_range([label], siemens))
     assert np.array_equal(back.hu, siemens.hu)
+
+
+# --------------------------------------------------------------------------- per-structure folder found in a study
+
+
+@pytest.mark.parametrize("ct", ["example_ct_sm.nii.gz", "example_ct.nii.gz"])
+def test_restricted_top1_lies_in_organ_range_per_structure_folder(tmp_path, encoder, ct):
+    """TotalSegmentator's per-structure masks (``example_seg_fast/``) found by ``find_masks`` in a
+    study's ``segmentations/`` folder. On ``example_ct_sm`` (their own grid) and on the full
+    ``example_ct`` (another grid: 112 slices), the restriction follows the masks' world
+    coordinates; on the full CT that is slices 0-29, where their never-moved affine puts them
+    (see test_world_coordinates_trap_example_ct_sm)."""
+    labels = ["adrenal_gland_right", "gallbladder", "lung_lower_lobe_left", "pancreas", "kidney_left"]
+    (tmp_path / "study" / "segmentations").mkdir(parents=True)
+    for lab in labels:
+        shutil.copy(REF / "example_seg_fast" / f"{lab}.nii.gz", tmp_path / "study" / "segmentations")
+    masks = find_masks(tmp_path / "study")
+    assert masks is not None and masks.labels() == set(labels)
+    vol = volume_from_nifti(REF / ct)
+    queries = [Query(lab, f"Abnormality of the {lab.replace('_', ' ')}.", [lab], [lab]) for lab in labels]
+    queries.append(Query("heart", "Pericardial effusion.", ["heart"], ["heart"]))  # no mask for it here
+    choices = select_key_slices(vol, queries, encoder, SelectorConfig(top_k=4, smooth_sigma=1.0), masks)
+    for lab, c in zip(labels, choices):
+        lo, hi = independent_z_range(REF / "example_seg_fast" / f"{lab}.nii.gz", None, vol)
+        assert c.restricted_to == lab and c.z_range_mm == pytest.approx((lo, hi))
+        assert all(lo <= vol.z_mm[k] <= hi for k in c.topk_indices), lab
+        if ct == "example_ct.nii.gz":
+            assert c.top1_index <= 29
+    assert choices[-1].restricted_to is None
+    free = select_key_slices(vol, queries[:-1], encoder, SelectorConfig(top_k=1, smooth_sigma=1.0))
+    assert any(not (c.z_range_mm[0] <= vol.z_mm[f.top1_index] <= c.z_range_mm[1]) for c, f in zip(choices, free))
+
+
+# --------------------------------------------------------------------------- a mask on another grid
+
+
+def test_mask_on_a_coarser_grid_maps_by_world_coordinates(tmp_path, siemens, encoder):
+    """Mismatched mask grid: example_seg_dicom resampled to every other slice and every other
+    pixel (4 mm x 1.95 mm x 1.95 mm, shape 256x256x10, a DERIVED copy of the real mask). Each
+    coarse voxel covers +-2 mm along z, so a kept slice k that holds the label marks series
+    slices k-1..k+1: computed here by index arithmetic, found by the code in world space."""
+    img = nib.load(str(SEG_DICOM))
+    coarse = np.asanyarray(img.dataobj)[::2, ::2, ::2]
+    aff = img.affine.copy()
+    aff[:3, :3] = aff[:3, :3] * 2
+    path = tmp_path / "coarse_seg.nii.gz"
+    nib.save(nib.Nifti1Image(coarse, aff), str(path))
+    masks = OrganMasks.from_nifti(path)
+    masks.check_overlap(siemens)
+    z_nifti_k = (np.c_[np.zeros((20, 2)), np.arange(20), np.ones(20)] @ img.affine.T)[:, 2]
+    assert np.allclose(z_nifti_k, siemens.z_mm)  # NIfTI slice k is series slice k here
+    for label in ("pancreas", "adrenal_gland_right", "rib_left_6", "liver"):
+        kept = np.nonzero((coarse == LABEL_OF[label]).any(axis=(0, 1)))[0] * 2   # original slice index
+        hit = sorted({k + d for k in kept for d in (-1, 0, 1) if 0 <= k + d < 20})
+        expect = (siemens.z_mm[hit[0]], siemens.z_mm[hit[-1]])
+        assert masks.z_range([label], siemens) == pytest.approx(expect), label
+    q = [Query("p", "Pancreatic head mass.", ["pancreas"], ["pancreas"])]
+    c = select_key_slices(siemens, q, encoder, SelectorConfig(top_k=3), masks)[0]
+    lo, hi = masks.z_range(["pancreas"], siemens)
+    assert c.restricted_to == "pancreas" and all(lo <= siemens.z_mm[k] <= hi for k in c.topk_indices)

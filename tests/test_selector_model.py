@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,20 +79,30 @@ def test_local_dir_prefix_and_training_window(tmp_path):
     assert enc.model_id == "local:tiny-clip"
 
 
-def test_cpu_bf16_autocast_close_to_fp32(tmp_path):
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_cpu_mixed_precision_autocast_close_to_fp32(tmp_path, precision, dtype):
+    """The autocast path the GPU uses (bf16 default, fp16 on request), run on the CPU."""
     d = str(save_tiny_checkpoint(tmp_path / "m"))
     x = torch.randn(4, 3, 64, 64)
-    a = load_model(d, precision="fp32").encode_images(x)
-    b = load_model(d, precision="bf16").encode_images(x)
+    a = load_model(d, device="cpu", precision="fp32").encode_images(x)
+    enc = load_model(d, device="cpu", precision=precision)
+    assert enc.autocast_dtype == dtype
+    seen = []
+    hook = enc.model.visual.transformer.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        b = enc.encode_images(x)
+    finally:
+        hook.remove()
+    assert seen == [dtype]  # the forward pass really ran in reduced precision
     assert b.dtype == torch.float32
     assert (a * b).sum(dim=1).min() > 0.99
 
 
 @pytest.mark.parametrize("spec, needle", [
-    ("clip-vit-b16", "huggingface-cli download timm/vit_base_patch16_clip_224.openai"),
-    ("biomedclip", "huggingface-cli download microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"),
+    ("clip-vit-b16", "hf download timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors"),
+    ("biomedclip", "hf download microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"),
     ("pubmedclip-vit-b32", "PubMedCLIP_ViT32.pth"),
-    ("hf-hub:someone/not-downloaded", "huggingface-cli download someone/not-downloaded"),
+    ("hf-hub:someone/not-downloaded", "hf download someone/not-downloaded"),
 ])
 def test_missing_weights_offline_says_how_to_download(spec, needle):
     with pytest.raises(ModelWeightsMissingError) as ei:
@@ -165,3 +177,114 @@ def test_cuda_bf16_matches_cpu(tmp_path):
     gpu = load_model(d, device="cuda", precision="auto")
     assert gpu.precision == "bf16"
     assert ((gpu.encode_images(x) * cpu).sum(dim=1)).min() > 0.99
+    assert gpu.encode_images(x, keep_on_device=True).device.type == "cuda"
+
+
+# --------------------------------------------------------------------------- BiomedCLIP-shaped and PubMedCLIP presets
+
+BIOMEDBERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
+
+def put_in_hf_cache(cache: Path, repo: str, files: list[Path]) -> Path:
+    """Lay files out as huggingface_hub's cache does (refs/main -> snapshots/<commit>/), as a
+    `hf download` on a machine with network would leave them."""
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, snap / f.name)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    return snap
+
+
+def assert_weights_from(enc, weights: Path) -> None:
+    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    state = enc.model.state_dict()
+    assert set(saved) <= set(state)
+    for k, v in saved.items():
+        assert torch.equal(state[k], v), k
+
+
+def test_local_biomedclip_copy_with_its_text_tower_is_fully_offline(tmp_path, monkeypatch):
+    """A BiomedCLIP-shaped hub folder (HF BERT text tower named by BiomedBERT's hub id, context
+    256) plus the tower's config + tokenizer files loads with an EMPTY HF cache, offline."""
+    pytest.importorskip("transformers", reason="BiomedCLIP's text tower needs transformers (keyslice[biomedclip])")
+    d = save_tiny_checkpoint(tmp_path / "biomedclip-copy", seed=5, layout="hub", hf_text=BIOMEDBERT)
+    cfg = json.loads((d / "open_clip_config.json").read_text())
+    assert cfg["model_cfg"]["text_cfg"]["hf_model_name"] == BIOMEDBERT  # a hub id, not a path
+    enc = load_model(str(d), device="cpu")
+    assert enc.context_length == 256 and enc.model_id == "local:tiny-clip"
+    assert enc.weights_sha256 == file_sha256(d / "open_clip_pytorch_model.bin")
+    assert_weights_from(enc, d / "open_clip_pytorch_model.bin")
+    tokens = enc.tokenizer(["Hypodense LIVER lesion."], context_length=enc.context_length)
+    assert tokens.shape == (1, 256)
+    assert torch.equal(tokens, enc.tokenizer(["hypodense liver lesion."], context_length=256))  # uncased, like BiomedBERT
+    txt = enc.encode_texts(["hypodense liver lesion", "no pleural effusion"])
+    assert txt.shape == (2, 32) and not torch.allclose(txt[0], txt[1])
+    assert not (tmp_path / "hf_home" / "hub").exists() or not any((tmp_path / "hf_home" / "hub").iterdir())
+
+    # The same folder as the preset's local copy: the preset name is the recorded model id.
+    shutil.copytree(d, tmp_path / "models" / "biomedclip")
+    preset = load_model("biomedclip", device="cpu")
+    assert preset.model_id == "biomedclip" and preset.context_length == 256
+    assert preset.weights_sha256 == enc.weights_sha256
+    assert torch.allclose(preset.encode_texts(["liver"]), enc.encode_texts(["liver"]), atol=1e-6)
+
+
+def test_local_biomedclip_copy_without_its_text_tower_says_what_to_download(tmp_path):
+    pytest.importorskip("transformers", reason="BiomedCLIP's text tower needs transformers (keyslice[biomedclip])")
+    d = save_tiny_checkpoint(tmp_path / "m", layout="hub", hf_text=BIOMEDBERT)
+    (d / "config.json").unlink()  # tokenizer files kept, tower config gone, nothing in the HF cache
+    with pytest.raises(ModelWeightsMissingError) as ei:
+        load_model(str(d))
+    assert f"hf download {BIOMEDBERT}" in str(ei.value) and str(d) in str(ei.value)
+
+
+def test_biomedclip_preset_from_the_hf_cache_offline(tmp_path):
+    """`biomedclip` resolves hf-hub:microsoft/BiomedCLIP-... and BiomedBERT from the HF cache only
+    (tiny random stand-ins laid out in the cache by the test)."""
+    pytest.importorskip("transformers", reason="BiomedCLIP's text tower needs transformers (keyslice[biomedclip])")
+    d = save_tiny_checkpoint(tmp_path / "m", seed=2, layout="hub", hf_text=BIOMEDBERT)
+    cache = tmp_path / "hf_home" / "hub"
+    snap = put_in_hf_cache(cache, BIOMEDCLIP, [d / "open_clip_config.json", d / "open_clip_pytorch_model.bin"])
+    with pytest.raises(ModelWeightsMissingError, match=BIOMEDBERT):
+        load_model("biomedclip")  # the text tower is not in the cache yet: the hint names its repo
+    load_model.cache_clear()
+    put_in_hf_cache(cache, BIOMEDBERT, [d / "config.json", d / "vocab.txt", d / "tokenizer_config.json"])
+    enc = load_model("biomedclip", device="cpu")
+    assert enc.model_id == "biomedclip" and enc.context_length == 256
+    assert enc.weights_sha256 == file_sha256(snap / "open_clip_pytorch_model.bin")
+    assert_weights_from(enc, d / "open_clip_pytorch_model.bin")
+    assert enc.encode_texts(["Hypodense liver lesion."]).shape == (1, 32)
+
+
+def test_pubmedclip_preset_converts_the_original_checkpoint(tmp_path, monkeypatch):
+    """The preset path (find the .pth, convert once, load into open_clip, hash the ORIGINAL file),
+    run with the tiny architecture in place of ViT-B-32 so that no 300 MB model is built."""
+    from dataclasses import replace
+
+    from keyslice.selector.model import PRESETS, TINY_CONFIG, _register_config
+
+    monkeypatch.setitem(PRESETS, "pubmedclip-vit-b32", replace(PRESETS["pubmedclip-vit-b32"],
+                                                                arch=_register_config(TINY_CONFIG)))
+    d = save_tiny_checkpoint(tmp_path / "m", seed=9)
+    sd = torch.load(d / "tiny-clip.pt", map_location="cpu", weights_only=True)
+    # As PubMedCLIP's train.py saves it: wrapped, OpenAI-CLIP names, fp16 weights.
+    original = tmp_path / "models" / "pubmedclip-vit-b32" / "PubMedCLIP_ViT32.pth"
+    original.parent.mkdir(parents=True)
+    torch.save({"epoch": 40, "state_dict": {k: v.half() for k, v in sd.items()}, "optimizer_state_dict": {}}, original)
+    enc = load_model("pubmedclip-vit-b32", device="cpu")
+    assert enc.model_id == "pubmedclip-vit-b32" and enc.context_length == 77
+    assert enc.weights_sha256 == file_sha256(original) and enc.weights_path == str(original)
+    for k, v in enc.model.state_dict().items():
+        assert torch.equal(v, sd[k].half().float()), k
+    assert len(list((tmp_path / "models" / "converted").iterdir())) == 1
+    # KEYSLICE_PUBMEDCLIP_CHECKPOINT points elsewhere and wins.
+    moved = tmp_path / "elsewhere.pth"
+    shutil.move(original, moved)
+    monkeypatch.setenv("KEYSLICE_PUBMEDCLIP_CHECKPOINT", str(moved))
+    load_model.cache_clear()
+    assert load_model("pubmedclip-vit-b32", device="cpu").weights_path == str(moved)

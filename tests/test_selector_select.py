@@ -121,10 +121,10 @@ def test_each_series_decoded_and_encoded_once_for_many_findings(encoder, monkeyp
     monkeypatch.setattr(volume_mod, "_decode", counting_decode)
     real_images, real_texts = encoder.encode_images, encoder.encode_texts
 
-    def counting_images(batch):
+    def counting_images(batch, **kw):
         calls["encode_images"] += 1
         calls["slices"] += batch.shape[0]
-        return real_images(batch)
+        return real_images(batch, **kw)
 
     def counting_texts(texts):
         calls["encode_texts"] += 1
@@ -164,7 +164,7 @@ def test_disk_cache_reused_across_builds(encoder, model_dir, tmp_path, monkeypat
     # A new process would have a new encoder and a new Volume: no image or text encoding at all.
     load_model.cache_clear()
     enc2 = load_model(str(model_dir), device="cpu")
-    enc2.encode_images = lambda b: pytest.fail("slices re-encoded despite the cache")
+    enc2.encode_images = lambda b, **kw: pytest.fail("slices re-encoded despite the cache")
     enc2.encode_texts = lambda t: pytest.fail("sentences re-encoded despite the cache")
     cache2 = EmbeddingCache(tmp_path / "cache")
     again = select_key_slices(load_volume(files(PHILIPS)), qs, enc2, SelectorConfig(), cache=cache2, cache_key="seriesA")
@@ -181,6 +181,12 @@ def test_cache_key_includes_model_window_and_geometry(encoder, tmp_path):
     two = load_volume(files(CT3)[:2])
     select_key_slices(two, [Query("a", "liver lesion", ["liver"], [])], encoder, SelectorConfig(), cache=cache, cache_key="s")
     assert len(list((tmp_path / "c" / "images").rglob("*.npy"))) == 3
+    # Another model (other weights): its own slice and sentence entries, the first model's untouched.
+    other = load_model(str(save_tiny_checkpoint(tmp_path / "other", seed=12)), device="cpu")
+    select_key_slices(load_volume(files(CT3)), [Query("a", "liver lesion", ["liver"], [])], other, SelectorConfig(),
+                      cache=cache, cache_key="s")
+    assert len(list((tmp_path / "c" / "images").rglob("*.npy"))) == 4
+    assert len(list((tmp_path / "c" / "texts").iterdir())) == 2  # one folder of sentence hashes per model
 
 
 def test_corrupt_slice_is_never_selected(encoder, tmp_path):
@@ -253,6 +259,78 @@ def test_similarity_curve_plot(encoder):
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG" and img.size[0] > 300
     assert plot_similarity_curve(c).startswith(b"\x89PNG")
+
+
+def test_encoding_starts_while_the_series_is_still_decoding(encoder, monkeypatch):
+    """Decode and encode overlap: the last slice's decode is held until the first batch has been
+    encoded. A pipeline that waited for the whole series first would never encode (the held
+    decode gives up after 120 s and the test fails)."""
+    first_encode = threading.Event()
+    real_decode = volume_mod._decode
+    files_ = files(SIEMENS_J2K)
+    last = load_volume(files_, decode="eager").files[-1].name  # highest z: decoded last
+
+    def held_decode(ds):
+        if Path(ds.filename).name == last:
+            first_encode.wait(timeout=120)
+        return real_decode(ds)
+
+    monkeypatch.setattr(volume_mod, "_decode", held_decode)
+    real_images = encoder.encode_images
+
+    def noting_images(batch, **kw):
+        out = real_images(batch, **kw)
+        first_encode.set()
+        return out
+
+    monkeypatch.setattr(encoder, "encode_images", noting_images)
+    vol = load_volume(files_)
+    choices = select_key_slices(vol, queries(2), encoder, SelectorConfig(batch_size=4))
+    assert first_encode.is_set() and all(0 <= c.top1_index < 20 for c in choices)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result(encoder, monkeypatch):
+    """The CUDA OOM fallback (halve the batch, retry), driven on the CPU by an encoder that
+    refuses batches over 3 slices the way a full GPU would."""
+    vol = load_volume(files(PHILIPS))
+    qs = queries(4)
+    ref = select_key_slices(vol, qs, encoder, SelectorConfig(batch_size=16))
+    sizes = []
+    real_images = encoder.encode_images
+
+    def small_memory(batch, **kw):
+        sizes.append(batch.shape[0])
+        if batch.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
+        return real_images(batch, **kw)
+
+    monkeypatch.setattr(encoder, "encode_images", small_memory)
+    got = select_key_slices(load_volume(files(PHILIPS)), qs, encoder, SelectorConfig(batch_size=16))
+    assert [(c.top1_index, c.topk_indices) for c in got] == [(c.top1_index, c.topk_indices) for c in ref]
+    # Other batch sizes change fp32 summation order (and so the float16 rounding of a few values).
+    assert np.allclose([c.curve for c in got], [c.curve for c in ref], atol=1e-3)
+    n_windows = len({c.window for c in got})
+    assert sum(s for s in sizes if s <= 3) == vol.n_slices * n_windows  # every slice encoded once per window
+    # Out of memory at 16, 8 and 4 once per series and window, then every batch fits (2 slices).
+    assert [s for s in sizes if s > 3] == [16, 8, 4] * n_windows
+
+
+def test_batch_size_from_free_device_memory(encoder, monkeypatch):
+    """auto_batch_size on a CUDA encoder reads the free memory (faked here: no GPU in CI)."""
+    import copy
+
+    from keyslice.selector.select import auto_batch_size
+
+    assert auto_batch_size(encoder, (512, 512)) == 16  # CPU
+    gpu_like = copy.copy(encoder)
+    gpu_like.device = torch.device("cuda", 0)
+    gpu_like.precision = "bf16"
+    sizes = []
+    for free_mb in (1, 16, 64, 256, 1024, 80_000):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free_mb: (f << 20, 80_000 << 20))
+        sizes.append(auto_batch_size(gpu_like, (512, 512)))
+    assert sizes == sorted(sizes) and sizes[0] == 8 and sizes[-1] == 512
+    assert all(s % 8 == 0 for s in sizes) and len(set(sizes)) >= 4
 
 
 @pytest.mark.gpu

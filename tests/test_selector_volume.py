@@ -192,3 +192,25 @@ def test_volume_from_nifti_geometry():
     assert np.all(np.diff(vol.z_mm) == pytest.approx(3.0))
     # DICOM-like orientation: columns toward the patient's left, rows toward posterior.
     assert vol.orientation[0] > 0.99 and vol.orientation[4] > 0.99
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless", "DeflatedExplicitVRLittleEndian"])
+def test_other_transfer_syntaxes_give_the_same_hu(tmp_path, syntax):
+    """The 3 real GE slices re-encoded (losslessly) in other transfer syntaxes by pydicom's own
+    encoders decode to exactly the HU of the uncompressed originals."""
+    import pydicom.uid
+
+    uid = getattr(pydicom.uid, syntax)
+    ref = load_volume(files(CT3), decode="eager")
+    (tmp_path / "s").mkdir()
+    for f in files(CT3):
+        ds = pydicom.dcmread(f)
+        if uid.is_compressed:
+            ds.compress(uid)
+        else:
+            ds.file_meta.TransferSyntaxUID = uid
+        ds.save_as(tmp_path / "s" / f.name, enforce_file_format=True)
+    assert pydicom.dcmread(tmp_path / "s" / files(CT3)[0].name).file_meta.TransferSyntaxUID == uid
+    vol = load_volume(files(tmp_path / "s"))
+    assert np.array_equal(vol.hu, ref.hu) and vol.valid.all() and vol.skipped == []
+    assert np.array_equal(vol.z_mm, ref.z_mm)

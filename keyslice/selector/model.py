@@ -8,11 +8,14 @@
   - ``pubmedclip-vit-b32``: open_clip ``ViT-B-32`` with the original PubMedCLIP checkpoint
     (``PubMedCLIP_ViT32.pth``: ``{"state_dict": <OpenAI-CLIP model.state_dict()>, "best_epoch",
     "optimizer_state_dict", ...}`` as PubMedCLIP's train.py saves it, fp16 weights) converted
-    into a plain open_clip state dict once (:func:`convert_openai_checkpoint`); put the file at ``$KEYSLICE_MODELS/pubmedclip-vit-b32/PubMedCLIP_ViT32.pth``
-    (``KEYSLICE_MODELS`` defaults to ``.models/`` in the working directory) or point
+    into a plain open_clip state dict once (:func:`convert_openai_checkpoint`); put the file at
+    ``$KEYSLICE_MODELS/pubmedclip-vit-b32/PubMedCLIP_ViT32.pth`` (``KEYSLICE_MODELS``
+    defaults to ``.models/`` in the working directory) or point
     ``KEYSLICE_PUBMEDCLIP_CHECKPOINT`` at it;
   - ``biomedclip``: ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``
-    (context length 256, HF tokenizer: needs the ``transformers`` package);
+    (context length 256; its text tower is BiomedBERT through ``transformers``:
+    ``pip install 'keyslice[biomedclip]'``), read from the HF cache, or from the folder
+    ``$KEYSLICE_MODELS/biomedclip/`` in hub layout (below) when it exists;
 
 * ``hf-hub:<org>/<repo>``: an open_clip model on the Hugging Face hub (or its local cache);
 * a local directory, fully offline, in one of two layouts:
@@ -20,16 +23,20 @@
   - *hub layout* (a downloaded hf-hub repo): ``open_clip_config.json`` (``model_cfg`` +
     ``preprocess_cfg``) + ``open_clip_pytorch_model.bin`` or ``open_clip_model.safetensors``
     (+ the HF tokenizer files when ``text_cfg.hf_tokenizer_name`` is set), loaded with
-    open_clip's ``local-dir:`` schema;
+    open_clip's ``local-dir:`` schema. When the text tower is a Hugging Face model
+    (``text_cfg.hf_model_name``, e.g. BiomedCLIP's BiomedBERT) and the folder also holds that
+    model's ``config.json``, the tower and tokenizer are built from the folder itself: a local
+    BiomedCLIP copy then needs no hub and no HF cache at all;
   - *config layout* (what :func:`save_tiny_checkpoint` writes): one open_clip model config
     JSON (``embed_dim``, ``vision_cfg``, ``text_cfg``; optional ``preprocess_cfg``,
     ``keyslice_training_window``) + one weights file (``.pt``/``.pth``/``.bin``/``.safetensors``),
     registered with ``open_clip.add_model_config`` under a content-addressed name and loaded
     with ``pretrained=<weights file>``.
 
-Weights are never fetched silently in tests: with ``HF_HUB_OFFLINE=1`` (or no network) a
-missing file raises :class:`~keyslice.errors.ModelWeightsMissingError` whose message says
-how to pre-download it. The sha256 of the weights file is recorded as ``weights_sha256``.
+Hub weights are looked up as open_clip does (``open_clip_model.safetensors``, then
+``open_clip_pytorch_model.bin``). With ``HF_HUB_OFFLINE=1`` (or no network) a missing file
+raises :class:`~keyslice.errors.ModelWeightsMissingError` whose message says how to
+pre-download it. The sha256 of the weights file is recorded as ``weights_sha256``.
 Encoders are cached per ``(spec, device, precision)`` in-process.
 """
 
@@ -65,7 +72,6 @@ class Preset:
     arch: str | None            # open_clip architecture name (None for hf-hub presets)
     pretrained_tag: str | None  # open_clip pretrained tag
     hf_hub: str | None          # HF repo that holds the weights
-    hf_filename: str | None     # file in that repo (None: open_clip's default names)
     context_length: int
     quick_gelu: bool = False
     download_hint: str = ""
@@ -73,16 +79,16 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "clip-vit-b16": Preset(
-        "clip-vit-b16", "ViT-B-16", "openai", "timm/vit_base_patch16_clip_224.openai",
-        "open_clip_pytorch_model.bin", 77, quick_gelu=True,
+        "clip-vit-b16", "ViT-B-16", "openai", "timm/vit_base_patch16_clip_224.openai", 77, quick_gelu=True,
         download_hint=(
-            "huggingface-cli download timm/vit_base_patch16_clip_224.openai open_clip_pytorch_model.bin "
-            "(on a machine with network; copy $HF_HOME/hub, default ~/.cache/huggingface/hub, here), "
-            "or put the weights file in $KEYSLICE_MODELS/clip-vit-b16/ beside nothing else"
+            "with network, `hf download timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors` "
+            "(huggingface_hub's CLI), then copy the HF cache ($HF_HOME/hub, default ~/.cache/huggingface/hub) "
+            "to this machine and set HF_HUB_OFFLINE=1; or put that one weights file alone in "
+            "$KEYSLICE_MODELS/clip-vit-b16/ (KEYSLICE_MODELS defaults to ./.models)"
         ),
     ),
     "pubmedclip-vit-b32": Preset(
-        "pubmedclip-vit-b32", "ViT-B-32", None, None, None, 77, quick_gelu=True,
+        "pubmedclip-vit-b32", "ViT-B-32", None, None, 77, quick_gelu=True,
         download_hint=(
             "download PubMedCLIP_ViT32.pth from the PubMedCLIP release (github.com/sarahESL/PubMedCLIP, "
             "'PubMedCLIP_ViT32.pth') and put it at $KEYSLICE_MODELS/pubmedclip-vit-b32/PubMedCLIP_ViT32.pth "
@@ -90,12 +96,14 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     "biomedclip": Preset(
-        "biomedclip", None, None, "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", None, 256,
+        "biomedclip", None, None, "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", 256,
         download_hint=(
-            "huggingface-cli download microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 && "
-            "huggingface-cli download microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract "
-            "(with network; then copy $HF_HOME/hub here and set HF_HUB_OFFLINE=1), or pass the "
-            "downloaded repo folder itself as the model spec (hub layout)"
+            "pip install 'keyslice[biomedclip]' (transformers, for the BiomedBERT text tower); then, with "
+            "network, make a self-contained folder: `hf download microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 "
+            "--local-dir $KEYSLICE_MODELS/biomedclip` and `hf download microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract "
+            "--include '*.json' --include '*.txt' --local-dir $KEYSLICE_MODELS/biomedclip` (KEYSLICE_MODELS defaults to "
+            "./.models; copy the folder to this machine); or download both repos into the HF cache with the same "
+            "commands without --local-dir and set HF_HUB_OFFLINE=1"
         ),
     ),
 }
@@ -184,14 +192,19 @@ class ClipEncoder:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
-        """Preprocessed ``[B, 3, S, S]`` float tensor -> ``[B, D]`` unit-norm float32 (CPU)."""
+    def encode_images(self, batch: torch.Tensor, *, keep_on_device: bool = False) -> torch.Tensor:
+        """Preprocessed ``[B, 3, S, S]`` float tensor -> ``[B, D]`` unit-norm float32 (CPU).
+
+        ``keep_on_device=True`` leaves the result on the model's device: the caller collects a
+        whole series there and copies it back once, so the host never waits for the device
+        between batches (a per-batch ``.cpu()`` would synchronise and idle the GPU)."""
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] batch, got {tuple(batch.shape)}")
         x = batch.to(self.device, non_blocking=True)
         with self._lock, self._autocast():
             feats = self.model.encode_image(x)
-        return F.normalize(feats.float(), dim=-1).cpu()
+        out = F.normalize(feats.float(), dim=-1)
+        return out if keep_on_device else out.cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -233,26 +246,37 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def _hf_file(repo: str, filename: str, hint: str) -> str:
-    """Path of a file of a hub repo: from the local HF cache, else downloaded (unless offline)."""
+#: open_clip's weight file names in a hub repo, in the order open_clip itself prefers them.
+HF_WEIGHTS_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _hf_file(repo: str, filenames: str | tuple[str, ...], hint: str) -> str:
+    """Path of a file of a hub repo (the first of ``filenames`` that exists): from the local HF
+    cache, else downloaded (unless offline)."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         raise ModelWeightsMissingError(f"huggingface_hub is not installed; pip install huggingface_hub ({hint})") from e
-    try:
-        return hf_hub_download(repo_id=repo, filename=filename, local_files_only=True)
-    except Exception:
-        pass
+    names = (filenames,) if isinstance(filenames, str) else tuple(filenames)
+    for name in names:
+        try:
+            return hf_hub_download(repo_id=repo, filename=name, local_files_only=True)
+        except Exception:
+            continue
+    shown = " or ".join(f"{repo}/{n}" for n in names)
     if _offline():
         raise ModelWeightsMissingError(
-            f"{repo}/{filename} is not in the Hugging Face cache ({_hf_home()}) and HF_HUB_OFFLINE is set. "
+            f"{shown} is not in the Hugging Face cache ({_hf_home()}) and HF_HUB_OFFLINE is set. "
             f"Pre-download it: {hint}")
-    try:
-        return hf_hub_download(repo_id=repo, filename=filename)
-    except Exception as e:
-        raise ModelWeightsMissingError(
-            f"cannot download {repo}/{filename} ({type(e).__name__}: {str(e)[:200]}). "
-            f"Pre-download it: {hint}. The cache is {_hf_home()} (set HF_HOME to move it).") from e
+    errors = []
+    for name in names:
+        try:
+            return hf_hub_download(repo_id=repo, filename=name)
+        except Exception as e:
+            errors.append(f"{name}: {type(e).__name__}: {str(e)[:200]}")
+    raise ModelWeightsMissingError(
+        f"cannot download {shown} ({'; '.join(errors)}). "
+        f"Pre-download it: {hint}. The cache is {_hf_home()} (set HF_HOME to move it).")
 
 
 def _hf_home() -> str:
@@ -336,7 +360,8 @@ def _build(model: torch.nn.Module, tokenizer: Any, *, model_id: str, weights: Pa
 # --------------------------------------------------------------------------- loaders
 
 
-def _load_local_dir(directory: Path, device: torch.device, precision: str) -> ClipEncoder:
+def _load_local_dir(directory: Path, device: torch.device, precision: str, model_id: str | None = None,
+                    default_context_length: int = 77) -> ClipEncoder:
     import open_clip
 
     directory = directory.resolve()
@@ -348,22 +373,46 @@ def _load_local_dir(directory: Path, device: torch.device, precision: str) -> Cl
                 f"{directory} has open_clip_config.json but no weights file (open_clip_pytorch_model.bin or "
                 f"open_clip_model.safetensors); copy the whole downloaded hub repo folder there")
         cfg = json.loads(hub_cfg.read_text())
-        text_cfg = cfg.get("model_cfg", {}).get("text_cfg", {})
+        model_cfg = cfg.get("model_cfg", {})
+        text_cfg = model_cfg.get("text_cfg", {})
+        hf_text = text_cfg.get("hf_model_name")
+        if hf_text or text_cfg.get("hf_tokenizer_name"):
+            _require_transformers(f"{directory} (HF text tower {hf_text or text_cfg.get('hf_tokenizer_name')!r})",
+                                  "pip install 'keyslice[biomedclip]'")
         if text_cfg.get("hf_tokenizer_name") and not _has_tokenizer_files(directory):
             raise ModelWeightsMissingError(
                 f"{directory} uses the HF tokenizer {text_cfg['hf_tokenizer_name']!r} but holds no tokenizer files "
-                f"(tokenizer.json / vocab.txt / tokenizer_config.json); run `huggingface-cli download "
-                f"{text_cfg['hf_tokenizer_name']} --local-dir {directory}` with network")
-        spec = f"local-dir:{directory}"
-        try:
-            model = open_clip.create_model(spec, device="cpu")
-            tokenizer = open_clip.get_tokenizer(spec)
-        except (ImportError, ModuleNotFoundError) as e:
-            raise ModelWeightsMissingError(f"loading {directory} needs a missing package: {e}") from e
-        ctx = int(text_cfg.get("context_length", 77))
-        return _build(model, tokenizer, model_id=f"local:{cfg.get('model_name', directory.name)}", weights=weights,
-                      device=device, precision=precision, context_length=ctx,
-                      training_window=cfg.get("keyslice_training_window"))
+                f"(tokenizer.json / vocab.txt / tokenizer_config.json); run `hf download "
+                f"{text_cfg['hf_tokenizer_name']} --include '*.json' --include '*.txt' --local-dir {directory}` "
+                f"with network")
+        ctx = int(text_cfg.get("context_length", default_context_length))
+        model_id = model_id or f"local:{cfg.get('model_name', directory.name)}"
+        if hf_text and (directory / "config.json").is_file():
+            # A local copy of the HF text tower (BiomedCLIP: BiomedBERT's config.json + tokenizer files
+            # beside the weights): point the text tower and the tokenizer at this folder, so that
+            # nothing is looked up on the hub. The tower's weights come from the CLIP weights file.
+            local_cfg = json.loads(json.dumps(model_cfg))
+            local_cfg["text_cfg"]["hf_model_name"] = str(directory)
+            local_cfg["text_cfg"]["hf_tokenizer_name"] = str(directory)
+            name = _register_config(local_cfg)
+            model = open_clip.create_model(name, pretrained=str(weights), device="cpu",
+                                           force_preprocess_cfg=cfg.get("preprocess_cfg") or None)
+            tokenizer = open_clip.get_tokenizer(name)
+        else:
+            spec = f"local-dir:{directory}"
+            try:
+                model = open_clip.create_model(spec, device="cpu")
+                tokenizer = open_clip.get_tokenizer(spec)
+            except (OSError, ValueError, RuntimeError) as e:
+                if not hf_text:
+                    raise
+                raise ModelWeightsMissingError(
+                    f"{directory} needs the HF text tower {hf_text!r}, which is neither in the folder nor in the "
+                    f"Hugging Face cache ({type(e).__name__}: {str(e)[:200]}). Put its config and tokenizer beside "
+                    f"the weights, with network: `hf download {hf_text} --include '*.json' --include '*.txt' "
+                    f"--local-dir {directory}`") from e
+        return _build(model, tokenizer, model_id=model_id, weights=weights, device=device, precision=precision,
+                      context_length=ctx, training_window=cfg.get("keyslice_training_window"))
 
     configs = []
     for p in sorted(directory.glob("*.json")):
@@ -393,29 +442,29 @@ def _load_local_dir(directory: Path, device: torch.device, precision: str) -> Cl
                   training_window=cfg.get("keyslice_training_window"))
 
 
+def _require_transformers(what: str, install: str) -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ModelWeightsMissingError(f"{what} needs the `transformers` package: {install}") from e
+
+
 def _has_tokenizer_files(directory: Path) -> bool:
     return any((directory / n).is_file() for n in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
 
 
 def _load_hf_hub(repo: str, device: torch.device, precision: str, hint: str | None = None,
-                 model_id: str | None = None) -> ClipEncoder:
+                 model_id: str | None = None, default_context_length: int = 77) -> ClipEncoder:
     import open_clip
 
-    hint = hint or f"huggingface-cli download {repo} (with network), then set HF_HUB_OFFLINE=1"
+    hint = hint or f"with network, `hf download {repo}` (huggingface_hub's CLI); then set HF_HUB_OFFLINE=1"
     cfg_file = _hf_file(repo, "open_clip_config.json", hint)
-    try:
-        weights = _hf_file(repo, "open_clip_model.safetensors", hint)
-    except ModelWeightsMissingError:
-        weights = _hf_file(repo, "open_clip_pytorch_model.bin", hint)
+    weights = _hf_file(repo, HF_WEIGHTS_FILES, hint)
     cfg = json.loads(Path(cfg_file).read_text())
     text_cfg = cfg.get("model_cfg", {}).get("text_cfg", {})
-    if text_cfg.get("hf_tokenizer_name"):
-        try:
-            import transformers  # noqa: F401
-        except ImportError as e:
-            raise ModelWeightsMissingError(
-                f"hf-hub:{repo} uses the HF tokenizer {text_cfg['hf_tokenizer_name']!r}, which needs the "
-                f"`transformers` package: pip install transformers; then {hint}") from e
+    if text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name"):
+        _require_transformers(f"hf-hub:{repo} (HF text tower {text_cfg.get('hf_model_name')!r})",
+                              f"pip install 'keyslice[biomedclip]'; then {hint}")
     try:
         # Same files open_clip would fetch; loaded from the cache paths resolved above.
         model = open_clip.create_model(f"hf-hub:{repo}", device="cpu")
@@ -423,7 +472,7 @@ def _load_hf_hub(repo: str, device: torch.device, precision: str, hint: str | No
     except Exception as e:
         raise ModelWeightsMissingError(f"cannot load hf-hub:{repo}: {type(e).__name__}: {e}. {hint}") from e
     return _build(model, tokenizer, model_id=model_id or f"hf-hub:{repo}", weights=weights, device=device,
-                  precision=precision, context_length=int(text_cfg.get("context_length", 77)),
+                  precision=precision, context_length=int(text_cfg.get("context_length", default_context_length)),
                   training_window=cfg.get("keyslice_training_window"))
 
 
@@ -433,8 +482,10 @@ def _load_preset(preset: Preset, device: torch.device, precision: str) -> ClipEn
     if preset.arch is None:  # hf-hub preset (biomedclip)
         local = models_dir() / preset.name
         if local.is_dir():
-            return _load_local_dir(local, device, precision)
-        return _load_hf_hub(preset.hf_hub, device, precision, hint=preset.download_hint, model_id=preset.name)
+            return _load_local_dir(local, device, precision, model_id=preset.name,
+                                   default_context_length=preset.context_length)
+        return _load_hf_hub(preset.hf_hub, device, precision, hint=preset.download_hint, model_id=preset.name,
+                            default_context_length=preset.context_length)
 
     weights: Path | None = None
     local = models_dir() / preset.name
@@ -457,7 +508,7 @@ def _load_preset(preset: Preset, device: torch.device, precision: str) -> ClipEn
         enc.weights_path = str(weights)
         return enc
     if weights is None:
-        weights = Path(_hf_file(preset.hf_hub, preset.hf_filename, preset.download_hint))
+        weights = Path(_hf_file(preset.hf_hub, HF_WEIGHTS_FILES, preset.download_hint))
     model = open_clip.create_model(preset.arch, pretrained=str(weights), device="cpu",
                                    force_quick_gelu=preset.quick_gelu)
     tokenizer = open_clip.get_tokenizer(preset.arch)
@@ -535,25 +586,67 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
+#: HF text tower of the tiny BiomedCLIP-shaped test model: a 1-layer BERT with a SYNTHETIC
+#: character-level vocabulary (random weights, like the rest of the tiny model).
+TINY_BERT_CONFIG: dict[str, Any] = {
+    "model_type": "bert", "architectures": ["BertModel"], "hidden_size": 32, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512, "type_vocab_size": 2,
+    "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+    "layer_norm_eps": 1e-12, "pad_token_id": 0, "initializer_range": 0.02,
+}
+_TINY_BERT_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,;:()-/%"
+
+
+def write_tiny_text_tower(directory: Path) -> Path:
+    """Write a tiny BERT's ``config.json`` + ``vocab.txt`` + ``tokenizer_config.json`` (what
+    ``hf download <bert repo> --include '*.json' --include '*.txt'`` gives for a real one)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(_TINY_BERT_CHARS) + [f"##{c}" for c in _TINY_BERT_CHARS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (directory / "config.json").write_text(json.dumps(dict(TINY_BERT_CONFIG, vocab_size=len(vocab)), indent=1))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}, indent=1))
+    return directory
+
+
 def save_tiny_checkpoint(directory: Path, *, seed: int = 0, layout: str = "config", image_size: int = 64,
-                         training_window: str | None = None, name: str = "tiny-clip") -> Path:
+                         training_window: str | None = None, name: str = "tiny-clip",
+                         hf_text: str | None = None) -> Path:
     """Build a tiny random open_clip model and save it so that ``load_model(str(directory))`` loads it.
 
     ``layout="config"`` writes ``<name>.json`` (open_clip model config) + ``<name>.pt``;
     ``layout="hub"`` writes ``open_clip_config.json`` + ``open_clip_pytorch_model.bin`` (the
     layout of an hf-hub repo such as BiomedCLIP's, default tokenizer). Returns the directory.
+
+    ``hf_text`` (hub layout only) makes it BiomedCLIP-shaped: the text tower is a Hugging Face
+    BERT (:data:`TINY_BERT_CONFIG`, needs ``transformers``) whose hub id the config names as
+    ``hf_model_name``/``hf_tokenizer_name`` (pass BiomedBERT's id to mirror BiomedCLIP), with
+    BiomedCLIP's context length 256, MLP projection and CLS pooling; the folder also receives
+    the tower's ``config.json`` and tokenizer files (:func:`write_tiny_text_tower`), i.e. a
+    local copy of the text tower.
     """
     import open_clip
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if hf_text is not None and layout != "hub":
+        raise ValueError("hf_text needs layout='hub' (the layout of BiomedCLIP's repo)")
     cfg = json.loads(json.dumps(TINY_CONFIG))
     cfg["vision_cfg"]["image_size"] = image_size
+    build_cfg = cfg
+    if hf_text is not None:
+        write_tiny_text_tower(directory)
+        text = {"hf_model_name": hf_text, "hf_tokenizer_name": hf_text, "hf_proj_type": "mlp",
+                "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 256}
+        cfg["text_cfg"] = text
+        build_cfg = dict(cfg, text_cfg=dict(text, hf_model_name=str(directory.resolve()),
+                                            hf_tokenizer_name=str(directory.resolve())))
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        reg = _register_config(cfg)
-        model = open_clip.create_model(reg, device="cpu")
+        reg = _register_config(build_cfg)
+        model = open_clip.create_model(reg, device="cpu", pretrained_text=False)
     finally:
         torch.random.set_rng_state(gen_state)
     sd = model.state_dict()

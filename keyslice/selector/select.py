@@ -128,11 +128,15 @@ def auto_batch_size(encoder: ClipEncoder, slice_hw: tuple[int, int]) -> int:
 def _encode_batch(encoder: ClipEncoder, hu: torch.Tensor, window) -> torch.Tensor:
     x = hu.to(encoder.device, non_blocking=True)
     x = preprocess_batch(x, window, encoder.image_size, encoder.mean, encoder.std, resize_mode=encoder.resize_mode)
-    return encoder.encode_images(x)
+    return encoder.encode_images(x, keep_on_device=True)
 
 
 def _encode_robust(encoder: ClipEncoder, hu: torch.Tensor, window, state: dict) -> list[torch.Tensor]:
-    """Encode, halving the batch on CUDA out-of-memory (and remembering the smaller size)."""
+    """Encode, halving the batch on CUDA out-of-memory; later batches of the series are cut to the
+    size that fitted, so that the device runs out of memory once per series, not once per batch."""
+    bs = state["batch_size"]
+    if hu.shape[0] > bs:
+        return [e for s in range(0, hu.shape[0], bs) for e in _encode_robust(encoder, hu[s:s + bs], window, state)]
     try:
         return [_encode_batch(encoder, hu, window)]
     except torch.OutOfMemoryError as e:
@@ -152,7 +156,8 @@ def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: in
 
     A single helper thread prepares the next ``prefetch`` batches (waits for their slices to
     be decoded, copies them into pinned memory on CUDA) while the current batch is
-    preprocessed and encoded on the device.
+    preprocessed and encoded on the device. Embeddings stay on the device until the series
+    is done and come back in one copy, so the host queues batch k+1 while batch k runs.
     """
     window = get_window(window_name)
     n, rows, cols = volume.shape
@@ -176,7 +181,7 @@ def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: in
                 queue.append(ex.submit(produce, s, min(n, s + bs)))
                 nxt += 1
             out.extend(_encode_robust(encoder, hu, window, state))
-    return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
+    return torch.cat(out).cpu() if out else torch.zeros(0, encoder.embed_dim)
 
 
 def slice_embeddings(volume, window_name: str, encoder: ClipEncoder, *, batch_size: int | str = "auto",
