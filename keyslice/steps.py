@@ -111,19 +111,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
             image = ctx.store.write_image(sid, f"{index:04d}.png", render_png(volume, choice.top1_index, choice.window))
             if cfg.save_curves:  # on request: the similarity curve along z beside the key slice
                 ctx.store.write_image(sid, f"{index:04d}_curve.png", plot_similarity_curve(choice, volume))
-            instance = volume.instance_numbers[choice.top1_index]
-            rows.append({
-                "finding_id": choice.finding_id, "series_id": series_id, "model_id": encoder.model_id,
-                "weights_sha256": encoder.weights_sha256, "window": choice.window, "n_slices": choice.n_slices,
-                "top1_index": int(choice.top1_index),
-                "top1_instance_number": int(instance) if instance is not None else None,
-                "top1_z_mm": float(volume.z_mm[choice.top1_index]), "top1_score": float(choice.top1_score),
-                "topk_indices": [int(i) for i in choice.topk_indices],
-                "topk_scores": [float(s) for s in choice.topk_scores],
-                "restricted_to": choice.restricted_to,
-                "z_range_mm": [float(z) for z in choice.z_range_mm] if choice.z_range_mm else None,
-                "image_path": image,
-            })
+            rows.append({**choice.record(), "series_id": series_id, "image_path": image})
     return {"selections": _stamp(rows, sid)}
 
 
