@@ -1,4 +1,5 @@
-"""The fine-tuning flow: train (resumable) then evaluate before vs after; thin wrappers over keyslice.finetune.
+"""The fine-tuning flow: train (resumable), evaluate before vs after, record the metrics in a corpus;
+thin wrappers over keyslice.finetune.
 
 ``finetune_flow(config_path)`` runs the whole YAML-defined run; a retried or re-run flow resumes
 from the run folder's last checkpoint (the training task retries once on a transient error).
@@ -34,13 +35,27 @@ def eval_task(config: dict[str, Any]) -> dict[str, Any]:
     return {"report": str(result.report_path), "summary": jsonable(result.summary)}
 
 
+@task(name="finetune-record", cache_policy=NONE, persist_result=False)
+def record_task(config: dict[str, Any]) -> dict[str, Any]:
+    from keyslice.finetune.record import record_run_metrics
+
+    return record_run_metrics(FinetuneConfig.from_dict(config))
+
+
 @flow(name="keyslice-finetune", log_prints=True, validate_parameters=False)
 def finetune_flow(config_path: str, overrides: dict[str, Any] | None = None, max_steps: int | None = None,
                   restart: bool = False, evaluate: bool = True) -> dict[str, Any]:
     """Train the run of ``config_path`` (dotted ``overrides`` such as ``{"out_dir": ...}`` win) and,
-    once training has finished, evaluate before vs after."""
+    once training has finished, evaluate before vs after and record the metrics in the config's
+    ``metrics_corpus`` (when it names one)."""
     cfg = FinetuneConfig.from_yaml(config_path, **(overrides or {}))
+    if cfg.metrics_corpus:
+        from keyslice.finetune.record import check_corpus
+
+        check_corpus(cfg.metrics_corpus)
     config = cfg.to_dict()
     trained = train_task(config, max_steps=max_steps, restart=restart)
-    evaluated = eval_task(config) if evaluate and trained["model_dir"] else None
-    return {"train": trained, "eval": evaluated}
+    finished = trained["model_dir"] is not None
+    evaluated = eval_task(config) if evaluate and finished else None
+    recorded = record_task(config) if cfg.metrics_corpus and finished else None
+    return {"train": trained, "eval": evaluated, "recorded": recorded}

@@ -110,10 +110,20 @@ def status(out: Path = typer.Option(..., "--out", help="corpus folder")) -> None
     _print_status(out)
 
 
+def _rich_table(result, title: Optional[str] = None) -> Table:
+    """An Arrow table as a rich table (None printed as an empty cell)."""
+    table = Table(title=title)
+    for name in result.column_names:
+        table.add_column(name, overflow="fold")
+    for row in result.to_pylist():
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    return table
+
+
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="SQL over the views studies, series, findings, assignments, "
-                                           "selections, vqa, failures, runs"),
+                                           "selections, vqa, failures, runs, finetune_runs, finetune_metrics"),
     out: Path = typer.Option(..., "--out", help="corpus folder"),
     fmt: OutFormat = typer.Option(OutFormat.table, "--format", help="table (print), csv, json or parquet"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="file for csv/json/parquet"),
@@ -129,12 +139,7 @@ def sql(
         console.print(f"[red]query failed:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     if fmt is OutFormat.table:
-        table = Table()
-        for name in result.column_names:
-            table.add_column(name, overflow="fold")
-        for row in result.to_pylist():
-            table.add_row(*("" if v is None else str(v) for v in row.values()))
-        console.print(table)
+        console.print(_rich_table(result))
         return
     if output is None:
         raise typer.BadParameter("--format csv|json|parquet needs --output FILE")
@@ -169,10 +174,10 @@ def demo(
     result = _build(studies, out, None, model, [], None, "threads", None)
     _print_run(result)
     _print_status(out)
-    from keyslice.sql import query as run_query
+    from keyslice.sql import VQA_QUESTION_TYPES, VQA_YES_NO_BALANCE, query as run_query
 
-    summary = run_query(out, "SELECT question_type, answer, count(*) AS n FROM vqa GROUP BY ALL ORDER BY ALL")
-    console.print(f"VQA rows by question type and answer: {summary.to_pylist()[:12]}")
+    console.print(_rich_table(run_query(out, VQA_QUESTION_TYPES), "VQA question types"))
+    console.print(_rich_table(run_query(out, VQA_YES_NO_BALANCE), "VQA yes/no balance (closed questions)"))
     console.print(f"try: keyslice sql --out {out} \"select organ, count(*) from findings group by 1\"")
 
 
@@ -186,6 +191,9 @@ def publish(
     license: str = typer.Option("other", "--license", help="license id for the dataset card (e.g. cc-by-4.0)"),
     input_dir: Optional[Path] = typer.Option(None, "--input", help="the studies folder the corpus was built from: "
                                              "also check that no DICOM header identifier appears in the export"),
+    scrub_text: bool = typer.Option(False, "--scrub-text", help="replace PHI-looking spans of report sentences, "
+                                    "questions and answers by [NAME]/[DATE]... (listed in the privacy report) "
+                                    "instead of refusing; identifiers, DICOM values and images are never scrubbed"),
     max_shard_mb: int = typer.Option(500, "--max-shard-mb", help="target Parquet shard size"),
 ) -> None:
     """Publish the corpus as a Hugging Face dataset (configs vqa, findings, selections), behind a privacy gate.
@@ -199,7 +207,7 @@ def publish(
 
     try:
         result = publish_corpus(out, repo_id, private=private, dry_run_dir=dry_run, license=license,
-                                input_dir=input_dir, max_shard_bytes=max_shard_mb * 1024 * 1024,
+                                input_dir=input_dir, scrub_text=scrub_text, max_shard_bytes=max_shard_mb * 1024 * 1024,
                                 log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     except (MissingKeyError, PrivacyError, PublishError) as exc:
         console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -251,13 +259,16 @@ def finetune(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
     no_eval: bool = typer.Option(False, "--no-eval", help="train only (no before/after evaluation)"),
     prefect: bool = typer.Option(False, "--prefect", help="run as the Prefect flow flows/finetune.py"),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="record the run's metrics in this corpus "
+                                                                 "(default: the config's metrics_corpus)"),
 ) -> None:
     """Fine-tune the key-slice selector on organ/lesion pairs (resumable), then evaluate before vs after."""
     if prefect:
         _quiet_prefect()
         from flows.finetune import finetune_flow
 
-        overrides = {k: v for k, v in {"out_dir": str(out) if out else None, "train.device": device}.items() if v}
+        overrides = {k: v for k, v in {"out_dir": str(out) if out else None, "train.device": device,
+                                       "metrics_corpus": str(corpus) if corpus else None}.items() if v}
         result = finetune_flow(str(config), overrides=overrides, max_steps=max_steps, restart=restart,
                                evaluate=not no_eval)
         console.print(f"trained to step {result['train']['step']}/{result['train']['total_steps']}; "
@@ -265,11 +276,22 @@ def finetune(
         if result["eval"]:
             _print_finetune_summary(result["eval"]["summary"])
             console.print(f"report: {result['eval']['report']}")
+        if result["recorded"]:
+            console.print(f"metrics recorded in {result['recorded']['corpus']} (run {result['recorded']['run_id']})")
         return
     from keyslice.finetune.evaluate import run_finetune
 
-    cfg = _finetune_config(config, out, device)
-    result = run_finetune(cfg, max_steps=max_steps, restart=restart, evaluate=not no_eval, progress=console.print)
+    from rich.markup import escape
+
+    from keyslice.errors import InputError
+
+    cfg = _finetune_config(config, out, device, metrics_corpus=str(corpus) if corpus else None)
+    try:
+        result = run_finetune(cfg, max_steps=max_steps, restart=restart, evaluate=not no_eval,
+                              progress=console.print)
+    except InputError as exc:
+        console.print(f"[red]finetune refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from exc
     tr = result["train"]
     console.print(f"trained to step {tr.step}/{tr.total_steps} in {tr.train_seconds:.1f} s "
                   f"(final loss {tr.final_loss:.4f}); run folder {tr.out_dir}")
@@ -291,12 +313,16 @@ def evaluate(
                                                                             "or eval (oracle threshold)"),
     tolerance_mm: Optional[float] = typer.Option(None, "--tolerance-mm", help="Acc@k hit tolerance in mm"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="record the run's metrics in this corpus "
+                                                                 "(default: the config's metrics_corpus; only for "
+                                                                 "the run's own before/after in OUT/eval)"),
 ) -> None:
     """Slice-level MAE / Acc@k and per-organ accuracy/F1 (Youden threshold), before vs after, with plots."""
     from keyslice.finetune.evaluate import evaluate_run
 
     cfg = _finetune_config(config, out, device, **{"eval.threshold_on": threshold_on,
-                                                    "eval.tolerance_mm": tolerance_mm})
+                                                    "eval.tolerance_mm": tolerance_mm,
+                                                    "metrics_corpus": str(corpus) if corpus else None})
     models = None
     if model:
         models = {}
@@ -306,6 +332,11 @@ def evaluate(
     result = evaluate_run(cfg, models, eval_out, progress=console.print, device=device or "auto")
     _print_finetune_summary(result.summary)
     console.print(f"report: {result.report_path}; tables and plots in {result.out_dir}")
+    if cfg.metrics_corpus and models is None and eval_out is None and (cfg.out / "model").is_dir():
+        from keyslice.finetune.record import record_run_metrics
+
+        rec = record_run_metrics(cfg)
+        console.print(f"metrics recorded in {rec['corpus']} (run {rec['run_id']})")
 
 
 @app.command()

@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from keyslice.resources import resource_dir
 
-TABLES = ("studies", "series", "findings", "assignments", "selections", "vqa", "failures", "runs")
+TABLES = ("studies", "series", "findings", "assignments", "selections", "vqa", "failures", "runs",
+          "finetune_runs", "finetune_metrics")
 
 
 class SchemaError(ValueError):

@@ -123,3 +123,41 @@ def test_prompts():
     assert all("bladder" in t for t in texts)
     r1, r2 = random.Random(7), random.Random(7)
     assert [augmented_prompt("liver", r1) for _ in range(20)] == [augmented_prompt("liver", r2) for _ in range(20)]
+
+
+def test_lesion_labels_from_corpus_image_refs_and_reviewed_selections(tmp_path, data_dir):
+    """Synthetic findings (sentences and image references written here) on the REAL DICOM series: an
+    instance number maps to the slice of the position-sorted series (instances run 286..267 from
+    the lowest z, so instance 280 is slice 6), and reviewed selections take their text from the corpus."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from keyslice.finetune.pairs import lesion_labels_from_corpus, lesion_labels_from_selections
+
+    ref = data_dir / REF
+    src = load_source(SourceConfig("example_ct_dicom", str(ref / "example_ct_dicom"),
+                                   str(ref / "example_seg_dicom.nii.gz"),
+                                   str(data_dir / "totalsegmentator_reference/totalsegmentator_total_labels.json")))
+    assert src.volume.instance_numbers[0] == 286 and src.volume.instance_numbers[6] == 280
+    corpus = tmp_path / "corpus"
+    (corpus / "tables" / "findings").mkdir(parents=True)
+    refs = pa.list_(pa.struct([("series_number", pa.int32()), ("instance_number", pa.int32())]))
+    pq.write_table(pa.table({
+        "study_id": ["example_ct_dicom", "example_ct_dicom", "example_ct_dicom", "another_study"],
+        "finding_id": ["f:0", "f:1", "f:2", "g:0"],
+        "text": ["Hypodense liver lesion (image 280).", "The spleen is normal.", "Cyst (image 999).", "x (image 280)"],
+        "organ": ["liver", "spleen", "kidney", "liver"],
+        "image_refs": pa.array([[{"series_number": None, "instance_number": 280}], [],
+                                [{"series_number": None, "instance_number": 999}],
+                                [{"series_number": None, "instance_number": 280}]], refs),
+    }), corpus / "tables" / "findings" / "example_ct_dicom.parquet")
+    labels = lesion_labels_from_corpus(corpus, [src])
+    assert [(lb.source, lb.slice, lb.organ) for lb in labels] == [("example_ct_dicom", 6, "liver")]  # 999: no such image
+
+    sel = tmp_path / "reviewed.csv"
+    sel.write_text("study_id,finding_id,slice,reviewed\n"
+                   "example_ct_dicom,f:1,12,true\n"
+                   "example_ct_dicom,f:0,3,false\n"       # rejected by the reviewer
+                   "example_ct_dicom,f:2,25,true\n")      # out of range (20 slices)
+    labels = lesion_labels_from_selections(sel, [src], corpus)
+    assert [(lb.slice, lb.sentence, lb.organ) for lb in labels] == [(12, "The spleen is normal.", "spleen")]

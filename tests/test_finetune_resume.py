@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from keyslice.finetune.config import FinetuneConfig
-from keyslice.finetune.demo import demo_config
+from tests.finetune_utils import shipped_config
 
 
 def resume_config(out) -> FinetuneConfig:
-    d = demo_config(out, steps=6)
+    d = shipped_config(out, steps=6)
     d["pairs"] = {"organs": ["liver", "kidney", "urinary bladder", "lung"], "pairs_per_organ": 16}
     d["train"].update({"batch_size": 12, "warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, "lr": 1e-3})
     return FinetuneConfig.from_dict(d)
@@ -54,6 +54,14 @@ def test_resume_refuses_another_config(tmp_path, data_dir):
 
     cfg = resume_config(tmp_path / "run")
     train(cfg, max_steps=2, progress=lambda m: None)
+    # an unfinished run cannot be recorded in a corpus
+    from keyslice.errors import InputError
+    from keyslice.finetune.record import record_run_metrics
+
+    (tmp_path / "corpus").mkdir()
+    with pytest.raises(InputError, match="no finished model"):
+        record_run_metrics(cfg, tmp_path / "corpus")
+    assert not (tmp_path / "corpus" / "tables").exists()
     d = cfg.to_dict()
     d["train"]["lr"] = 0.5
     with pytest.raises(ValueError, match="another config"):

@@ -7,14 +7,14 @@
 * :mod:`.train`: AdamW + warmup/cosine, bf16 autocast on CUDA, resumable checkpoints;
 * :mod:`.evaluate` / :mod:`.metrics`: MAE, Acc@k, per-organ accuracy/F1 at a Youden threshold,
   before/after tables and plots;
-* :mod:`.demo`: :func:`train_demo_model`, the organ-aware tiny model of ``keyslice demo``.
+* :mod:`.record`: the run's metrics into a corpus (tables ``finetune_runs``, ``finetune_metrics``).
 
 Heavy modules (torch, open_clip) are imported by the submodules, not here.
 """
 
 from keyslice.finetune.config import FinetuneConfig
 
-__all__ = ["FinetuneConfig", "run_finetune", "train", "evaluate_run", "train_demo_model"]
+__all__ = ["FinetuneConfig", "run_finetune", "train", "evaluate_run", "record_run_metrics"]
 
 
 def __getattr__(name: str):
@@ -30,8 +30,8 @@ def __getattr__(name: str):
         from keyslice.finetune.evaluate import evaluate_run
 
         return evaluate_run
-    if name == "train_demo_model":
-        from keyslice.finetune.demo import train_demo_model
+    if name == "record_run_metrics":
+        from keyslice.finetune.record import record_run_metrics
 
-        return train_demo_model
+        return record_run_metrics
     raise AttributeError(name)

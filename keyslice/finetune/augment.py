@@ -6,7 +6,10 @@ run draws the same augmentations):
 1. **random crop / scale**: a box of ``scale`` x the square of the slice's short side (aspect ratio
    in ``crop_ratio``), anywhere in the slice, resampled with ``grid_sample`` (bilinear) to a
    square of the cached short side; with augmentation off the box is the central square, which is
-   what the selector's shortest-side resize + centre crop shows;
+   what the selector's shortest-side resize + centre crop shows. ``scale > 1`` zooms OUT: the box
+   is larger than the slice (centred on it, shifted at random by up to the margin) and the part
+   outside the slice is air (-1024 HU). This is what a CT reconstructed with a wider display field
+   of view looks like (a tightly cropped training CT vs a 500 mm FOV with arms and table);
 2. **window jitter**: level ``+- jitter x width``, width ``x exp(+- jitter)`` around the row's
    window; the HU are mapped linearly so that the jittered window becomes [0, 1], then the
    selector's own :func:`~keyslice.selector.preprocess.preprocess_batch` does the windowing
@@ -30,6 +33,7 @@ from keyslice.selector.preprocess import preprocess_batch
 from keyslice.selector.windows import Window, get_window
 
 _UNIT = Window("unit", 1.0, 0.5)  # low 0, high 1: HU pre-mapped to the (jittered) window
+AIR_HU = -1024.0
 
 
 class SliceBank:
@@ -72,8 +76,11 @@ class SliceBank:
                     scale = cfg.crop_scale[0] + (cfg.crop_scale[1] - cfg.crop_scale[0]) * float(u[i, 0])
                     lr = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
                     ratio = math.exp(lr[0] + (lr[1] - lr[0]) * float(u[i, 1]))
-                    bw = min(w, side * math.sqrt(scale * ratio))
-                    bh = min(h, side * math.sqrt(scale / ratio))
+                    bw = side * math.sqrt(scale * ratio)
+                    bh = side * math.sqrt(scale / ratio)
+                    if scale <= 1:              # zoom in: the box stays inside the slice
+                        bw, bh = min(w, bw), min(h, bh)
+                    # inside: anywhere in the slice; larger than the slice: the slice anywhere in the box
                     cx = bw / 2 + (w - bw) * float(u[i, 2])
                     cy = bh / 2 + (h - bh) * float(u[i, 3])
                 else:
@@ -93,6 +100,11 @@ class SliceBank:
                 widths.append(width)
             grid = F.affine_grid(theta.float().to(self.device), [len(rows), 1, side, side], align_corners=False)
             crops = F.grid_sample(hu[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+            if aug and cfg.crop_scale[1] > 1:
+                # outside the slice is air; exact (weight 1) wherever the box lies inside the slice
+                ones = torch.ones(len(rows), 1, h, w, device=self.device)
+                inside = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+                crops = crops * inside + AIR_HU * (1 - inside)
             low = torch.tensor(lows, device=self.device).view(-1, 1, 1)
             wid = torch.tensor(widths, device=self.device).view(-1, 1, 1)
             unit = (crops - low) / wid

@@ -56,7 +56,7 @@ class PromptConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     enabled: bool = True
-    crop_scale: tuple[float, float] = (0.6, 1.0)    # area fraction of the square crop
+    crop_scale: tuple[float, float] = (0.6, 1.0)    # area of the crop / the slice's square; > 1 zooms out (air)
     crop_ratio: tuple[float, float] = (0.8, 1.25)   # aspect ratio range
     cutout_p: float = 0.5
     cutout_frac: tuple[float, float] = (0.1, 0.3)   # side of the cut-out square / image side
@@ -108,6 +108,8 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = "finetune"
+    #: corpus folder that receives the run's metrics (tables finetune_runs / finetune_metrics); None: not recorded
+    metrics_corpus: str | None = None
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -149,6 +151,7 @@ class FinetuneConfig:
                                     reviewed_selections=ctx.path(pairs.reviewed_selections))
         cfg = cls(
             seed=int(data.pop("seed")), out_dir=ctx.path(str(data.pop("out_dir"))),
+            metrics_corpus=ctx.path(data.pop("metrics_corpus", None)),
             train_sources=train, eval_sources=evals,
             model=_sub(ModelConfig, data.pop("model", None)), pairs=pairs,
             prompts=_sub(PromptConfig, data.pop("prompts", None)),
@@ -172,6 +175,9 @@ class FinetuneConfig:
             raise ValueError("train.steps must be >= 1 and train.batch_size >= 2")
         if not 0 <= self.train.warmup_steps <= self.train.steps:
             raise ValueError("train.warmup_steps must be in [0, steps]")
+        lo, hi = self.augment.crop_scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment.crop_scale must be 0 < low <= high, got {self.augment.crop_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -182,12 +188,14 @@ class FinetuneConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def fingerprint(self) -> str:
-        """Hash of everything that determines the training trajectory (not out_dir, eval or step count,
-        so a finished run can be extended and evaluated differently without invalidating checkpoints)."""
+        """Hash of everything that determines the training trajectory (not out_dir, eval, step count or
+        metrics corpus, so a finished run can be extended and evaluated differently without
+        invalidating checkpoints)."""
         d = self.to_dict()
         d.pop("out_dir")
         d.pop("eval")
         d.pop("name")
+        d.pop("metrics_corpus")
         d["data"].pop("eval")
         d["train"].pop("steps")
         for k in ("checkpoint_every", "keep_checkpoints", "log_every", "device"):

@@ -332,6 +332,11 @@ def render_report(organ_rows: list[dict], loc_rows: list[dict], summary: dict, c
                          f"{_f(r['mae_slices'])} | {_f(r['mae_mm'], 1)} | "
                          + " | ".join(_f(r[f'acc@{k}']) for k in ks) + " |")
         lines.append("")
+    if not any(r["kind"] == "lesion" for r in loc_rows):
+        lines.append("No lesion queries: no lesion labels (CSV, corpus image references or reviewed selections) "
+                     "name an evaluated CT, so slice localisation is measured for organ prompts only (a hit: one "
+                     "of the top-k slices within the tolerance of the organ's z-range).")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -366,12 +371,17 @@ def plot_all(organ_rows: list[dict], score_rows: list[dict], folder: Path, tags:
                     for o in organs:
                         r = next((r for r in rows if r["organ"] == o and r["model"] == tag), None)
                         v = r[metric] if r else math.nan
-                        vals.append(0.0 if v is None or math.isnan(v) else v)
-                    ax.bar(x + (i - (len(tags) - 1) / 2) * width, vals, width, label=tag)
+                        vals.append(math.nan if v is None else v)
+                    vals = np.array(vals, dtype=float)
+                    xs = x + (i - (len(tags) - 1) / 2) * width
+                    ax.bar(xs, np.nan_to_num(vals), width, label=tag, color=f"C{i}")
+                    undefined = np.isnan(vals)      # e.g. F1 of an organ absent from the CT: a hatched "n/a" frame
+                    ax.bar(xs[undefined], np.ones(undefined.sum()), width, fill=False, hatch="//", lw=0.5,
+                           edgecolor=f"C{i}")
                 ax.set_ylabel(metric)
                 ax.set_ylim(0, 1)
             axes[0].legend(loc="upper right", fontsize=8)
-            axes[0].set_title(f"{src}: per-organ {style} prompts (threshold on {how})")
+            axes[0].set_title(f"{src}: per-organ {style} prompts (threshold on {how}; hatched = undefined)")
             axes[1].set_xticks(x)
             axes[1].set_xticklabels(organs, rotation=60, ha="right", fontsize=8)
             fig.tight_layout()
@@ -402,7 +412,8 @@ def plot_all(organ_rows: list[dict], score_rows: list[dict], folder: Path, tags:
                 for tag in tags:
                     rr = [r for r in rows if r["model"] == tag]
                     s = np.array([r["score"] for r in rr])
-                    ax.plot([r["z_mm"] for r in rr], (s - s.mean()) / (s.std() + 1e-9), label=tag, lw=1)
+                    ax.plot([r["z_mm"] for r in rr], (s - s.mean()) / (s.std() + 1e-9), label=tag, lw=1,
+                            color=f"C{tags.index(tag)}")
                 ax.set_title(organ, fontsize=8)
                 ax.tick_params(labelsize=6)
             for ax in axes.ravel()[len(organs):]:
@@ -443,11 +454,21 @@ def evaluate_run(cfg: FinetuneConfig, models: dict[str, str] | None = None, out:
 
 def run_finetune(cfg: FinetuneConfig, *, max_steps: int | None = None, restart: bool = False, evaluate: bool = True,
                  progress: Progress = print) -> dict:
-    """Train (resuming when possible) and, when training has finished, evaluate before vs after."""
+    """Train (resuming when possible) and, when training has finished, evaluate before vs after and,
+    when the config names a ``metrics_corpus``, record the run's metrics there."""
+    from keyslice.finetune.record import check_corpus, record_run_metrics
     from keyslice.finetune.train import train
 
+    if cfg.metrics_corpus:
+        check_corpus(cfg.metrics_corpus)
     result = train(cfg, max_steps=max_steps, restart=restart, progress=progress)
-    out = {"train": result, "eval": None}
-    if evaluate and result.model_dir is not None:
+    out = {"train": result, "eval": None, "recorded": None}
+    if result.model_dir is None:
+        return out
+    if evaluate:
         out["eval"] = evaluate_run(cfg, progress=progress)
+    if cfg.metrics_corpus:
+        out["recorded"] = record_run_metrics(cfg)
+        progress(f"metrics of run {out['recorded']['run_id']} recorded in {cfg.metrics_corpus} "
+                 f"(tables finetune_runs, finetune_metrics)")
     return out

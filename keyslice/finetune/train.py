@@ -15,7 +15,8 @@ Determinism: every random draw of step ``t`` (rows, prompts, augmentation) comes
 generators seeded by ``(seed, t)``, so a run resumed from a checkpoint at step k draws exactly
 what the uninterrupted run drew; with the optimizer, scheduler and model state restored, the
 resumed run reaches the same weights (bit-identical on CPU in our tests). Mixed precision: bf16
-``torch.autocast`` on CUDA (``precision: auto``), fp32 on CPU.
+``torch.autocast`` on CUDA (``precision: auto``), fp32 on CPU; ``precision: fp16`` (GPUs without
+bf16) adds dynamic loss scaling (``torch.amp.GradScaler``, saved in the checkpoints).
 """
 
 from __future__ import annotations
@@ -272,6 +273,8 @@ class _Run:
                                            lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda_factory(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio))
+        # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.metrics: list[dict] = []
         self.train_seconds = 0.0
@@ -337,11 +340,13 @@ class _Run:
         images, tokens, targets, _ = self.batch(step)
         loss = self.loss_on(images, tokens, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
         gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else 1e12)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)           # skipped (and the scale lowered) on inf/NaN gradients in fp16
+        self.scaler.update()
         self.scheduler.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
@@ -361,8 +366,8 @@ class _Run:
         state = {
             "step": self.step, "fingerprint": self.cfg.fingerprint(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(), "metrics": self.metrics, "train_seconds": self.train_seconds,
-            "init_spec": self.init_spec,
+            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "metrics": self.metrics,
+            "train_seconds": self.train_seconds, "init_spec": self.init_spec,
         }
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(state, tmp)
@@ -379,6 +384,8 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.metrics = list(state["metrics"])
