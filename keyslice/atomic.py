@@ -11,12 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _tmp_name(path: Path) -> Path:
-    # Leading dot + .tmp suffix: DuckDB globs (``*.parquet``) never pick these up.
+def tmp_name(path: Path) -> Path:
+    """A unique temporary sibling of ``path``: leading dot + ``.tmp``, so DuckDB globs (``*.parquet``)
+    never pick it up and :func:`keyslice.lock.sweep_temporaries` can remove it after a crash."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (the directory entry, not just the file data)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -27,7 +29,7 @@ def _fsync_dir(folder: Path) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -36,13 +38,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     try:
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb+") as fh:
@@ -50,4 +52,4 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from keyslice.atomic import fsync_dir, tmp_name
 from keyslice.checkpoints import STAGE_TABLES, CheckpointStore
 from keyslice.schemas import table_schema, validate_table
 
@@ -146,26 +146,13 @@ class TableCompaction:
     files_left: int = 0            # per-study files kept (their stage is not done)
 
 
-def _tmp_path(folder: Path, name: str) -> Path:
-    # same convention as keyslice.atomic: dot prefix + .tmp, swept by the next build or compaction
-    return folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _ShardWriter:
     """Buffers small tables into row groups of ``ROW_GROUP_ROWS`` and writes a temporary file."""
 
     def __init__(self, table: str, final: Path):
         self.schema = table_schema(table).schema
         self.final = final
-        self.tmp = _tmp_path(final.parent, final.name)
+        self.tmp = tmp_name(final)
         self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
         self.pending: list[pa.Table] = []
         self.n_pending = 0
@@ -197,7 +184,7 @@ class _ShardWriter:
             with open(self.tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
 
     def abort(self) -> None:
         try:
@@ -287,7 +274,7 @@ def _delete(files: Iterable[Path]) -> None:
         f.unlink(missing_ok=True)
         folders.add(f.parent)
     for folder in folders:
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def compact_table(store: CheckpointStore, table: str, n_shards: int) -> TableCompaction:

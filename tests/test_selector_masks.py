@@ -244,7 +244,9 @@ def test_find_masks_conventions(tmp_path, siemens):
     assert m4 is not None and "liver" in m4.labels()
 
 
-def test_totalsegmentator_not_installed(tmp_path, monkeypatch):
+@pytest.fixture
+def no_totalsegmentator(monkeypatch):
+    """Import of totalsegmentator fails, as on a machine without the extra installed."""
     import builtins
 
     real_import = builtins.__import__
@@ -255,6 +257,9 @@ def test_totalsegmentator_not_installed(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_totalsegmentator_not_installed(tmp_path, no_totalsegmentator):
     with pytest.raises(ModelWeightsMissingError, match="TotalSegmentator is not installed"):
         run_totalsegmentator(REF / "example_ct.nii.gz", tmp_path / "out")
 
@@ -272,20 +277,10 @@ def test_totalsegmentator_weights_missing(tmp_path, monkeypatch):
         run_totalsegmentator(REF / "example_ct.nii.gz", tmp_path / "out")
 
 
-def test_segment_volume_without_totalsegmentator(tmp_path, monkeypatch, siemens):
+def test_segment_volume_without_totalsegmentator(tmp_path, no_totalsegmentator, siemens):
     """The TotalSegmentator path writes the series as NIfTI first, then stops with a clear error."""
-    import builtins
-
     from keyslice.selector import segment_volume
 
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("totalsegmentator"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ModelWeightsMissingError, match="pip install 'keyslice\\[totalsegmentator\\]'"):
         segment_volume(siemens, tmp_path / "ts")
     # The NIfTI it wrote is world-consistent with the DICOM series (RAS on disk, LPS in memory).
