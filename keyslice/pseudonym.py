@@ -15,10 +15,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from keyslice.errors import KeysliceError
+
 KEY_ENV = "KEYSLICE_PSEUDONYM_KEY"
 
 
-class MissingKeyError(RuntimeError):
+class MissingKeyError(KeysliceError):
     """Raised where a deliberate key is required (publishing) and none is configured."""
 
 
@@ -31,6 +33,12 @@ class Pseudonymizer:
         """Pseudonym of ``value`` in namespace ``kind`` (e.g. ``"study"``, ``"patient"``)."""
         digest = hmac.new(self.key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
         return f"{kind[:2]}-{digest[:length]}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the key without revealing it (HMAC of a fixed message). Every build records it in
+        ``runs``, so publishing can prove that the corpus' pseudonyms were made with the key in hand."""
+        return hmac.new(self.key, b"keyslice key fingerprint v1", hashlib.sha256).hexdigest()[:16]
 
 
 def load_pseudonymizer(corpus_dir: Path, *, create: bool = True) -> Pseudonymizer:

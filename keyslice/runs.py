@@ -19,6 +19,7 @@ def record_run(ctx: BuildContext, started_at: dt.datetime, n_studies: int,
         "run_id": ctx.run_id, "started_at": started_at, "finished_at": utcnow(), "n_studies": n_studies,
         "n_done": counts["done"], "n_skipped": counts["skipped"], "n_failed": counts["failed"],
         "n_blocked": counts["blocked"], "config_json": ctx.config.to_json(), "keyslice_version": __version__,
+        "key_fingerprint": ctx.pseudonymize.fingerprint,
     }
     ctx.store.record_run(row)
     return row

@@ -190,3 +190,25 @@ def test_compacted_corpus_publishes_the_same_dataset(corpus, tmp_path):
     assert not list((root / "tables" / "vqa").glob("st-*.parquet"))  # really compacted
     after = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "b", log=lambda m: None)
     assert after.files == before.files
+
+
+def test_publish_refuses_a_key_other_than_the_builds(corpus, tmp_path, monkeypatch):
+    """No key file to compare with (an env-key build): the fingerprint recorded in `runs` decides."""
+    import datetime as dt
+
+    from keyslice.checkpoints import CheckpointStore
+    from keyslice.publish import publish_corpus
+
+    root, _ = corpus
+    now = dt.datetime.now(dt.timezone.utc)
+    run = {"run_id": "r1", "started_at": now, "finished_at": now, "n_studies": 1, "n_done": 4, "n_skipped": 0,
+           "n_failed": 0, "n_blocked": 0, "config_json": "{}", "keyslice_version": "test",
+           "key_fingerprint": Pseudonymizer(TEST_KEY.encode(), "env").fingerprint}
+    CheckpointStore(root).record_run(run)
+    monkeypatch.setenv(KEY_ENV, "another-key")
+    with pytest.raises(MissingKeyError, match="not the key this corpus was built with"):
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+    assert not (tmp_path / "dry").exists()
+    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+    assert Pseudonymizer(b"a", "env").fingerprint != Pseudonymizer(b"b", "env").fingerprint

@@ -62,7 +62,22 @@ def require_deliberate_key(corpus_dir: Path) -> Pseudonymizer:
             f"${KEY_ENV} differs from the key this corpus was built with ({key_file}); its pseudonyms were not made "
             f"with your key. Set ${KEY_ENV} to that file's content (and then delete the file), or rebuild the "
             f"corpus with your key.")
+    built_with = _build_key_fingerprints(Path(corpus_dir))
+    if built_with - {pseudonymize.fingerprint}:
+        raise MissingKeyError(
+            f"${KEY_ENV} is not the key this corpus was built with: its builds recorded key fingerprint(s) "
+            f"{', '.join(sorted(built_with))}, yours is {pseudonymize.fingerprint} "
+            f"(`keyslice sql --out {corpus_dir} \"select run_id, key_fingerprint from runs\"`). Publish with the "
+            f"build's key, or rebuild the corpus with yours.")
     return pseudonymize
+
+
+def _build_key_fingerprints(corpus_dir: Path) -> set[str]:
+    """Fingerprints of the keys the corpus' builds used (one, unless someone changed the key midway)."""
+    from keyslice.sql import query
+
+    rows = query(corpus_dir, "SELECT DISTINCT key_fingerprint FROM runs WHERE key_fingerprint IS NOT NULL")
+    return {r["key_fingerprint"] for r in rows.to_pylist()}
 
 
 @dataclass
