@@ -11,9 +11,9 @@ come in at two places:
   compaction absorbed next, stage markers last. The pseudonymisation key (``.keyslice/``) and
   the cache are never uploaded. Run ``keyslice compact`` first so that the mirror holds a few
   large files instead of millions of small ones (``keyslice compact --out C --sync-to URL``).
-* :func:`connect` opens DuckDB views over a corpus path *or* URL; for ``s3://``/``gs://``/
-  ``https://`` it loads DuckDB's ``httpfs`` extension and creates a secret from the usual
-  environment variables (see infra/README.md).
+* :func:`keyslice.sql.connect` opens DuckDB views over a corpus path *or* URL; for ``s3://``/
+  ``gs://``/``https://`` it loads DuckDB's ``httpfs`` extension and creates a secret from the usual
+  environment variables (see infra/README.md); other fsspec schemes are registered with DuckDB.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _COLLAPSED_URL = re.compile(r"^(s3|s3a|gs|gcs|r2|az|abfss|https?|file|memory):/(?!/)")
@@ -66,41 +66,57 @@ def _sql_literal(text: str) -> str:
 
 
 def prepare_duckdb(con: Any, root: str | os.PathLike) -> None:
-    """Load ``httpfs`` and create a secret for a remote corpus (no-op for local paths).
+    """Make ``root`` readable by DuckDB (no-op for local paths).
 
-    Credentials come from the environment: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
-    (+ ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ENDPOINT_URL`` for MinIO/R2) for ``s3://``;
-    ``GCS_ACCESS_KEY_ID``/``GCS_SECRET_ACCESS_KEY`` (HMAC keys) for ``gs://``. Without them
-    an s3 secret falls back to DuckDB's ``credential_chain`` provider (needs the ``aws`` extension).
+    ``s3://``, ``gs://``, ``https://`` ...: DuckDB's own ``httpfs`` extension, with a secret from
+    the environment (:func:`secret_sql`). Any other URL scheme (``memory://``, ``abfs://``, ...):
+    the fsspec filesystem of that scheme is registered with DuckDB, so the same views work on it.
     """
     kind = scheme(root)
-    if kind == "file" or kind not in REMOTE_SCHEMES:
+    if kind == "file":
+        return
+    if kind not in REMOTE_SCHEMES:
+        import fsspec
+
+        con.register_filesystem(fsspec.filesystem(kind))
         return
     try:
         con.execute("LOAD httpfs")
     except Exception:  # noqa: BLE001 - not installed yet: INSTALL needs the extension repository
         con.execute("INSTALL httpfs")
         con.execute("LOAD httpfs")
-    env = os.environ
+    statement = secret_sql(kind, os.environ)
+    if statement:
+        con.execute(statement)
+
+
+def secret_sql(kind: str, env: Mapping[str, str]) -> str | None:
+    """The ``CREATE SECRET`` statement for a URL scheme, from environment variables (None: no secret).
+
+    ``s3``/``r2``: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``,
+    ``AWS_REGION``, ``AWS_ENDPOINT_URL`` for MinIO/R2: path-style URLs, SSL as the endpoint says);
+    without them DuckDB's ``credential_chain`` provider (instance roles, ``~/.aws``; needs the
+    ``aws`` extension). ``gs``: HMAC keys ``GCS_ACCESS_KEY_ID``/``GCS_SECRET_ACCESS_KEY``.
+    """
     if kind in ("s3", "s3a", "r2"):
-        if env.get("AWS_ACCESS_KEY_ID"):
-            opts = {"KEY_ID": env["AWS_ACCESS_KEY_ID"], "SECRET": env.get("AWS_SECRET_ACCESS_KEY", "")}
-            if env.get("AWS_SESSION_TOKEN"):
-                opts["SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
-            if env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"):
-                opts["REGION"] = env.get("AWS_REGION") or env["AWS_DEFAULT_REGION"]
-            endpoint = env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3")
-            if endpoint:
-                host = re.sub(r"^https?://", "", endpoint).rstrip("/")
-                opts.update({"ENDPOINT": host, "URL_STYLE": "path",
-                             "USE_SSL": "false" if endpoint.startswith("http://") else "true"})
-            body = ", ".join(f"{k} {_sql_literal(v)}" if k != "USE_SSL" else f"{k} {v}" for k, v in opts.items())
-            con.execute(f"CREATE OR REPLACE SECRET keyslice_s3 (TYPE s3, {body})")
-        else:
-            con.execute("CREATE OR REPLACE SECRET keyslice_s3 (TYPE s3, PROVIDER credential_chain)")
-    elif kind in ("gs", "gcs") and env.get("GCS_ACCESS_KEY_ID"):
-        con.execute(f"CREATE OR REPLACE SECRET keyslice_gcs (TYPE gcs, KEY_ID {_sql_literal(env['GCS_ACCESS_KEY_ID'])}, "
-                    f"SECRET {_sql_literal(env.get('GCS_SECRET_ACCESS_KEY', ''))})")
+        if not env.get("AWS_ACCESS_KEY_ID"):
+            return "CREATE OR REPLACE SECRET keyslice_s3 (TYPE s3, PROVIDER credential_chain)"
+        opts = {"KEY_ID": env["AWS_ACCESS_KEY_ID"], "SECRET": env.get("AWS_SECRET_ACCESS_KEY", "")}
+        if env.get("AWS_SESSION_TOKEN"):
+            opts["SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
+        if env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"):
+            opts["REGION"] = env.get("AWS_REGION") or env["AWS_DEFAULT_REGION"]
+        endpoint = env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3")
+        if endpoint:
+            host = re.sub(r"^https?://", "", endpoint).rstrip("/")
+            opts.update({"ENDPOINT": host, "URL_STYLE": "path",
+                         "USE_SSL": "false" if endpoint.startswith("http://") else "true"})
+        body = ", ".join(f"{k} {_sql_literal(v)}" if k != "USE_SSL" else f"{k} {v}" for k, v in opts.items())
+        return f"CREATE OR REPLACE SECRET keyslice_s3 (TYPE s3, {body})"
+    if kind in ("gs", "gcs") and env.get("GCS_ACCESS_KEY_ID"):
+        return (f"CREATE OR REPLACE SECRET keyslice_gcs (TYPE gcs, KEY_ID {_sql_literal(env['GCS_ACCESS_KEY_ID'])}, "
+                f"SECRET {_sql_literal(env.get('GCS_SECRET_ACCESS_KEY', ''))})")
+    return None
 
 
 def has_files(con: Any, pattern: str) -> bool:

@@ -34,7 +34,8 @@ def _same_intra_op_threads(monkeypatch):
     another order than this process (its own thread count) and scores differ in the last bit. Give
     the workers this process' thread count so that the corpora can be compared bit for bit."""
     import dask
-    import torch
+    import distributed  # noqa: F401 - load its config defaults first: leaving dask.config.set deletes
+    import torch        # every top-level key it had to create, which would drop all of "distributed"
 
     n = str(torch.get_num_threads())
     monkeypatch.setenv("DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__OMP_NUM_THREADS", n)
@@ -169,10 +170,16 @@ def test_gpu_tagged_tasks_run_only_on_the_gpu_worker(local_corpus, samples, tiny
     out = tmp_path / "corpus"
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
                       dashboard_address=None, resources={"CPU": 2}) as cluster:
+        # no nanny: the worker runs in this process' environment with this process' torch thread
+        # count (a nanny's pre-spawn environment would pin OMP_NUM_THREADS=1, see _same_intra_op_threads)
+        import torch
+
+        n = str(torch.get_num_threads())
         gpu = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
-                                "--nworkers", "1", "--nthreads", "1", "--resources", "GPU=1",
+                                "--no-nanny", "--nthreads", "1", "--resources", "GPU=1",
                                 "--host", "127.0.0.1", "--no-dashboard", "--name", "gpu-worker"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n})
         try:
             with cluster.get_client() as client:
                 deadline = time.monotonic() + 120
@@ -194,4 +201,5 @@ def test_gpu_tagged_tasks_run_only_on_the_gpu_worker(local_corpus, samples, tiny
     assert keyslice_keys and all(placed[k] == gpu_addr for k in keyslice_keys), placed
     others = [k for k in placed if any(s in k for s in ("segment", "series", "vqa"))]
     assert others and all(not (placed[k] & gpu_addr) for k in others), placed
-    assert corpus_fingerprint(out) == corpus_fingerprint(local_corpus)
+    got, want = corpus_fingerprint(out), corpus_fingerprint(local_corpus)
+    assert got == want, _diff(got, want)
