@@ -38,7 +38,7 @@ class OutFormat(str, Enum):
 
 
 def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[str], force_stage: list[str],
-           workers: Optional[int], runner: str, device: Optional[str]) -> dict:
+           workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None) -> dict:
     _quiet_prefect()
     from flows.build import run_build
     from keyslice.config import BuildConfig
@@ -48,7 +48,7 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
     cfg = (BuildConfig.from_yaml(config, **overrides) if config
            else BuildConfig.from_dict({k: v for k, v in overrides.items() if v is not None}))
     with console.status(f"building corpus in {out} ..."):
-        return run_build(cfg, task_runner=runner)
+        return run_build(cfg, task_runner=runner, dask_address=dask_address)
 
 
 def _print_run(result: dict) -> None:
@@ -67,9 +67,12 @@ def build(
     workers: Optional[int] = typer.Option(None, help="studies processed concurrently"),
     runner: str = typer.Option("threads", help="task runner: threads or dask"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+    dask_address: Optional[str] = typer.Option(None, help="with --runner dask: an existing scheduler, e.g. "
+                                                          "tcp://host:8786 (default $KEYSLICE_DASK_ADDRESS, "
+                                                          "else a temporary local cluster)"),
 ) -> None:
     """Run the Prefect build flow over INPUT into OUT; reruns resume (done stages are skipped)."""
-    result = _build(input_dir, out, config, model, force_stage, workers, runner, device)
+    result = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address)
     _print_run(result)
     _print_status(out)
     if result["n_failed"]:
