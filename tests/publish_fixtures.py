@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +31,7 @@ import pytest
 from PIL import Image
 
 from keyslice.checkpoints import CheckpointStore
-from keyslice.pseudonym import Pseudonymizer
+from keyslice.pseudonym import KEY_ENV, Pseudonymizer
 from keyslice.sql import query
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -120,6 +121,19 @@ def _series_row(series_id: str, number: int, *, kept: bool, drop_reason: str | N
             "bolus_delay_s": None, "phase": phase, "phase_confidence": 0.5,
             "phase_evidence": ["no contrast tags"], "kept": kept, "drop_reason": drop_reason, "warnings": [],
             "created_at": NOW}
+
+
+def copy_fixture_corpus(template: FixtureCorpus, dest: Path, monkeypatch: pytest.MonkeyPatch,
+                        key: str) -> tuple[Path, FixtureCorpus]:
+    """A writable copy of a module-scoped fixture corpus (tests mutate it), with its key set.
+
+    Writing the corpus once per module and copying it per test keeps the tests independent
+    without paying for the real-DICOM PNG rendering every time.
+    """
+    monkeypatch.setenv(KEY_ENV, key)
+    root = dest / "corpus"
+    shutil.copytree(template.root, root)
+    return root, template
 
 
 def write_fixture_corpus(root: Path, pseudonymize: Pseudonymizer, data_dir: Path,

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from keyslice.checkpoints import CheckpointStore
-from keyslice.pseudonym import KEY_ENV, Pseudonymizer
+from keyslice.pseudonym import Pseudonymizer
 from keyslice.publish.privacy import (PrivacyGate, PngError, clean_png, dicom_phi_values, png_chunks, scan_text,
                                       scrub_text)
-from tests.publish_fixtures import FixtureStudy, write_fixture_corpus
+from tests.publish_fixtures import FixtureStudy, copy_fixture_corpus, write_fixture_corpus
 
 TEST_KEY = "keyslice-privacy-test-key"
 
@@ -164,10 +164,7 @@ def template(tmp_path_factory, data_dir):
 
 @pytest.fixture
 def corpus(template, tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, TEST_KEY)
-    root = tmp_path / "corpus"
-    shutil.copytree(template.root, root)
-    return root, template
+    return copy_fixture_corpus(template, tmp_path, monkeypatch, TEST_KEY)
 
 
 def _recommit(root, stage: str, sid: str, edit) -> None:

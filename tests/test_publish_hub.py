@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from keyslice.pseudonym import KEY_ENV, Pseudonymizer
-from tests.publish_fixtures import FakeHub, FixtureStudy, write_fixture_corpus
+from keyslice.pseudonym import Pseudonymizer
+from tests.publish_fixtures import FakeHub, FixtureStudy, copy_fixture_corpus, write_fixture_corpus
 
 TEST_KEY = "keyslice-hub-test-key"
 REPO = "keyslice-test/ct-vqa"
@@ -28,10 +28,7 @@ def template(tmp_path_factory, data_dir):
 
 @pytest.fixture
 def corpus(template, tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, TEST_KEY)
-    root = tmp_path / "corpus"
-    shutil.copytree(template.root, root)
-    return root, template
+    return copy_fixture_corpus(template, tmp_path, monkeypatch, TEST_KEY)
 
 
 @pytest.fixture

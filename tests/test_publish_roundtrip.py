@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer
-from tests.publish_fixtures import FixtureStudy, assert_round_trip, load_config, write_fixture_corpus
+from tests.publish_fixtures import (FixtureStudy, assert_round_trip, copy_fixture_corpus, load_config,
+                                    write_fixture_corpus)
 
 TEST_KEY = "keyslice-publish-test-key"
 FRACTIONS = (0.5, 0.25, 0.25)
@@ -29,10 +30,7 @@ def corpus_template(tmp_path_factory, data_dir):
 
 @pytest.fixture
 def corpus(corpus_template, tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, TEST_KEY)
-    root = tmp_path / "corpus"
-    shutil.copytree(corpus_template.root, root)
-    return root, corpus_template
+    return copy_fixture_corpus(corpus_template, tmp_path, monkeypatch, TEST_KEY)
 
 
 def test_dry_run_round_trips_rows_images_and_patient_splits(corpus, tmp_path):
