@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folder, a tiny selector checkpoint, one Prefect harness per session."""
+"""Shared fixtures: the real data folder, a tiny selector checkpoint, one Prefect harness per session,
+and one reference build of the sample corpus that the end-to-end tests compare against."""
 
 from __future__ import annotations
 
@@ -42,3 +43,30 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def sample_studies(tmp_path_factory, data_dir) -> Path:
+    """The bundled sample studies, materialised from the real data (read-only for tests)."""
+    from keyslice.sample import materialize_samples
+
+    folder = tmp_path_factory.mktemp("samples")
+    materialize_samples(folder, data_dir)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference_corpus(tmp_path_factory, sample_studies, tiny_model_dir, prefect_harness) -> Path:
+    """One uninterrupted thread-runner build of the sample corpus (tests copy it, never change it).
+
+    Built once per session: every end-to-end build test (resume, kill -9, Dask, incremental,
+    compaction) must end equal to it.
+    """
+    from flows.build import run_build
+    from tests.corpus_utils import BUILD_KEY, build_config
+
+    out = tmp_path_factory.mktemp("reference") / "corpus"
+    os.environ["KEYSLICE_PSEUDONYM_KEY"] = BUILD_KEY
+    result = run_build(build_config(sample_studies, out, tiny_model_dir))
+    assert result["n_studies"] == 4 and result["n_done"] > 0
+    return out

@@ -1,4 +1,4 @@
-"""Helpers to compare corpora row by row (tests only)."""
+"""Helpers to build the sample corpus and compare corpora row by row (tests only)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import hashlib
 import json
 from pathlib import Path
 
+from keyslice.config import BuildConfig
 from keyslice.sql import query
+
+BUILD_KEY = "test-key-not-a-secret"
 
 VOLATILE = {"created_at", "run_id", "failed_at"}
 CONTENT_TABLES = ("studies", "series", "findings", "assignments", "selections", "vqa")
+
+
+def build_config(samples: Path, out: Path, model: Path, **kw) -> BuildConfig:
+    """The build configuration every end-to-end test uses, so that their corpora are comparable."""
+    return BuildConfig(input_dir=samples, out_dir=out, model=str(model), max_workers=2, **kw)
 
 
 def table_rows(corpus: Path, table: str) -> list[str]:

@@ -14,41 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 from keyslice.checkpoints import STAGES, CheckpointStore
-from keyslice.config import BuildConfig
-from keyslice.sample import materialize_samples
 from keyslice.sql import query
-from tests.corpus_utils import corpus_fingerprint
+from tests.corpus_utils import BUILD_KEY, build_config, corpus_fingerprint
 
 pytestmark = pytest.mark.slow
-KEY = "test-key-not-a-secret"
 
 
 @pytest.fixture(autouse=True)
 def _fixed_key(monkeypatch):
-    monkeypatch.setenv("KEYSLICE_PSEUDONYM_KEY", KEY)
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory, data_dir) -> Path:
-    folder = tmp_path_factory.mktemp("samples")
-    materialize_samples(folder, data_dir)
-    return folder
-
-
-def _cfg(samples: Path, out: Path, model: Path, **kw) -> BuildConfig:
-    return BuildConfig(input_dir=samples, out_dir=out, model=str(model), max_workers=2, **kw)
-
-
-@pytest.fixture(scope="module")
-def reference_corpus(tmp_path_factory, samples, tiny_model_dir, prefect_harness) -> Path:
-    """One uninterrupted build of the sample corpus, shared by the tests that compare against it."""
-    from flows.build import run_build
-
-    out = tmp_path_factory.mktemp("reference") / "corpus"
-    os.environ["KEYSLICE_PSEUDONYM_KEY"] = KEY
-    result = run_build(_cfg(samples, out, tiny_model_dir))
-    assert result["n_studies"] == 4
-    return out
+    monkeypatch.setenv("KEYSLICE_PSEUDONYM_KEY", BUILD_KEY)
 
 
 def test_sample_build_produces_findings_selections_and_vqa(reference_corpus):
@@ -76,24 +50,24 @@ def test_documented_vqa_reports_show_balanced_yes_no(reference_corpus):
     assert abs(sum(r["pct"] for r in types) - 100.0) < 0.5
 
 
-def test_no_raw_identifiers_reach_the_corpus(reference_corpus, samples):
-    names = [p.name for p in samples.iterdir()]
+def test_no_raw_identifiers_reach_the_corpus(reference_corpus, sample_studies):
+    names = [p.name for p in sample_studies.iterdir()]
     for table in ("studies", "series", "findings", "selections", "vqa"):
         text = str(query(reference_corpus, f"select * from {table}").to_pylist())
         assert not any(name in text for name in names), f"study folder name leaked into {table}"
         assert "1.3.12.2.1107" not in text  # the Siemens series' raw UID prefix
 
 
-def test_rerun_skips_everything_and_force_stage_recomputes_without_duplicates(reference_corpus, samples,
+def test_rerun_skips_everything_and_force_stage_recomputes_without_duplicates(reference_corpus, sample_studies,
                                                                                tiny_model_dir, tmp_path):
     from flows.build import run_build
 
     out = tmp_path / "corpus"
     shutil.copytree(reference_corpus, out)
     before = corpus_fingerprint(out)
-    again = run_build(_cfg(samples, out, tiny_model_dir))
+    again = run_build(build_config(sample_studies, out, tiny_model_dir))
     assert again["n_done"] == 0 and again["n_skipped"] + again["n_failed"] + again["n_blocked"] > 0
-    forced = run_build(_cfg(samples, out, tiny_model_dir, force_stages=("keyslice",)))
+    forced = run_build(build_config(sample_studies, out, tiny_model_dir, force_stages=("keyslice",)))
     done = {o["stage"] for o in forced["outcomes"] if o["status"] == "done"}
     assert done == {"keyslice", "vqa"}
     assert corpus_fingerprint(out) == before
@@ -120,7 +94,7 @@ def test_corrupt_studies_fail_alone_with_their_reason(data_dir, tiny_model_dir, 
     _write_study(studies / "bad_dicom", "FINDINGS:\nThe liver is normal.",
                  raw={"a.dcm": truncated, "b.dcm": b"this is not DICOM at all\n" * 20})
     out = tmp_path / "corpus"
-    result = run_build(BuildConfig(input_dir=studies, out_dir=out, model=str(tiny_model_dir), max_workers=2))
+    result = run_build(build_config(studies, out, tiny_model_dir))
     by_status = {(o["stage"], o["status"]) for o in result["outcomes"]}
     assert ("vqa", "done") in by_status
     store = CheckpointStore(out)
@@ -139,15 +113,15 @@ def test_corrupt_studies_fail_alone_with_their_reason(data_dir, tiny_model_dir, 
     assert {(f["study_id"], "vqa") for f in failures} <= blocked
 
 
-def test_sigkill_mid_build_then_resume_completes_each_study_once(reference_corpus, samples, tiny_model_dir,
+def test_sigkill_mid_build_then_resume_completes_each_study_once(reference_corpus, sample_studies, tiny_model_dir,
                                                                  tmp_path, prefect_harness):
     from flows.build import run_build
 
     out = tmp_path / "corpus"
-    env = {**os.environ, "KEYSLICE_PSEUDONYM_KEY": KEY, "PREFECT_HOME": str(tmp_path / "prefect"),
+    env = {**os.environ, "KEYSLICE_PSEUDONYM_KEY": BUILD_KEY, "PREFECT_HOME": str(tmp_path / "prefect"),
            "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)  # the child runs its own ephemeral API, like a user's build
-    cmd = [sys.executable, "-m", "keyslice.cli", "build", "--input", str(samples), "--out", str(out),
+    cmd = [sys.executable, "-m", "keyslice.cli", "build", "--input", str(sample_studies), "--out", str(out),
            "--model", str(tiny_model_dir), "--workers", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -164,7 +138,7 @@ def test_sigkill_mid_build_then_resume_completes_each_study_once(reference_corpu
     assert store.done_studies("segment"), "the build was killed before it wrote anything"
     assert len(store.done_studies("vqa")) < 4, "the build finished before it could be killed"
 
-    result = run_build(_cfg(samples, out, tiny_model_dir))
+    result = run_build(build_config(sample_studies, out, tiny_model_dir))
     assert corpus_fingerprint(out) == corpus_fingerprint(reference_corpus)
     for stage in STAGES:
         assert store.done_studies(stage) == CheckpointStore(reference_corpus).done_studies(stage)

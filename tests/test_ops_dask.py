@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from keyslice.checkpoints import STAGES, CheckpointStore
-from keyslice.config import BuildConfig
-from keyslice.sample import materialize_samples
 from keyslice.sql import query
-from tests.corpus_utils import corpus_fingerprint
+from tests.corpus_utils import BUILD_KEY, build_config, corpus_fingerprint
 
 pytestmark = pytest.mark.slow
-KEY = "test-key-not-a-secret"
 
 
 @pytest.fixture(autouse=True)
 def _fixed_key(monkeypatch):
-    monkeypatch.setenv("KEYSLICE_PSEUDONYM_KEY", KEY)
+    monkeypatch.setenv("KEYSLICE_PSEUDONYM_KEY", BUILD_KEY)
 
 
 @pytest.fixture(autouse=True)
@@ -45,13 +41,6 @@ def _same_intra_op_threads(monkeypatch):
         yield
 
 
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory, data_dir) -> Path:
-    folder = tmp_path_factory.mktemp("samples")
-    materialize_samples(folder, data_dir)
-    return folder
-
-
 def _diff(a: dict, b: dict) -> str:
     """The first differing rows per table, for a readable failure message."""
     lines = []
@@ -64,22 +53,7 @@ def _diff(a: dict, b: dict) -> str:
     return "\n".join(lines)
 
 
-def _cfg(samples: Path, out: Path, model: Path, **kw) -> BuildConfig:
-    return BuildConfig(input_dir=samples, out_dir=out, model=str(model), max_workers=2, **kw)
-
-
-@pytest.fixture(scope="module")
-def local_corpus(tmp_path_factory, samples, tiny_model_dir, prefect_harness) -> Path:
-    from flows.build import run_build
-
-    out = tmp_path_factory.mktemp("local") / "corpus"
-    os.environ["KEYSLICE_PSEUDONYM_KEY"] = KEY
-    result = run_build(_cfg(samples, out, tiny_model_dir))
-    assert result["n_studies"] == 4 and result["n_done"] > 0
-    return out
-
-
-def test_dask_cluster_build_equals_the_local_build(local_corpus, samples, tiny_model_dir, tmp_path,
+def test_dask_cluster_build_equals_the_local_build(reference_corpus, sample_studies, tiny_model_dir, tmp_path,
                                                     prefect_harness):
     from distributed import LocalCluster
 
@@ -88,34 +62,34 @@ def test_dask_cluster_build_equals_the_local_build(local_corpus, samples, tiny_m
     out = tmp_path / "corpus"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
-        result = run_build(_cfg(samples, out, tiny_model_dir), task_runner="dask",
+        result = run_build(build_config(sample_studies, out, tiny_model_dir), task_runner="dask",
                            dask_address=cluster.scheduler_address)
         with cluster.get_client() as client:
             workers = client.scheduler_info()["workers"]
             assert len(workers) == 2
     assert result["n_studies"] == 4
     assert result["n_done"] == sum(1 for o in result["outcomes"] if o["status"] == "done") > 0
-    got, want = corpus_fingerprint(out), corpus_fingerprint(local_corpus)
+    got, want = corpus_fingerprint(out), corpus_fingerprint(reference_corpus)
     assert got == want, _diff(got, want)
     for stage in STAGES:
-        assert CheckpointStore(out).done_studies(stage) == CheckpointStore(local_corpus).done_studies(stage)
+        assert CheckpointStore(out).done_studies(stage) == CheckpointStore(reference_corpus).done_studies(stage)
 
 
-def test_incremental_build_submits_only_new_studies(local_corpus, samples, tiny_model_dir, tmp_path,
+def test_incremental_build_submits_only_new_studies(reference_corpus, sample_studies, tiny_model_dir, tmp_path,
                                                     prefect_harness):
     from flows.build import run_build
 
     out = tmp_path / "corpus"
-    shutil.copytree(local_corpus, out)
+    shutil.copytree(reference_corpus, out)
     before = corpus_fingerprint(out)
-    again = run_build(_cfg(samples, out, tiny_model_dir), incremental=True)
+    again = run_build(build_config(sample_studies, out, tiny_model_dir), incremental=True)
     complete = len(CheckpointStore(out).done_studies("vqa"))
     assert again["n_studies"] == 4 - complete and again["n_done"] == 0
     # a new study folder appears: only it is built
     new = tmp_path / "in"
-    shutil.copytree(samples, new, symlinks=True)
-    shutil.copytree(samples / "colonography_ge_3slice", new / "zz_new_study", symlinks=True)
-    grown = run_build(_cfg(new, out, tiny_model_dir), incremental=True)
+    shutil.copytree(sample_studies, new, symlinks=True)
+    shutil.copytree(sample_studies / "colonography_ge_3slice", new / "zz_new_study", symlinks=True)
+    grown = run_build(build_config(new, out, tiny_model_dir), incremental=True)
     built = {o["study_id"] for o in grown["outcomes"] if o["status"] == "done"}
     assert len(built) == 1
     assert corpus_fingerprint(out)["findings"] != before["findings"]
@@ -123,7 +97,7 @@ def test_incremental_build_submits_only_new_studies(local_corpus, samples, tiny_
     assert n > 0
 
 
-def test_compacted_corpus_reads_the_same_and_forced_stages_do_not_duplicate(local_corpus, samples,
+def test_compacted_corpus_reads_the_same_and_forced_stages_do_not_duplicate(reference_corpus, sample_studies,
                                                                              tiny_model_dir, tmp_path,
                                                                              prefect_harness):
     from typer.testing import CliRunner
@@ -132,7 +106,7 @@ def test_compacted_corpus_reads_the_same_and_forced_stages_do_not_duplicate(loca
     from keyslice.cli import app
 
     out = tmp_path / "corpus"
-    shutil.copytree(local_corpus, out)
+    shutil.copytree(reference_corpus, out)
     before = corpus_fingerprint(out)
     store = CheckpointStore(out)
     done = sorted(store.done_studies("vqa"))
@@ -143,19 +117,19 @@ def test_compacted_corpus_reads_the_same_and_forced_stages_do_not_duplicate(loca
     assert corpus_fingerprint(out) == before
     assert {k: store.read_rows(*k) for k in reads} == reads
     # recompute key slices (and vqa) for every study: rows come back once, identical
-    forced = run_build(_cfg(samples, out, tiny_model_dir, force_stages=("keyslice",)))
+    forced = run_build(build_config(sample_studies, out, tiny_model_dir, force_stages=("keyslice",)))
     assert {o["stage"] for o in forced["outcomes"] if o["status"] == "done"} == {"keyslice", "vqa"}
     assert corpus_fingerprint(out) == before
     res = CliRunner().invoke(app, ["compact", "--out", str(out)], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert corpus_fingerprint(out) == before
     # a rerun over a compacted corpus resumes as usual: everything skipped
-    again = run_build(_cfg(samples, out, tiny_model_dir))
+    again = run_build(build_config(sample_studies, out, tiny_model_dir))
     assert again["n_done"] == 0
     assert corpus_fingerprint(out) == before
 
 
-def test_gpu_tagged_tasks_run_only_on_the_gpu_worker(local_corpus, samples, tiny_model_dir, tmp_path,
+def test_gpu_tagged_tasks_run_only_on_the_gpu_worker(reference_corpus, sample_studies, tiny_model_dir, tmp_path,
                                                      prefect_harness, monkeypatch):
     """CPU worker from a LocalCluster, GPU worker started like a remote one (``dask worker --resources``)."""
     import subprocess
@@ -189,7 +163,7 @@ def test_gpu_tagged_tasks_run_only_on_the_gpu_worker(local_corpus, samples, tiny
                 gpu_addr = {a for a, w in info.items() if w.get("name") == "gpu-worker"}
                 assert len(gpu_addr) == 1
                 with get_task_stream(client) as stream:
-                    run_build(_cfg(samples, out, tiny_model_dir), task_runner="dask",
+                    run_build(build_config(sample_studies, out, tiny_model_dir), task_runner="dask",
                               dask_address=cluster.scheduler_address)
         finally:
             gpu.terminate()
@@ -201,5 +175,5 @@ def test_gpu_tagged_tasks_run_only_on_the_gpu_worker(local_corpus, samples, tiny
     assert keyslice_keys and all(placed[k] == gpu_addr for k in keyslice_keys), placed
     others = [k for k in placed if any(s in k for s in ("segment", "series", "vqa"))]
     assert others and all(not (placed[k] & gpu_addr) for k in others), placed
-    got, want = corpus_fingerprint(out), corpus_fingerprint(local_corpus)
+    got, want = corpus_fingerprint(out), corpus_fingerprint(reference_corpus)
     assert got == want, _diff(got, want)
