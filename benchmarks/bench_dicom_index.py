@@ -26,8 +26,7 @@ import pydicom  # noqa: E402
 
 from keyslice.dicom import index_study  # noqa: E402
 from keyslice.pseudonym import Pseudonymizer  # noqa: E402
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from keyslice.sample import data_dir  # noqa: E402
 
 
 def study_folders(data: Path) -> list[Path]:
@@ -55,13 +54,14 @@ def best_of(fn, repeat: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="the real data folder (default: $KEYSLICE_DATA_DIR, else shared/data beside the checkout)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workers", type=int, default=4)
     args = ap.parse_args()
 
     ps = Pseudonymizer(b"bench", "env")
-    folders = study_folders(args.data)
+    folders = study_folders(args.data or data_dir())
     dicom_files: list[Path] = []
     for folder in folders:
         idx = index_study(folder, ps, workers=args.workers, image_phase=False)

@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from keyslice.sample import data_dir  # noqa: E402
 from keyslice.selector import (  # noqa: E402
     Query,
     SelectorConfig,
@@ -56,7 +57,7 @@ from keyslice.selector.preprocess import reference_preprocess  # noqa: E402
 from keyslice.selector.select import auto_batch_size  # noqa: E402
 from keyslice.selector.windows import choose_window, get_window  # noqa: E402
 
-DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", ROOT.parent / "shared" / "data"))
+DATA = data_dir()  # $KEYSLICE_DATA_DIR, else shared/data beside the checkout
 SERIES = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"
 CAPTIONS = DATA / "roco_ct_captions" / "captions.json"
 ORGAN_SETS = [["liver"], ["lung"], ["vertebrae_L1"], ["aorta"], ["brain"], ["liver"], ["pancreas"], ["kidney_left"]]

@@ -13,7 +13,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from keyslice.checkpoints import CheckpointStore
 from keyslice.schemas import TABLES, table_schema
 
 

@@ -139,6 +139,7 @@ def test_sigkill_mid_build_then_resume_completes_each_study_once(reference_corpu
     assert len(store.done_studies("vqa")) < 4, "the build finished before it could be killed"
 
     result = run_build(build_config(sample_studies, out, tiny_model_dir))
+    assert result["n_failed"] == 0 and result["n_done"] > 0
     assert corpus_fingerprint(out) == corpus_fingerprint(reference_corpus)
     for stage in STAGES:
         assert store.done_studies(stage) == CheckpointStore(reference_corpus).done_studies(stage)

@@ -6,15 +6,14 @@ their names."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
 from keyslice.dicom import assign_series, index_study, kernel_family, normalise_phase_hint
 from keyslice.errors import NoUsableSeriesError
 from keyslice.pseudonym import Pseudonymizer
+from tests.real_data import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIEMENS = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"
 PS = Pseudonymizer(b"test-key", "env")
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real test data not found at {DATA}")

@@ -13,8 +13,8 @@ import pytest
 from keyslice.dicom import NotDicomError, index_study, read_header
 from keyslice.errors import DicomReadError
 from keyslice.pseudonym import Pseudonymizer
+from tests.real_data import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIEMENS = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"
 PHILIPS_AX = DATA / "philips_phantom_study" / "S21570" / "S2010"
 PHILIPS_LOC = DATA / "philips_phantom_study" / "S21570" / "S1000" / "I10"

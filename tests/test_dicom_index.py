@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,8 @@ from keyslice.dicom import index_study, series_files
 from keyslice.errors import DicomReadError
 from keyslice.pseudonym import Pseudonymizer
 from keyslice.schemas import to_table
+from tests.real_data import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIEMENS = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"
 PHILIPS = DATA / "philips_phantom_study"
 GE_TILT = DATA / "ge_head_ct_tilt"

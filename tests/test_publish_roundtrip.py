@@ -8,7 +8,6 @@ VQA pairs are assembled for the test.
 from __future__ import annotations
 
 import hashlib
-import shutil
 
 import pyarrow.parquet as pq
 import pytest

@@ -4,7 +4,6 @@ organ restriction of the selection (checked against ranges computed independentl
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from keyslice.selector import (
     volume_from_nifti,
 )
 from keyslice.selector.ts_labels import TOTAL_LABELS
+from tests.real_data import DATA
 
-DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REF = DATA / "totalsegmentator_reference" / "tests" / "reference_files"
 SIEMENS_J2K = REF / "example_ct_dicom"
 SEG_DICOM = REF / "example_seg_dicom.nii.gz"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +12,8 @@ from keyslice.selector import get_window, load_volume, render_png
 from keyslice.selector.model import OPENAI_MEAN, OPENAI_STD
 from keyslice.selector.preprocess import preprocess_batch, reference_preprocess, to_uint8
 from keyslice.selector.windows import WINDOWS, choose_window
+from tests.real_data import DATA
 
-DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SIEMENS_J2K = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"
 PHILIPS = DATA / "philips_phantom_study" / "S21570"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -29,8 +28,8 @@ from keyslice.selector.model import OPENAI_MEAN, OPENAI_STD
 from keyslice.selector.preprocess import reference_preprocess
 from keyslice.selector.select import gaussian_smooth
 from keyslice.selector.windows import get_window
+from tests.real_data import DATA
 
-DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REF = DATA / "totalsegmentator_reference" / "tests" / "reference_files"
 SIEMENS_J2K = REF / "example_ct_dicom"
 PHILIPS = DATA / "philips_phantom_study" / "S21570" / "S2010"

@@ -4,7 +4,6 @@ report whose sentences name organs of that mask."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from keyslice.selector.model import file_sha256
 from keyslice.sql import query
 from keyslice.stages import process_study
 from keyslice.studies import discover_studies
+from tests.real_data import DATA
 
-DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REF = DATA / "totalsegmentator_reference" / "tests" / "reference_files"
 SIEMENS_J2K = REF / "example_ct_dicom"
 SEG_DICOM = REF / "example_seg_dicom.nii.gz"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import pytest
 
 from keyslice.errors import DicomReadError
 from keyslice.selector import load_volume, volume_from_nifti
+from tests.real_data import DATA
 
-DATA = Path(os.environ.get("KEYSLICE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REF = DATA / "totalsegmentator_reference" / "tests" / "reference_files"
 SIEMENS_J2K = REF / "example_ct_dicom"
 PHILIPS = DATA / "philips_phantom_study" / "S21570"

@@ -14,10 +14,11 @@ from keyslice.schemas import to_table
 from keyslice.vqa import RULES_VERSION, generate_rule_vqa
 from keyslice.vqa.lexicon import find_organs, split_side
 from keyslice.vqa.rows import qa_id
+from tests.real_data import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "vqa_rule_expected.json"
-CAPTIONS = ROOT.parent / "shared" / "data" / "roco_ct_captions" / "captions.json"
+CAPTIONS = DATA / "roco_ct_captions" / "captions.json"
 SPEC = json.loads(FIXTURE.read_text(encoding="utf-8"))
 NEG_Q = re.compile(r"^Is there an abnormality in (?:the |both )?(?P<organ>.+)\?$")
 

@@ -336,7 +336,6 @@ class Built:
 def build_series(g: SeriesGroup, pseudonymize: Callable[[str, str], str], *, min_slices: int = 3) -> Built:
     dedupe(g)
     hs = [i.hdr for i in g.instances]
-    first = hs[0]
     warnings = list(g.warnings)
     iop = _mode(_iop(h) for h in hs)
     iop = tuple(iop) if iop else None

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from keyslice.finetune.config import FinetuneConfig
-from keyslice.finetune.metrics import aggregate_ranks, binary_metrics, rank_query, youden_threshold
+from keyslice.finetune.metrics import binary_metrics, rank_query, youden_threshold
 
 Progress = Callable[[str], None]
 
