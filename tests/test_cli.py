@@ -24,3 +24,23 @@ def test_build_flags_reach_run_build(tmp_path, monkeypatch):
     assert seen["task_runner"] == "dask" and seen["dask_address"] == "tcp://10.0.0.1:8786"
     cfg = seen["cfg"]
     assert cfg.force_stages == ("keyslice",) and cfg.max_workers == 3 and cfg.model == "m"
+
+
+def test_sql_refuses_a_corpus_folder_that_does_not_exist(tmp_path):
+    """A mistyped --out must not look like an empty corpus."""
+    result = CliRunner().invoke(app, ["sql", "--out", str(tmp_path / "typo"), "select count(*) from findings"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())  # rich wraps the error panel
+    assert "typo does not exist; build a corpus first with `keyslice build`" in message
+
+
+def test_sql_on_an_empty_corpus_has_typed_empty_views(tmp_path):
+    out = tmp_path / "corpus"
+    out.mkdir()
+    dest = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["sql", "--out", str(out), "select organ, count(*) as n from findings group by 1",
+                                      "--format", "json", "--output", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert dest.read_text().strip() in ("", "[]")
+    bad = CliRunner().invoke(app, ["sql", "--out", str(out), "select no_such_column from findings"])
+    assert bad.exit_code == 2 and "query failed" in bad.output
