@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -45,8 +46,15 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
 
     overrides = {"input_dir": str(input_dir), "out_dir": str(out), "model": model, "device": device,
                  "max_workers": workers, "force_stages": list(force_stage) or None}
-    cfg = (BuildConfig.from_yaml(config, **overrides) if config
-           else BuildConfig.from_dict({k: v for k, v in overrides.items() if v is not None}))
+    try:
+        cfg = (BuildConfig.from_yaml(config, **overrides) if config
+               else BuildConfig.from_dict({k: v for k, v in overrides.items() if v is not None}))
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:  # a config mistake, not a crash
+        where = f"build config {config}" if config else "build options"
+        raise typer.BadParameter(f"{where}: {exc}") from exc
+    if not Path(cfg.input_dir).is_dir():  # before the build creates or locks anything under OUT
+        raise typer.BadParameter(f"input folder {cfg.input_dir} does not exist; --input (or input_dir in the "
+                                 "config) must be a folder of studies, see the README's input contract")
     with console.status(f"building corpus in {out} ..."):
         return run_build(cfg, task_runner=runner, dask_address=dask_address)
 

@@ -49,6 +49,8 @@ class BuildConfig:
     def from_yaml(cls, path: Path, **overrides: Any) -> "BuildConfig":
         """Read a YAML config; keyword overrides (from the CLI) win over the file."""
         data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must be a YAML mapping of build settings (see configs/build.example.yaml)")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 

@@ -44,3 +44,30 @@ def test_sql_on_an_empty_corpus_has_typed_empty_views(tmp_path):
     assert dest.read_text().strip() in ("", "[]")
     bad = CliRunner().invoke(app, ["sql", "--out", str(out), "select no_such_column from findings"])
     assert bad.exit_code == 2 and "query failed" in bad.output
+
+
+def test_build_refuses_a_missing_input_folder_before_touching_the_corpus(tmp_path):
+    out = tmp_path / "corpus"
+    result = CliRunner().invoke(app, ["build", "--input", str(tmp_path / "nope"), "--out", str(out)])
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())
+    assert "nope does not exist" in message and "input contract" in message
+    assert not out.exists()
+
+
+def test_build_config_mistakes_are_reported_not_raised(tmp_path):
+    """A missing file, broken YAML, a non-mapping and a misspelt key each give a one-line error."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (tmp_path / "broken.yaml").write_text("input_dir: [1\n")
+    (tmp_path / "list.yaml").write_text("- model\n")
+    (tmp_path / "typo.yaml").write_text("model: tiny\nmax_wrkers: 3\n")
+    expected = {"missing.yaml": "No such file", "broken.yaml": "while parsing",
+                "list.yaml": "must be a YAML mapping", "typo.yaml": "unknown build config key(s): ['max_wrkers']"}
+    for name, text in expected.items():
+        result = CliRunner().invoke(app, ["build", "--input", str(studies), "--out", str(tmp_path / "c"),
+                                          "--config", str(tmp_path / name)])
+        message = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2, (name, result.output)
+        assert message.startswith("Usage:") and "build config" in message and text in message, (name, message)
+    assert not (tmp_path / "c").exists()
