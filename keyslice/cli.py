@@ -69,7 +69,8 @@ def _print_run(result: dict) -> None:
 def build(
     input_dir: Path = typer.Option(..., "--input", help="folder of studies (see README: input contract)"),
     out: Path = typer.Option(..., "--out", help="corpus folder; created or resumed"),
-    config: Optional[Path] = typer.Option(None, help="YAML build config; flags override it"),
+    config: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                          help="YAML build config; flags override it"),
     model: Optional[str] = typer.Option(None, help="selector model: preset, hf-hub id or local checkpoint dir"),
     force_stage: list[str] = typer.Option([], "--force-stage", help="recompute this stage (and later ones)"),
     workers: Optional[int] = typer.Option(None, help="studies processed concurrently"),
@@ -244,7 +245,10 @@ def _finetune_config(config: Path, out: Optional[Path], device: Optional[str], *
     from keyslice.finetune.config import FinetuneConfig
 
     overrides = {"out_dir": str(out) if out else None, "train.device": device, **extra}
-    return FinetuneConfig.from_yaml(config, **overrides)
+    try:
+        return FinetuneConfig.from_yaml(config, **overrides)
+    except (ValueError, TypeError, KeyError, yaml.YAMLError) as exc:  # a config mistake, not a crash
+        raise typer.BadParameter(f"fine-tuning config {config}: {exc}") from exc
 
 
 def _print_finetune_summary(summary: dict) -> None:
@@ -265,7 +269,8 @@ def _print_finetune_summary(summary: dict) -> None:
 
 @app.command()
 def finetune(
-    config: Path = typer.Argument(..., help="fine-tuning YAML (see configs/finetune_*.yaml); it fixes the whole run"),
+    config: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                  help="fine-tuning YAML (see configs/finetune_*.yaml); it fixes the whole run"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the config's out_dir)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many steps in total; "
                                                                        "rerun to resume from the checkpoint"),
@@ -293,11 +298,10 @@ def finetune(
         if result["recorded"]:
             console.print(f"metrics recorded in {result['recorded']['corpus']} (run {result['recorded']['run_id']})")
         return
-    from keyslice.finetune.evaluate import run_finetune
-
     from rich.markup import escape
 
     from keyslice.errors import InputError
+    from keyslice.finetune.evaluate import run_finetune
 
     cfg = _finetune_config(config, out, device, metrics_corpus=str(corpus) if corpus else None)
     try:
@@ -318,7 +322,8 @@ def finetune(
 
 @app.command("eval")
 def evaluate(
-    config: Path = typer.Argument(..., help="fine-tuning YAML: its CTs, masks, organs and eval settings"),
+    config: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                  help="fine-tuning YAML: its CTs, masks, organs and eval settings"),
     model: list[str] = typer.Option([], "--model", help="TAG=SPEC to evaluate (repeatable; SPEC: preset, hf-hub id "
                                                         "or checkpoint folder); default: the run's before/after"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the config's out_dir)"),
@@ -361,7 +366,8 @@ def serve(
     cron: str = typer.Option("0 2 * * *", help="cron schedule of the incremental builds"),
     timezone: Optional[str] = typer.Option(None, help="time zone of the cron schedule (default UTC)"),
     name: str = typer.Option("keyslice-incremental", help="deployment name"),
-    config: Optional[Path] = typer.Option(None, help="YAML build config; the flags above override it"),
+    config: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                          help="YAML build config; the flags above override it"),
     runner: str = typer.Option("threads", help="task runner: threads or dask"),
     dask_address: Optional[str] = typer.Option(None, help="existing Dask scheduler, e.g. tcp://host:8786"),
     workers: Optional[int] = typer.Option(None, help="studies processed concurrently"),

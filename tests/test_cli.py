@@ -55,19 +55,24 @@ def test_build_refuses_a_missing_input_folder_before_touching_the_corpus(tmp_pat
     assert not out.exists()
 
 
-def test_build_config_mistakes_are_reported_not_raised(tmp_path):
-    """A missing file, broken YAML, a non-mapping and a misspelt key each give a one-line error."""
+def test_config_mistakes_are_reported_not_raised(tmp_path):
+    """A missing file, broken YAML, a non-mapping and a misspelt key each give a usage error, for the
+    build and for fine-tuning, before anything is written."""
     studies = tmp_path / "studies"
     studies.mkdir()
     (tmp_path / "broken.yaml").write_text("input_dir: [1\n")
     (tmp_path / "list.yaml").write_text("- model\n")
     (tmp_path / "typo.yaml").write_text("model: tiny\nmax_wrkers: 3\n")
-    expected = {"missing.yaml": "No such file", "broken.yaml": "while parsing",
-                "list.yaml": "must be a YAML mapping", "typo.yaml": "unknown build config key(s): ['max_wrkers']"}
-    for name, text in expected.items():
-        result = CliRunner().invoke(app, ["build", "--input", str(studies), "--out", str(tmp_path / "c"),
-                                          "--config", str(tmp_path / name)])
-        message = " ".join(result.output.replace("│", " ").split())
-        assert result.exit_code == 2, (name, result.output)
-        assert message.startswith("Usage:") and "build config" in message and text in message, (name, message)
+    build = {"missing.yaml": "does not exist", "broken.yaml": "build config", "list.yaml": "must be a YAML mapping",
+             "typo.yaml": "unknown build config key(s): ['max_wrkers']"}
+    finetune = {"missing.yaml": "does not exist", "broken.yaml": "fine-tuning config",
+                "list.yaml": "must be a YAML mapping"}
+    runs = [(["build", "--input", str(studies), "--out", str(tmp_path / "c"), "--config"], build),
+            (["finetune", "--out", str(tmp_path / "c")], finetune), (["eval", "--out", str(tmp_path / "c")], finetune)]
+    for args, expected in runs:
+        for name, text in expected.items():
+            result = CliRunner().invoke(app, [*args, str(tmp_path / name)])
+            message = " ".join(result.output.replace("│", " ").split())
+            assert result.exit_code == 2, (args[0], name, result.output)
+            assert message.startswith("Usage:") and text in message, (args[0], name, message)
     assert not (tmp_path / "c").exists()
