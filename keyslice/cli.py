@@ -144,9 +144,9 @@ def sql(
     import duckdb
 
     from keyslice.sql import query as run_query
-    from keyslice.storage import is_url
+    from keyslice.storage import is_url, normalize
 
-    if not is_url(out) and not out.exists():  # a typo would otherwise query empty views and print 0
+    if not is_url(normalize(out)) and not out.exists():  # a typo would otherwise query empty views and print 0
         raise typer.BadParameter(f"{out} does not exist; build a corpus first with `keyslice build`")
     try:
         result = run_query(out, query)
