@@ -10,8 +10,8 @@ The studies are SYNTHETIC (benchmarks/synthetic_studies.py): tiny uncompressed p
 with seeded random weights (``save_tiny_checkpoint``), or with ``--arch ViT-B-16`` open_clip's
 ViT-B-16 with seeded random weights saved as a local checkpoint: the same encode cost per slice
 as real CLIP weights, so the orchestration overhead is measured against a realistic amount of
-work per study (the tiny model makes each step ~40 ms, which no real series is). The four steps, the checkpoints and the
-Prefect flow are the real ones (``flows.build.run_build``, thread task runner, ephemeral API).
+work per study (the tiny model makes each step ~40 ms, which no real series is). The four steps,
+the checkpoints and the Prefect flow are the real ones (``flows.build.run_build``, thread task runner, ephemeral API).
 
 Every size is built in a fresh subprocess into an empty corpus, and the subprocess reports:
 

@@ -59,6 +59,12 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
         return run_build(cfg, task_runner=runner, dask_address=dask_address)
 
 
+def _require_corpus(out: Path) -> None:
+    """Refuse a corpus folder that does not exist: a typo would otherwise read as an empty corpus."""
+    if not out.exists():
+        raise typer.BadParameter(f"{out} does not exist; build a corpus first with `keyslice build`")
+
+
 def _print_run(result: dict) -> None:
     console.print(f"run {result['run_id']}: {result['n_studies']} studies, {result['n_done']} stages done, "
                   f"{result['n_skipped']} skipped (already done), {result['n_failed']} failed, "
@@ -117,8 +123,7 @@ def _print_status(out: Path) -> None:
 @app.command()
 def status(out: Path = typer.Option(..., "--out", help="corpus folder")) -> None:
     """Per-stage counts, rows per table, and the studies whose last attempt failed (with the error)."""
-    if not out.exists():
-        raise typer.BadParameter(f"{out} does not exist; build a corpus first with `keyslice build`")
+    _require_corpus(out)
     _print_status(out)
 
 
@@ -146,8 +151,8 @@ def sql(
     from keyslice.sql import query as run_query
     from keyslice.storage import is_url, normalize
 
-    if not is_url(normalize(out)) and not out.exists():  # a typo would otherwise query empty views and print 0
-        raise typer.BadParameter(f"{out} does not exist; build a corpus first with `keyslice build`")
+    if not is_url(normalize(out)):  # a corpus URL is checked by DuckDB when it reads it
+        _require_corpus(out)
     try:
         result = run_query(out, query)
     except duckdb.Error as exc:
@@ -395,8 +400,7 @@ def compact(
     from keyslice.compact import compact_corpus
     from keyslice.lock import CorpusLockedError
 
-    if not out.exists():
-        raise typer.BadParameter(f"{out} does not exist; build a corpus first with `keyslice build`")
+    _require_corpus(out)
     try:
         report = compact_corpus(out, shards=shards)
     except CorpusLockedError as exc:

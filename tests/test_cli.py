@@ -7,6 +7,11 @@ from typer.testing import CliRunner
 from keyslice.cli import app
 
 
+def _message(result) -> str:
+    """The command's output on one line: rich wraps its error panel at the terminal width."""
+    return " ".join(result.output.replace("│", " ").split())
+
+
 def test_build_flags_reach_run_build(tmp_path, monkeypatch):
     import flows.build
 
@@ -30,8 +35,7 @@ def test_sql_refuses_a_corpus_folder_that_does_not_exist(tmp_path):
     """A mistyped --out must not look like an empty corpus."""
     result = CliRunner().invoke(app, ["sql", "--out", str(tmp_path / "typo"), "select count(*) from findings"])
     assert result.exit_code == 2
-    message = " ".join(result.output.replace("│", " ").split())  # rich wraps the error panel
-    assert "typo does not exist; build a corpus first with `keyslice build`" in message
+    assert "typo does not exist; build a corpus first with `keyslice build`" in _message(result)
 
 
 def test_sql_on_an_empty_corpus_has_typed_empty_views(tmp_path):
@@ -50,7 +54,7 @@ def test_build_refuses_a_missing_input_folder_before_touching_the_corpus(tmp_pat
     out = tmp_path / "corpus"
     result = CliRunner().invoke(app, ["build", "--input", str(tmp_path / "nope"), "--out", str(out)])
     assert result.exit_code == 2
-    message = " ".join(result.output.replace("│", " ").split())
+    message = _message(result)
     assert "nope does not exist" in message and "input contract" in message
     assert not out.exists()
 
@@ -72,7 +76,7 @@ def test_config_mistakes_are_reported_not_raised(tmp_path):
     for args, expected in runs:
         for name, text in expected.items():
             result = CliRunner().invoke(app, [*args, str(tmp_path / name)])
-            message = " ".join(result.output.replace("│", " ").split())
+            message = _message(result)
             assert result.exit_code == 2, (args[0], name, result.output)
             assert message.startswith("Usage:") and text in message, (args[0], name, message)
     assert not (tmp_path / "c").exists()
