@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from keyslice.atomic import fsync_dir, tmp_name
 from keyslice.checkpoints import STAGE_TABLES, CheckpointStore
-from keyslice.schemas import table_schema, validate_table
+from keyslice.schemas import sql_defaults, table_schema, validate_table
 
 PREFIX = "compacted-"
 DEFAULT_SHARDS = 16
@@ -122,16 +122,25 @@ def view_sql(table: str, pattern: str) -> str:
     Stage tables: a compacted row is shown only when its study has no per-study file (the per-study
     file wins). Failures: distinct rows (a kill during compaction may leave one row in two files).
     Other tables: all rows. Correct whether or not the corpus was ever compacted.
+
+    Files of older schema versions read as the newest version: the rows are unioned by name with
+    the empty declared table ``_empty_<table>`` (registered by :func:`keyslice.sql.connect`), so a
+    column added later is present even when no file has it, and takes its declared default.
     """
     src = (f"read_parquet({_sql_literal(pattern)}, union_by_name = true, filename = '_ks_file')")
     if table in TABLE_STAGE:
-        return (f"CREATE VIEW {table} AS SELECT * EXCLUDE (_ks_file) FROM {src} "
+        rows = (f"SELECT * EXCLUDE (_ks_file) FROM {src} "
                 f"WHERE NOT starts_with(parse_filename(_ks_file), '{PREFIX}') "
                 f"OR study_id NOT IN (SELECT parse_filename(file, true) FROM glob({_sql_literal(pattern)}))")
-    if table in APPEND_TABLES:
-        return (f"CREATE VIEW {table} AS SELECT DISTINCT * FROM read_parquet({_sql_literal(pattern)}, "
-                f"union_by_name = true)")
-    return f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_sql_literal(pattern)}, union_by_name = true)"
+    elif table in APPEND_TABLES:
+        rows = f"SELECT DISTINCT * FROM read_parquet({_sql_literal(pattern)}, union_by_name = true)"
+    else:
+        rows = f"SELECT * FROM read_parquet({_sql_literal(pattern)}, union_by_name = true)"
+    defaults = sql_defaults(table)
+    columns = ", ".join(f'coalesce("{name}", {defaults[name]}) AS "{name}"' if name in defaults else f'"{name}"'
+                        for name in table_schema(table).schema.names)
+    return (f"CREATE VIEW {table} AS SELECT {columns} FROM "
+            f"(SELECT * FROM _empty_{table} UNION ALL BY NAME {rows})")
 
 
 # -- compaction -------------------------------------------------------------------------------------

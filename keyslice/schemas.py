@@ -30,6 +30,7 @@ class TableSchema:
     name: str
     version: int
     schema: pa.Schema
+    defaults: Mapping[str, Any]   # value a column takes in rows written before it existed
 
 
 def parse_type(spec: str) -> pa.DataType:
@@ -62,21 +63,78 @@ def _split_top_level(body: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-@lru_cache(maxsize=None)
-def table_schema(name: str) -> TableSchema:
-    """Load the newest version of a table's schema."""
+def _schema_files(name: str) -> list:
     folder = resource_dir("schemas") / "tables"
     files = sorted(folder.glob(f"{name}.v*.json"), key=lambda p: int(p.stem.rsplit(".v", 1)[1]))
     if not files:
         raise KeyError(f"no schema file for table {name!r} in {folder}")
+    return files
+
+
+@lru_cache(maxsize=None)
+def table_schema(name: str, version: int | None = None) -> TableSchema:
+    """A table's schema: the newest version, or the given older one (to read files written with it).
+
+    A field added in a later version declares a ``default`` (or is nullable), which is what rows
+    written before it existed read as: see :func:`upgrade_table`.
+    """
+    files = _schema_files(name)
+    if version is not None:
+        files = [p for p in files if int(p.stem.rsplit(".v", 1)[1]) == version]
+        if not files:
+            raise KeyError(f"table {name!r} has no schema version {version}")
     spec = json.loads(files[-1].read_text())
     fields = [
         pa.field(f["name"], parse_type(f["type"]), nullable=f.get("nullable", True),
                  metadata={"description": f.get("description", "")})
         for f in spec["fields"]
     ]
+    defaults = {f["name"]: f["default"] for f in spec["fields"] if "default" in f}
     metadata = {"keyslice.table": name, "keyslice.schema_version": str(spec["version"])}
-    return TableSchema(name, int(spec["version"]), pa.schema(fields, metadata=metadata))
+    return TableSchema(name, int(spec["version"]), pa.schema(fields, metadata=metadata), defaults)
+
+
+def file_version(table: pa.Table) -> int | None:
+    """The schema version a Parquet file was written with (from its metadata), if it says."""
+    meta = table.schema.metadata or {}
+    raw = meta.get(b"keyslice.schema_version")
+    return int(raw) if raw is not None else None
+
+
+def upgrade_table(name: str, table: pa.Table) -> pa.Table:
+    """Rows written with an older schema version, as the newest version reads them.
+
+    Columns added since are filled with their declared default (null when none is declared);
+    the column order becomes the newest one. Old corpora stay readable without rewriting them.
+    """
+    current = table_schema(name)
+    columns = []
+    for fld in current.schema:
+        if fld.name in table.column_names:
+            columns.append(table.column(fld.name).cast(fld.type))
+        elif fld.name in current.defaults or fld.nullable:
+            columns.append(pa.array([current.defaults.get(fld.name)] * table.num_rows, type=fld.type))
+        else:
+            raise SchemaError(f"{name}: column {fld.name!r} is missing and has no default to upgrade from "
+                              f"version {file_version(table)}")
+    return pa.Table.from_arrays(columns, schema=current.schema)
+
+
+def sql_defaults(name: str) -> dict[str, str]:
+    """SQL literals of the declared defaults, for views over files of mixed schema versions."""
+    out = {}
+    for column, value in table_schema(name).defaults.items():
+        if isinstance(value, bool):
+            out[column] = "TRUE" if value else "FALSE"
+        elif isinstance(value, (int, float)):
+            out[column] = repr(value)
+        elif isinstance(value, str):
+            out[column] = "'" + value.replace("'", "''") + "'"
+        elif isinstance(value, list) and not value:
+            out[column] = "[]"
+        else:
+            raise SchemaError(f"{name}.{column}: default {value!r} has no SQL literal")
+    return out
 
 
 def _check_value(value: Any, typ: pa.DataType, where: str) -> None:
@@ -132,8 +190,14 @@ def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 
 def validate_table(name: str, table: pa.Table) -> pa.Table:
-    """Check that an Arrow table has exactly the declared schema (names, types, order)."""
+    """Check that an Arrow table has exactly the declared schema (names, types, order).
+
+    A file written with an older schema version is upgraded first (:func:`upgrade_table`).
+    """
     schema = table_schema(name).schema
+    version = file_version(table)
+    if version is not None and version < table_schema(name).version:
+        table = upgrade_table(name, table)
     if not table.schema.remove_metadata().equals(schema.remove_metadata()):
         raise SchemaError(f"{name}: schema mismatch\nexpected:\n{schema}\ngot:\n{table.schema}")
     return table.replace_schema_metadata(schema.metadata)

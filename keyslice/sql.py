@@ -34,11 +34,10 @@ def connect(corpus_dir: Path | str) -> duckdb.DuckDBPyConnection:
     storage.prepare_duckdb(con, root)
     for table in TABLES:
         pattern = storage.table_pattern(root, table)
+        con.register(f"_empty_{table}", table_schema(table).schema.empty_table())
         if storage.has_files(con, pattern):
             con.execute(view_sql(table, pattern))
         else:
-            empty = table_schema(table).schema.empty_table()
-            con.register(f"_empty_{table}", empty)
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}")
     return con
 

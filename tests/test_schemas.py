@@ -48,3 +48,51 @@ def test_validate_table_rejects_foreign_schema():
     wrong = pa.table({"study_id": ["a"]})
     with pytest.raises(SchemaError):
         validate_table("failures", wrong)
+
+
+def _finding_row():
+    return {"study_id": "s1", "finding_id": "s1:0", "finding_index": 0, "section": "findings",
+            "text": "Hepatic cyst.", "organ": "liver", "organs": ["liver"], "ts_labels": ["liver"],
+            "status": "abnormal", "laterality": None, "measurements_mm": [], "phase_hint": None,
+            "image_refs": [], "language": "en", "segmenter": "rules", "created_at": dt.datetime.now(dt.timezone.utc)}
+
+
+def test_files_of_an_older_schema_version_read_as_the_newest(tmp_path, monkeypatch):
+    """A corpus written before a column existed stays readable: Python reads and SQL views
+    both show the added column with its declared default (or null)."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from keyslice import resources, schemas, sql
+    from keyslice.checkpoints import CheckpointStore
+
+    store = CheckpointStore(tmp_path / "corpus")
+    store.commit_stage("segment", "s1", {"findings": [_finding_row()]}, "run1")
+
+    root = tmp_path / "res"
+    shutil.copytree(resources.resource_dir("schemas"), root / "schemas")
+    spec = json.loads((root / "schemas/tables/findings.v1.json").read_text())
+    spec["version"] = 2
+    spec["fields"].insert(5, {"name": "kind", "type": "string", "nullable": False, "default": "finding"})
+    spec["fields"].append({"name": "note", "type": "string", "nullable": True})
+    (root / "schemas/tables/findings.v2.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(schemas, "resource_dir", lambda name: root / name)
+    schemas.table_schema.cache_clear()
+    try:
+        old = pq.read_table(store.table_path("findings", "s1"))
+        assert schemas.file_version(old) == 1
+        row = store.read_rows("findings", "s1")[0]
+        assert row["kind"] == "finding" and row["note"] is None
+        assert list(row)[5] == "kind"
+        got = sql.query(store.root, "select kind, note, text from findings").to_pylist()
+        assert got == [{"kind": "finding", "note": None, "text": row["text"]}]
+        # a new file beside the old one: both read through one view
+        new_row = {**_finding_row(), "finding_id": "s2:0", "study_id": "s2", "kind": "non_finding", "note": "x"}
+        store.commit_stage("segment", "s2", {"findings": [new_row]}, "run1")
+        got = sql.query(store.root, "select study_id, kind, note from findings order by 1").to_pylist()
+        assert got == [{"study_id": "s1", "kind": "finding", "note": None},
+                       {"study_id": "s2", "kind": "non_finding", "note": "x"}]
+    finally:
+        schemas.table_schema.cache_clear()
