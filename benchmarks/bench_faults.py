@@ -48,7 +48,7 @@ KEY = "synthetic-benchmark-key"
 
 def fingerprint(corpus: Path) -> dict[str, Counter]:
     """Every row of every content table as canonical JSON (multiset), and every image's hash."""
-    from keyslice.sql import query
+    from keyslice.corpus.sql import query
 
     out = {}
     for table in CONTENT_TABLES:
@@ -62,7 +62,7 @@ def fingerprint(corpus: Path) -> dict[str, Counter]:
 
 def duplicate_keys(corpus: Path) -> dict[str, int]:
     """Rows whose key appears more than once, per table, as a reader sees the corpus now."""
-    from keyslice.sql import query
+    from keyslice.corpus.sql import query
 
     dups = {}
     for table, cols in KEYS.items():
@@ -115,7 +115,7 @@ def main() -> int:
     from prefect.server.api.server import SubprocessASGIServer
 
     from benchmarks.synthetic_studies import write_synthetic_studies
-    from keyslice.compact import compact_corpus
+    from keyslice.corpus.compact import compact_corpus
     from keyslice.selector import save_tiny_checkpoint
 
     rng = random.Random(args.seed)
@@ -185,7 +185,7 @@ def main() -> int:
         print(lines[-1], flush=True)
         if final.returncode != 0:
             problems.append(f"final rerun failed: {final.stdout[-500:]} {final.stderr[-1000:]}")
-        from keyslice.sql import query
+        from keyslice.corpus.sql import query
 
         n_fail = query(faulted, "select count(*) as n from failures").to_pylist()[0]["n"]
         n_runs = query(faulted, "select count(*) as n from runs").to_pylist()[0]["n"]

@@ -134,7 +134,7 @@ def run_child(args: argparse.Namespace) -> dict:
     import tasks.steps as task_steps
     from flows.build import run_build
     from keyslice.config import BuildConfig
-    from keyslice.steps import STEPS
+    from keyslice.pipeline import registry
 
     # time inside keyslice, per stage call (list.append is atomic across the task threads)
     stage_spans: list[tuple[float, float]] = []
@@ -158,8 +158,9 @@ def run_child(args: argparse.Namespace) -> dict:
         return wrapper
 
     task_steps.run_stage = timed_run_stage
-    for name in list(STEPS):
-        STEPS[name] = timed(STEPS[name])
+    import dataclasses
+
+    registry.REGISTRY = tuple(dataclasses.replace(s, function=timed(s.function)) for s in registry.REGISTRY)
     if args.untag_cpu_steps:   # measurement variant: no tag (so no concurrency-slot call) on steps 1, 2, 4
         from tasks import STAGE_TASKS
 
@@ -225,7 +226,7 @@ def run_child(args: argparse.Namespace) -> dict:
 
 # -- parent: studies, one subprocess per size, the report -----------------------------------------------
 def _count_rows(corpus: Path) -> dict[str, int]:
-    from keyslice.sql import query
+    from keyslice.corpus.sql import query
 
     tables = ("findings", "series", "assignments", "selections", "vqa", "failures")
     return {t: query(corpus, f"select count(*) as n from {t}").to_pylist()[0]["n"] for t in tables}

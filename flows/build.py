@@ -1,4 +1,5 @@
-"""The build flow: the four steps per study, studies processed concurrently.
+"""The build flow: keyslice's corpus build (:func:`keyslice.pipeline.api.execute`) with each study's
+stages run as Prefect tasks, on threads or on a Dask cluster.
 
 A study's next stage is submitted as soon as its previous stage is checkpointed, independently
 of the others, with a bounded number of studies in flight (:func:`_run_studies`). Every stage task completes
@@ -13,65 +14,30 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from keyslice.checkpoints import STAGES
 from keyslice.config import BuildConfig
-from keyslice.context import BuildContext, make_context
-from keyslice.lock import corpus_lock, sweep_temporaries
-from keyslice.runs import record_run
-from keyslice.schemas import utcnow
-from keyslice.studies import discover_studies
-from tasks import STAGE_TASKS
+from keyslice.corpus.lock import corpus_lock
+from keyslice.pipeline.api import execute
+from keyslice.pipeline.context import BuildContext, make_context
+from keyslice.pipeline.registry import get_stage
+from tasks import stage_task
 
 
 @flow(name="keyslice-build", log_prints=True, validate_parameters=False)
 def build_flow(config: dict[str, Any], studies_filter: list[str] | None = None,
                incremental: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
-    """Build (or resume) a corpus. ``config`` is a :class:`BuildConfig` as a plain dict.
+    """Build (or resume) a corpus. ``config`` is a :class:`BuildConfig` as plain values
+    (:meth:`BuildConfig.to_dict`: flow-run parameters are stored by the Prefect API).
 
-    ``incremental``: only studies that are not complete get tasks (see :func:`run_build`).
-    ``stages``: run only these stages (default all), e.g. ``["keyslice"]`` on a GPU work pool;
-    a stage whose upstream stage is not done yet reports ``blocked`` (see flows/deploy.py).
+    ``incremental`` and ``stages``: see :func:`keyslice.pipeline.api.execute` (and flows/deploy.py
+    for the CPU/GPU phases).
     """
     cfg = BuildConfig.from_dict(config)
     ctx = make_context(cfg)
+    window = 2 * max(cfg.max_workers, 1)
     with corpus_lock(cfg.out_dir):
-        return _build(ctx, studies_filter, incremental, stages)
-
-
-def _build(ctx: BuildContext, studies_filter: list[str] | None, incremental: bool = False,
-           stages: list[str] | None = None) -> dict[str, Any]:
-    cfg = ctx.config
-    logger = get_run_logger()
-    swept = sweep_temporaries(cfg.out_dir)
-    if swept:
-        logger.info("removed %d half-written temporary file(s) left by an interrupted build", swept)
-    started = utcnow()
-    studies = discover_studies(cfg.input_dir, ctx.pseudonymize, cfg.manifest)
-    if studies_filter:
-        studies = [s for s in studies if s.study_id in set(studies_filter)]
-    for stage in cfg.force_stages:
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
-        for study in studies:
-            ctx.store.invalidate(stage, study.study_id)
-    selected = [stage for stage in STAGES if stage in set(stages or STAGES)]
-    if stages and len(selected) != len(set(stages)):
-        raise ValueError(f"unknown stage(s) in {stages}; choose from {', '.join(STAGES)}")
-    if incremental:
-        complete = len(studies)
-        studies = [s for s in studies if not all(ctx.store.is_done(stage, s.study_id) for stage in selected)]
-        complete -= len(studies)
-        logger.info("incremental: %d complete studies skipped without tasks", complete)
-    logger.info("building %d studies into %s (run %s)", len(studies), cfg.out_dir, ctx.run_id)
-
-    outcomes = _run_studies(studies, selected, ctx, window=2 * max(cfg.max_workers, 1))
-    run = record_run(ctx, started, len(studies), outcomes)
-    for o in outcomes:
-        if o.status == "failed":
-            logger.warning("study %s failed at stage %s: %s", o.study_id, o.stage, o.message)
-    return {"run_id": ctx.run_id, "n_studies": len(studies),
-            **{k: run[k] for k in ("n_done", "n_skipped", "n_failed", "n_blocked")},
-            "outcomes": [o.__dict__ for o in outcomes]}
+        return execute(ctx, lambda studies, names, c: _run_studies(studies, names, c, window),
+                       studies_filter=studies_filter, incremental=incremental, stages=stages,
+                       logger=get_run_logger())
 
 
 def _run_studies(studies: list, stages: list[str], ctx: BuildContext, window: int) -> list:
@@ -92,7 +58,7 @@ def _run_studies(studies: list, stages: list[str], ctx: BuildContext, window: in
     outcomes = []
 
     def submit(study, i: int, previous=None) -> None:
-        task = STAGE_TASKS[stages[i]]
+        task = stage_task(get_stage(stages[i]), ctx)
         with _dask_placement(task):
             future = task.submit(study, ctx, wait_for=[previous] if previous is not None else None)
         future.add_done_callback(lambda f: finished.put((f, study, i)))
@@ -164,16 +130,5 @@ def run_build(cfg: BuildConfig, task_runner: str = "threads", *, dask_address: s
     large, mostly-built corpus cheap. Without it every study gets its four (skipped) task runs.
     """
     runner = make_task_runner(task_runner, cfg.max_workers, dask_address)
-    return build_flow.with_options(task_runner=runner)(config=_config_dict(cfg), incremental=incremental,
+    return build_flow.with_options(task_runner=runner)(config=cfg.to_dict(), incremental=incremental,
                                                        stages=list(stages) if stages else None)
-
-
-def _config_dict(cfg: BuildConfig) -> dict[str, Any]:
-    import dataclasses
-
-    data = dataclasses.asdict(cfg)
-    for key in ("input_dir", "out_dir", "manifest"):
-        if data[key] is not None:
-            data[key] = str(data[key])
-    data["force_stages"] = list(data["force_stages"])
-    return data

@@ -38,19 +38,15 @@ def scheduled_build(input_dir: str, out_dir: str, model: str = "biomedclip", con
     pack the per-study files into shards after the build (``keyslice compact``). ``stages``: only
     these stages (default all four), as the CPU and GPU phases of :func:`pipeline_build` do.
     """
-    from pathlib import Path
-
     from flows.build import run_build
     from keyslice.config import BuildConfig
 
-    overrides = {"input_dir": input_dir, "out_dir": out_dir, "model": model, "max_workers": max_workers,
-                 "device": device}
-    cfg = (BuildConfig.from_yaml(Path(config_file), **overrides) if config_file
-           else BuildConfig.from_dict({k: v for k, v in overrides.items() if v is not None}))
+    cfg = BuildConfig.from_settings(config_file, input_dir=input_dir, out_dir=out_dir, model=model,
+                                    max_workers=max_workers, device=device)
     result = run_build(cfg, runner, dask_address=dask_address, incremental=incremental, stages=stages)
     summary = {k: v for k, v in result.items() if k != "outcomes"}
     if compact:
-        from keyslice.compact import compact_corpus
+        from keyslice.corpus.compact import compact_corpus
 
         report = compact_corpus(cfg.out_dir)
         summary["compacted_files"] = sum(r.files_absorbed for r in report.values())
@@ -58,9 +54,18 @@ def scheduled_build(input_dir: str, out_dir: str, model: str = "biomedclip", con
     return summary
 
 
-CPU_STAGES_BEFORE = ["segment", "series"]
-GPU_STAGES = ["keyslice"]
-CPU_STAGES_AFTER = ["vqa"]
+def _phases() -> tuple[list[str], list[str], list[str]]:
+    """The registry's stages as (CPU before, GPU, CPU after) phases of the split deployment."""
+    from keyslice.pipeline.registry import device_phases
+
+    kinds = [kind for kind, _ in device_phases()]
+    if kinds != ["cpu", "gpu", "cpu"]:
+        raise RuntimeError(f"the split deployment expects CPU, GPU, CPU stage phases; the registry has {kinds}")
+    before, gpu, after = (names for _, names in device_phases())
+    return before, gpu, after
+
+
+CPU_STAGES_BEFORE, GPU_STAGES, CPU_STAGES_AFTER = _phases()
 
 
 @flow(name="keyslice-pipeline", log_prints=True)

@@ -40,15 +40,12 @@ class OutFormat(str, Enum):
 
 def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[str], force_stage: list[str],
            workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None) -> dict:
-    _quiet_prefect()
-    from flows.build import run_build
     from keyslice.config import BuildConfig
 
-    overrides = {"input_dir": str(input_dir), "out_dir": str(out), "model": model, "device": device,
-                 "max_workers": workers, "force_stages": list(force_stage) or None}
     try:
-        cfg = (BuildConfig.from_yaml(config, **overrides) if config
-               else BuildConfig.from_dict({k: v for k, v in overrides.items() if v is not None}))
+        cfg = BuildConfig.from_settings(config, input_dir=str(input_dir), out_dir=str(out), model=model,
+                                        device=device, max_workers=workers,
+                                        force_stages=list(force_stage) or None)
     except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:  # a config mistake, not a crash
         where = f"build config {config}" if config else "build options"
         raise typer.BadParameter(f"{where}: {exc}") from exc
@@ -56,6 +53,13 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
         raise typer.BadParameter(f"input folder {cfg.input_dir} does not exist; --input (or input_dir in the "
                                  "config) must be a folder of studies, see the README's input contract")
     with console.status(f"building corpus in {out} ..."):
+        if runner == "local":
+            from keyslice.pipeline.api import build as build_corpus
+
+            return build_corpus(config=cfg, runner="threads")
+        _quiet_prefect()
+        from flows.build import run_build
+
         return run_build(cfg, task_runner=runner, dask_address=dask_address)
 
 
@@ -77,16 +81,18 @@ def build(
     out: Path = typer.Option(..., "--out", help="corpus folder; created or resumed"),
     config: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                           help="YAML build config; flags override it"),
-    model: Optional[str] = typer.Option(None, help="selector model: preset, hf-hub id or local checkpoint dir"),
+    model: Optional[str] = typer.Option(None, help="selector model: preset (biomedclip, clip-vit-b16, pubmedclip-vit-b32, demo: the bundled tiny demo model), hf-hub id or local checkpoint dir"),
     force_stage: list[str] = typer.Option([], "--force-stage", help="recompute this stage (and later ones)"),
     workers: Optional[int] = typer.Option(None, help="studies processed concurrently"),
-    runner: str = typer.Option("threads", help="task runner: threads or dask"),
+    runner: str = typer.Option("threads", help="threads or dask: Prefect tasks on threads or a Dask cluster; "
+                                               "local: the same build without Prefect (keyslice.build)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
     dask_address: Optional[str] = typer.Option(None, help="with --runner dask: an existing scheduler, e.g. "
                                                           "tcp://host:8786 (default $KEYSLICE_DASK_ADDRESS, "
                                                           "else a temporary local cluster)"),
 ) -> None:
-    """Run the Prefect build flow over INPUT into OUT; reruns resume (done stages are skipped)."""
+    """Build the studies of INPUT into the corpus OUT (a Prefect flow unless --runner local); reruns
+    resume (done stages are skipped)."""
     result = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address)
     _print_run(result)
     _print_status(out)
@@ -96,7 +102,7 @@ def build(
 
 
 def _print_status(out: Path) -> None:
-    from keyslice.status import corpus_status
+    from keyslice.corpus.status import corpus_status
 
     status = corpus_status(out)
     table = Table(title=f"corpus {out}")
@@ -142,14 +148,16 @@ def sql(
     query: str = typer.Argument(..., help="SQL over the views studies, series, findings, assignments, "
                                            "selections, vqa, failures, runs, finetune_runs, finetune_metrics"),
     out: Path = typer.Option(..., "--out", help="corpus folder"),
-    fmt: OutFormat = typer.Option(OutFormat.table, "--format", help="table (print), csv, json or parquet"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="file for csv/json/parquet"),
+    fmt: OutFormat = typer.Option(OutFormat.table, "--format", help="table (print), csv, json (lines) or parquet"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (parquet needs one; "
+                                                                       "csv and json go to standard output "
+                                                                       "without it; json is one object a line)"),
 ) -> None:
     """Query the corpus with DuckDB."""
     import duckdb
 
-    from keyslice.sql import query as run_query
-    from keyslice.storage import is_url, normalize
+    from keyslice.corpus.sql import query as run_query
+    from keyslice.corpus.storage import is_url, normalize
 
     if not is_url(normalize(out)):  # a corpus URL is checked by DuckDB when it reads it
         _require_corpus(out)
@@ -161,19 +169,34 @@ def sql(
     if fmt is OutFormat.table:
         console.print(_rich_table(result))
         return
-    if output is None:
-        raise typer.BadParameter("--format csv|json|parquet needs --output FILE")
     if fmt is OutFormat.parquet:
+        if output is None:
+            raise typer.BadParameter("--format parquet needs --output FILE")
         import pyarrow.parquet as pq
 
         pq.write_table(result, output)
-    elif fmt is OutFormat.csv:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(result, output)
     else:
-        output.write_text(json.dumps(result.to_pylist(), default=str, indent=1))
-    console.print(f"{result.num_rows} rows written to {output}")
+        text = _csv_text(result) if fmt is OutFormat.csv else "".join(
+            json.dumps(row, default=str) + "\n" for row in result.to_pylist())
+        if output is None:  # to standard output, so the command works in a pipe
+            typer.echo(text, nl=False)
+            return
+        output.write_text(text)
+    Console(stderr=True).print(f"{result.num_rows} rows written to {output}")
+
+
+def _csv_text(result) -> str:
+    """CSV of a query result; list and struct cells as JSON (CSV has no nested values)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(result.column_names)
+    for row in result.to_pylist():
+        writer.writerow(["" if v is None else json.dumps(v, default=str) if isinstance(v, (list, dict)) else v
+                         for v in row.values()])
+    return buffer.getvalue()
 
 
 @app.command()
@@ -194,7 +217,7 @@ def demo(
     result = _build(studies, out, None, model, [], None, "threads", None)
     _print_run(result)
     _print_status(out)
-    from keyslice.sql import VQA_QUESTION_TYPES, VQA_YES_NO_BALANCE, query as run_query
+    from keyslice.corpus.sql import VQA_QUESTION_TYPES, VQA_YES_NO_BALANCE, query as run_query
 
     console.print(_rich_table(run_query(out, VQA_QUESTION_TYPES), "VQA question types"))
     console.print(_rich_table(run_query(out, VQA_YES_NO_BALANCE), "VQA yes/no balance (closed questions)"))
@@ -367,7 +390,7 @@ def evaluate(
 def serve(
     input_dir: Path = typer.Option(..., "--input", help="folder of studies; new ones are built on every tick"),
     out: Path = typer.Option(..., "--out", help="corpus folder"),
-    model: str = typer.Option("biomedclip", help="selector model: preset, hf-hub id or local checkpoint dir"),
+    model: str = typer.Option("biomedclip", help="selector model: preset (biomedclip, clip-vit-b16, pubmedclip-vit-b32, demo: the bundled tiny demo model), hf-hub id or local checkpoint dir"),
     cron: str = typer.Option("0 2 * * *", help="cron schedule of the incremental builds"),
     timezone: Optional[str] = typer.Option(None, help="time zone of the cron schedule (default UTC)"),
     name: str = typer.Option("keyslice-incremental", help="deployment name"),
@@ -397,8 +420,8 @@ def compact(
                                                                   "(s3://bucket/corpus, gs://...)"),
 ) -> None:
     """Pack per-study checkpoint files into a few Parquet shards per table (no row lost or duplicated)."""
-    from keyslice.compact import compact_corpus
-    from keyslice.lock import CorpusLockedError
+    from keyslice.corpus.compact import compact_corpus
+    from keyslice.corpus.lock import CorpusLockedError
 
     _require_corpus(out)
     try:
@@ -415,7 +438,7 @@ def compact(
                       str(r.files_left))
     console.print(table)
     if sync_to:
-        from keyslice.storage import sync_corpus
+        from keyslice.corpus.storage import sync_corpus
 
         counts = sync_corpus(out, sync_to)
         console.print(f"mirrored to {sync_to}: {counts['uploaded']} files uploaded, {counts['deleted']} deleted")

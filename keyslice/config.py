@@ -43,7 +43,7 @@ class BuildConfig:
     llm: LLMSettings = field(default_factory=LLMSettings)
     max_workers: int = 4                   # studies processed concurrently
     force_stages: tuple[str, ...] = ()
-    retries: int = 2                       # Prefect retries for transient errors
+    retries: int | None = None             # retries of transient errors, every stage; None: each stage's own
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> "BuildConfig":
@@ -68,6 +68,19 @@ class BuildConfig:
                 data[key] = Path(data[key])
         data["force_stages"] = tuple(data.get("force_stages") or ())
         return cls(**data)
+
+    @classmethod
+    def from_settings(cls, config_file: Path | str | None = None, **overrides: Any) -> "BuildConfig":
+        """A YAML file (optional) with keyword settings over it; ``None`` settings are left out.
+
+        The one way the CLI, ``keyslice.build`` and the scheduled flow turn their arguments into a config.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls.from_yaml(Path(config_file), **given) if config_file else cls.from_dict(given)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe values (paths as strings): what a Prefect flow run's parameters hold."""
+        return json.loads(self.to_json())
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), default=str, sort_keys=True)

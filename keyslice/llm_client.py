@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import openai
 
-from keyslice.atomic import write_bytes_atomic
+from keyslice.corpus.atomic import write_bytes_atomic
 from keyslice.errors import KeysliceError, TransientError
 from keyslice.resources import resource_dir
 

@@ -1,6 +1,5 @@
-"""Prefect tasks: one per step, each a thin wrapper around :func:`keyslice.stages.run_stage`,
-which reads the step's inputs from and writes its outputs to Parquet checkpoints."""
+"""Prefect tasks: one per stage of :mod:`keyslice.pipeline.registry` (see :mod:`tasks.steps`)."""
 
-from tasks.steps import keyslice_task, segment_task, series_task, vqa_task, STAGE_TASKS
+from tasks.steps import STAGE_TASKS, stage_task
 
-__all__ = ["segment_task", "series_task", "keyslice_task", "vqa_task", "STAGE_TASKS"]
+__all__ = ["STAGE_TASKS", "stage_task"]

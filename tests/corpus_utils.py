@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from keyslice.config import BuildConfig
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 
 BUILD_KEY = "test-key-not-a-secret"
 

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keyslice.checkpoints import CheckpointStore
+from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.pseudonym import KEY_ENV, Pseudonymizer
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 DICOM_DIR = Path("ge_head_ct_tilt")

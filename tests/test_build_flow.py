@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyslice.checkpoints import STAGES, CheckpointStore
-from keyslice.sql import query
+from keyslice.pipeline.registry import STAGES
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.sql import query
 from tests.corpus_utils import BUILD_KEY, build_config, corpus_fingerprint
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def test_sample_build_produces_findings_selections_and_vqa(reference_corpus):
 
 def test_documented_vqa_reports_show_balanced_yes_no(reference_corpus):
     """The README's SQL reports run on a real corpus, and rule-based yes/no stays balanced."""
-    from keyslice.sql import VQA_QUESTION_TYPES, VQA_YES_NO_BALANCE
+    from keyslice.corpus.sql import VQA_QUESTION_TYPES, VQA_YES_NO_BALANCE
 
     (balance,) = query(reference_corpus, VQA_YES_NO_BALANCE).to_pylist()
     assert balance["generator"] == "rule" and balance["n_yes"] >= 5

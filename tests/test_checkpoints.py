@@ -3,10 +3,10 @@ import datetime as dt
 import pyarrow.parquet as pq
 import pytest
 
-from keyslice.checkpoints import CheckpointStore
-from keyslice.lock import CorpusLockedError, corpus_lock, sweep_temporaries
-from keyslice.schemas import SchemaError
-from keyslice.sql import query
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.lock import CorpusLockedError, corpus_lock, sweep_temporaries
+from keyslice.corpus.schemas import SchemaError
+from keyslice.corpus.sql import query
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -80,3 +80,39 @@ def test_config_mistakes_are_reported_not_raised(tmp_path):
             assert result.exit_code == 2, (args[0], name, result.output)
             assert message.startswith("Usage:") and text in message, (args[0], name, message)
     assert not (tmp_path / "c").exists()
+
+
+def _corpus_with_findings(tmp_path):
+    import datetime as dt
+
+    from keyslice.corpus.checkpoints import CheckpointStore
+
+    store = CheckpointStore(tmp_path / "corpus")
+    row = {"study_id": "s1", "finding_id": "s1:0", "finding_index": 0, "section": "findings",
+           "text": 'Cyst, "simple".', "organ": "liver", "organs": ["liver", "kidney"], "ts_labels": ["liver"],
+           "status": "abnormal", "laterality": None, "measurements_mm": [12.0], "phase_hint": None,
+           "image_refs": [], "language": "en", "segmenter": "rules", "created_at": dt.datetime.now(dt.timezone.utc)}
+    store.commit_stage("segment", "s1", {"findings": [row]}, "run1")
+    return store.root
+
+
+def test_sql_csv_and_json_go_to_standard_output_for_a_pipe(tmp_path):
+    """Without -o, csv and json print the rows (not a message) so `keyslice sql ... | other` works;
+    list columns become JSON cells in CSV instead of an Arrow error."""
+    import csv
+    import io
+    import json
+
+    out = _corpus_with_findings(tmp_path)
+    query = "select finding_id, text, organs, measurements_mm from findings"
+    as_csv = CliRunner().invoke(app, ["sql", "--out", str(out), query, "--format", "csv"])
+    assert as_csv.exit_code == 0, as_csv.output
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert rows == [{"finding_id": "s1:0", "text": 'Cyst, "simple".', "organs": '["liver", "kidney"]',
+                     "measurements_mm": "[12.0]"}]
+    as_json = CliRunner().invoke(app, ["sql", "--out", str(out), query, "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert [json.loads(line) for line in as_json.stdout.splitlines()] == [
+        {"finding_id": "s1:0", "text": 'Cyst, "simple".', "organs": ["liver", "kidney"], "measurements_mm": [12.0]}]
+    parquet = CliRunner().invoke(app, ["sql", "--out", str(out), query, "--format", "parquet"])
+    assert parquet.exit_code == 2 and "--output" in _message(parquet)

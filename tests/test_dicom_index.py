@@ -9,7 +9,7 @@ import pytest
 from keyslice.dicom import index_study, series_files
 from keyslice.errors import DicomReadError
 from keyslice.pseudonym import Pseudonymizer
-from keyslice.schemas import to_table
+from keyslice.corpus.schemas import to_table
 from tests.real_data import DATA
 
 SIEMENS = DATA / "totalsegmentator_reference" / "tests" / "reference_files" / "example_ct_dicom"

@@ -71,7 +71,7 @@ def test_cli_finetune_resume_eval_and_corpus_record(tmp_path, data_dir):
     assert (ev / "plots" / "similarity_example_ct_dicom_sentence.png").is_file()
 
     # the run's metrics in the corpus, queryable with the corpus' SQL views
-    from keyslice.sql import query
+    from keyslice.corpus.sql import query
 
     run = query(corpus, "select * from finetune_runs").to_pylist()
     assert len(run) == 1 and run[0]["steps"] == 3 and run[0]["evaluated"]

@@ -20,12 +20,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from keyslice.checkpoints import STAGE_TABLES, STAGES, CheckpointStore
-from keyslice.compact import (COMPACTABLE, compact_corpus, compacted_files, is_compacted, shard_count,
-                              view_sql)
-from keyslice.lock import CorpusLockedError, corpus_lock
-from keyslice.schemas import table_schema
-from keyslice.sql import query
+from keyslice.pipeline.registry import STAGE_TABLES, STAGES
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.compact import COMPACTABLE, compact_corpus
+from keyslice.corpus.shards import compacted_files, is_compacted, shard_count
+from keyslice.corpus.sql import view_sql
+from keyslice.corpus.lock import CorpusLockedError, corpus_lock
+from keyslice.corpus.schemas import table_schema
+from keyslice.corpus.sql import query
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +204,7 @@ def test_views_of_a_never_compacted_corpus_are_unchanged(tmp_path):
 def test_shards_are_sorted_by_study_and_read_by_row_group(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    import keyslice.compact as compact
+    import keyslice.corpus.compact as compact
 
     monkeypatch.setattr(compact, "ROW_GROUP_ROWS", 16)
     store = CheckpointStore(tmp_path)
@@ -227,7 +229,7 @@ def test_shards_are_sorted_by_study_and_read_by_row_group(tmp_path, monkeypatch)
 
 _COMPACT_CHILD = """
 import sys
-from keyslice.compact import compact_corpus
+from keyslice.corpus.compact import compact_corpus
 print("ready", flush=True)
 compact_corpus(sys.argv[1], shards=3)
 """

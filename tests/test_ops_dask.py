@@ -12,8 +12,9 @@ import shutil
 
 import pytest
 
-from keyslice.checkpoints import STAGES, CheckpointStore
-from keyslice.sql import query
+from keyslice.pipeline.registry import STAGES
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.sql import query
 from tests.corpus_utils import BUILD_KEY, build_config, corpus_fingerprint
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.deploy import CPU_STAGES_AFTER, CPU_STAGES_BEFORE, GPU_STAGES, make_deployment, scheduled_build
-from keyslice.checkpoints import STAGES
+from keyslice.pipeline.registry import STAGES
 from keyslice.cli import app
 from tasks import STAGE_TASKS
 
@@ -146,9 +146,9 @@ def test_kubernetes_manifests_and_work_pool_templates():
 def test_scheduled_build_builds_new_studies_and_compacts(tmp_path, tiny_model_dir, prefect_harness, monkeypatch):
     """The deployment's flow itself, on SYNTHETIC phantom studies: build, compact, then only new studies."""
     from benchmarks.synthetic_studies import write_synthetic_studies
-    from keyslice.checkpoints import CheckpointStore
-    from keyslice.compact import compacted_files
-    from keyslice.sql import query
+    from keyslice.corpus.checkpoints import CheckpointStore
+    from keyslice.corpus.shards import compacted_files
+    from keyslice.corpus.sql import query
 
     monkeypatch.setenv("KEYSLICE_PSEUDONYM_KEY", "test-key-not-a-secret")
     inp, out = tmp_path / "studies", tmp_path / "corpus"

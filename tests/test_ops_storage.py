@@ -3,7 +3,7 @@
 The mirror goes to fsspec's in-memory filesystem (``memory://``), which DuckDB reads through the
 same fsspec filesystem; ``s3://``/``gs://`` go through DuckDB's httpfs extension instead, which
 cannot be installed offline here, so for those only the secret built from the environment is
-checked (:func:`keyslice.storage.secret_sql`).
+checked (:func:`keyslice.corpus.storage.secret_sql`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import fsspec
 import pytest
 from typer.testing import CliRunner
 
-from keyslice.checkpoints import CheckpointStore
+from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.cli import app
-from keyslice.compact import compact_corpus
-from keyslice.storage import normalize, secret_sql, sync_corpus
+from keyslice.corpus.compact import compact_corpus
+from keyslice.corpus.storage import normalize, secret_sql, sync_corpus
 from tests.test_ops_compact import commit_study, fail, make_rows, visible
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from keyslice.checkpoints import CheckpointStore
+from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.pseudonym import Pseudonymizer
 from keyslice.publish.privacy import (PrivacyGate, PngError, clean_png, dicom_phi_values, png_chunks, scan_text,
                                       scrub_text)
@@ -169,7 +169,7 @@ def corpus(template, tmp_path, monkeypatch):
 
 def _recommit(root, stage: str, sid: str, edit) -> None:
     """Re-run a stage for one study with edited rows, through the normal checkpoint API."""
-    from keyslice.checkpoints import STAGE_TABLES
+    from keyslice.pipeline.registry import STAGE_TABLES
 
     store = CheckpointStore(root)
     tables = {t: store.read_rows(t, sid) for t in STAGE_TABLES[stage]}

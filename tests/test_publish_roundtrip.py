@@ -136,7 +136,7 @@ def test_publish_refuses_without_a_deliberate_key(corpus, tmp_path, monkeypatch)
 
 
 def test_incomplete_studies_are_left_out(corpus, tmp_path):
-    from keyslice.checkpoints import CheckpointStore
+    from keyslice.corpus.checkpoints import CheckpointStore
     from keyslice.publish import publish_corpus
 
     root, fx = corpus
@@ -178,7 +178,7 @@ def test_single_patient_many_studies_stay_together(tmp_path, data_dir, monkeypat
 
 def test_compacted_corpus_publishes_the_same_dataset(corpus, tmp_path):
     """After `keyslice compact` (per-study files packed into shards) the export is byte-identical."""
-    from keyslice.compact import compact_corpus
+    from keyslice.corpus.compact import compact_corpus
     from keyslice.publish import publish_corpus
 
     root, _ = corpus
@@ -193,7 +193,7 @@ def test_publish_refuses_a_key_other_than_the_builds(corpus, tmp_path, monkeypat
     """No key file to compare with (an env-key build): the fingerprint recorded in `runs` decides."""
     import datetime as dt
 
-    from keyslice.checkpoints import CheckpointStore
+    from keyslice.corpus.checkpoints import CheckpointStore
     from keyslice.publish import publish_corpus
 
     root, _ = corpus

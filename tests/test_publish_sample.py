@@ -1,6 +1,6 @@
 """The REAL bundled sample corpus (steps 1-4 on the real DICOM + ROCO sentences), published and loaded back.
 
-Built without Prefect (``keyslice.stages.process_study`` per study) with the tiny random-weight
+Built without Prefect (``keyslice.pipeline.run.process_study`` per study) with the tiny random-weight
 selector; the round trip then checks rows, pixels and patient splits, and that the Philips
 secondary captures (``S4010``, whose pixels show patient/dose text; one file says BurnedInAnnotation
 YES) never reach the export.
@@ -39,10 +39,10 @@ def sample_corpus(tmp_path_factory, data_dir, tiny_model_dir):
     import os
 
     from keyslice.config import BuildConfig
-    from keyslice.context import make_context
+    from keyslice.pipeline.context import make_context
     from keyslice.sample import materialize_samples
-    from keyslice.stages import process_study
-    from keyslice.studies import discover_studies
+    from keyslice.pipeline.run import process_study
+    from keyslice.pipeline.studies import discover_studies
 
     previous = os.environ.get(KEY_ENV)
     os.environ[KEY_ENV] = KEY
@@ -65,7 +65,7 @@ def sample_corpus(tmp_path_factory, data_dir, tiny_model_dir):
 
 def test_real_sample_corpus_round_trips(sample_corpus, tmp_path, monkeypatch):
     from keyslice.publish import publish_corpus
-    from keyslice.sql import query
+    from keyslice.corpus.sql import query
     from tests.publish_fixtures import assert_round_trip
 
     src, studies_dir, outcomes = sample_corpus

@@ -123,7 +123,7 @@ def test_a_build_with_segmenter_llm_uses_the_endpoint_of_its_config(tmp_path):
 
     from keyslice.config import BuildConfig, LLMSettings
     from keyslice.report import report_config_for_build
-    from keyslice.steps import segment_step
+    from keyslice.pipeline.stage_functions import segment_step
 
     study = SimpleNamespace(study_id="s1", read_report=lambda: REPORT)
     with ScriptedLLMServer() as server:

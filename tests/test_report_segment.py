@@ -9,7 +9,7 @@ import pytest
 
 from keyslice.errors import EmptyReportError, InputError, UnsupportedLanguageError
 from keyslice.report import ORGAN_TS_LABELS, Finding, ReportConfig, segment_report, ts_labels_for
-from keyslice.schemas import table_schema, to_table
+from keyslice.corpus.schemas import table_schema, to_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from keyslice.schemas import TABLES, SchemaError, parse_type, table_schema, to_table, validate_table
+from keyslice.corpus.schemas import TABLES, SchemaError, parse_type, table_schema, to_table, validate_table
 
 
 def _failure_row(**overrides):
@@ -65,8 +65,9 @@ def test_files_of_an_older_schema_version_read_as_the_newest(tmp_path, monkeypat
 
     import pyarrow.parquet as pq
 
-    from keyslice import resources, schemas, sql
-    from keyslice.checkpoints import CheckpointStore
+    from keyslice import resources
+    from keyslice.corpus import schemas, sql
+    from keyslice.corpus.checkpoints import CheckpointStore
 
     store = CheckpointStore(tmp_path / "corpus")
     store.commit_stage("segment", "s1", {"findings": [_finding_row()]}, "run1")

@@ -1,4 +1,4 @@
-"""The key-slice stage as a build runs it (keyslice.steps through process_study, no Prefect): a real
+"""The key-slice stage as a build runs it (keyslice.pipeline.stage_functions through process_study, no Prefect): a real
 JPEG 2000 series with one corrupt slice, its real TotalSegmentator mask, and a WRITTEN (synthetic)
 report whose sentences name organs of that mask."""
 
@@ -12,12 +12,12 @@ import pydicom
 import pytest
 
 from keyslice.config import BuildConfig
-from keyslice.context import make_context
+from keyslice.pipeline.context import make_context
 from keyslice.selector import OrganMasks, load_model, load_volume
 from keyslice.selector.model import file_sha256
-from keyslice.sql import query
-from keyslice.stages import process_study
-from keyslice.studies import discover_studies
+from keyslice.corpus.sql import query
+from keyslice.pipeline.run import process_study
+from keyslice.pipeline.studies import discover_studies
 from tests.real_data import DATA
 
 REF = DATA / "totalsegmentator_reference" / "tests" / "reference_files"

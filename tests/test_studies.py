@@ -4,7 +4,7 @@ import pytest
 
 from keyslice.errors import InputError
 from keyslice.pseudonym import Pseudonymizer
-from keyslice.studies import discover_studies
+from keyslice.pipeline.studies import discover_studies
 
 PSEUDO = Pseudonymizer(b"k", "env")
 
@@ -46,6 +46,6 @@ def test_missing_report_is_an_input_error(tmp_path):
     (tmp_path / "manifest.csv").write_text("study,report\ns1,\n")
     [study] = discover_studies(tmp_path, PSEUDO)
     assert study.read_report() == ""
-    from keyslice.studies import Study
+    from keyslice.pipeline.studies import Study
     with pytest.raises(InputError, match="report.txt"):
         Study("st-x", "s2", tmp_path / "s2", None).read_report()

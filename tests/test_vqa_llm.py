@@ -321,7 +321,7 @@ def test_json_mode_sends_response_format(server):
 def test_llm_rows_fit_the_vqa_table_beside_rule_rows(server):
     import datetime as dt
 
-    from keyslice.schemas import to_table
+    from keyslice.corpus.schemas import to_table
     from keyslice.vqa import generate_rule_vqa
 
     same_as_rules = copy.deepcopy(VALID)

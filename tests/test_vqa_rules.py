@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from keyslice.schemas import to_table
+from keyslice.corpus.schemas import to_table
 from keyslice.vqa import RULES_VERSION, generate_rule_vqa
 from keyslice.vqa.lexicon import find_organs, split_side
 from keyslice.vqa.rows import qa_id

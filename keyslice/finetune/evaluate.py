@@ -221,7 +221,7 @@ def jsonable(obj):
 def _write(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
 
-    from keyslice.atomic import write_parquet_atomic
+    from keyslice.corpus.atomic import write_parquet_atomic
 
     write_parquet_atomic(path, pa.Table.from_pylist(rows) if rows else pa.table({}))
 

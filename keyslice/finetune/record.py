@@ -90,9 +90,9 @@ def record_run_metrics(cfg: FinetuneConfig, corpus: Path | str | None = None) ->
     ``{"run_id", "corpus", "n_metrics", "evaluated"}``. The corpus folder must exist
     (:func:`check_corpus`); the run must have finished training."""
     import keyslice
-    from keyslice.atomic import write_parquet_atomic
+    from keyslice.corpus.atomic import write_parquet_atomic
     from keyslice.errors import InputError
-    from keyslice.schemas import to_table, utcnow
+    from keyslice.corpus.schemas import to_table, utcnow
 
     corpus = check_corpus(corpus or cfg.metrics_corpus)
     prov_path = cfg.out / "model" / "keyslice_finetune.json"

@@ -207,7 +207,7 @@ def checkpoints(out: Path) -> list[Path]:
 def _write_parquet(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
 
-    from keyslice.atomic import write_parquet_atomic
+    from keyslice.corpus.atomic import write_parquet_atomic
 
     write_parquet_atomic(path, pa.Table.from_pylist(rows) if rows else pa.table({}))
 
@@ -260,7 +260,7 @@ class _Run:
         if not self.pairs:
             raise ValueError("no training pairs: no organ of the list has slices in the training masks and no "
                              "lesion labels were given")
-        from keyslice.atomic import write_parquet_atomic
+        from keyslice.corpus.atomic import write_parquet_atomic
 
         write_parquet_atomic(out / "pairs.parquet", pairs_table(self.pairs))
         _write_parquet(out / "pair_stats.parquet", stats_rows(self.stats))

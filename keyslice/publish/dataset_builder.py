@@ -32,7 +32,8 @@ from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 
-from keyslice.checkpoints import STAGES, CheckpointStore
+from keyslice.pipeline.registry import STAGES
+from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.errors import KeysliceError
 
 CONFIGS = ("vqa", "findings", "selections")
@@ -68,7 +69,7 @@ def _read(con, table: str, study_ids: list[str]) -> list[dict[str, Any]]:
     """Rows of ``table`` for the given studies, through the corpus' DuckDB views.
 
     The views read per-study files and compacted shards alike (a per-study file wins over its
-    compacted rows, :mod:`keyslice.compact`), in one pass per table.
+    compacted rows, :mod:`keyslice.corpus.compact`), in one pass per table.
     """
     if not study_ids:
         return []
@@ -83,7 +84,7 @@ def _read(con, table: str, study_ids: list[str]) -> list[dict[str, Any]]:
 
 def read_corpus(corpus_dir: Path) -> CorpusSnapshot:
     """The complete studies of a corpus and their rows (call while holding the corpus lock)."""
-    from keyslice.sql import connect
+    from keyslice.corpus.sql import connect
 
     store = CheckpointStore(Path(corpus_dir))
     done = [store.done_studies(stage) for stage in STAGES]

@@ -156,7 +156,7 @@ def manifest_remote(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]
 
 
 def write_manifest(corpus_dir: Path, repo_id: str, data: dict[str, Any]) -> Path:
-    from keyslice.atomic import write_bytes_atomic
+    from keyslice.corpus.atomic import write_bytes_atomic
 
     path = manifest_path(corpus_dir, repo_id)
     write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=_json_default).encode())

@@ -74,7 +74,7 @@ def require_deliberate_key(corpus_dir: Path) -> Pseudonymizer:
 
 def _build_key_fingerprints(corpus_dir: Path) -> set[str]:
     """Fingerprints of the keys the corpus' builds used (one, unless someone changed the key midway)."""
-    from keyslice.sql import query
+    from keyslice.corpus.sql import query
 
     rows = query(corpus_dir, "SELECT DISTINCT key_fingerprint FROM runs WHERE key_fingerprint IS NOT NULL")
     return {r["key_fingerprint"] for r in rows.to_pylist()}
@@ -99,7 +99,7 @@ class PublishResult:
 
 def _known_phi(input_dir: Path, pseudonymize: Pseudonymizer, study_ids: set[str]) -> dict[str, set[str]]:
     """Identifying DICOM header values per exported study, read from the source studies."""
-    from keyslice.studies import discover_studies
+    from keyslice.pipeline.studies import discover_studies
 
     if not Path(input_dir).is_dir():
         raise PublishError(f"--input {input_dir} is not a folder; pass the studies folder the corpus was built from")
@@ -143,7 +143,7 @@ def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str
 
 
 def _write_report(corpus_dir: Path, repo_id: str, report: PrivacyReport) -> Path:
-    from keyslice.atomic import write_bytes_atomic
+    from keyslice.corpus.atomic import write_bytes_atomic
 
     path = Path(corpus_dir) / "publish" / (repo_id.replace("/", "__") + ".privacy.json")
     write_bytes_atomic(path, json.dumps(report.to_dict(), indent=1, default=str).encode())
@@ -164,7 +164,7 @@ def _prepare_dry_run_dir(target: Path) -> None:
 def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
           known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
-    from keyslice.lock import CorpusLockedError, corpus_lock
+    from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
     try:
         with corpus_lock(corpus_dir):

@@ -566,7 +566,14 @@ def _load_cached(spec: str, device: str, precision: str) -> ClipEncoder:
 
 
 def load_model(spec: str, *, device: str = "auto", precision: str = "auto") -> ClipEncoder:
-    """Load (once per process) the encoder for a preset name, hf-hub id or local directory."""
+    """Load (once per process) the encoder for a preset name, hf-hub id or local directory.
+
+    ``demo`` names the bundled demo model (tiny, seeded random weights: :mod:`keyslice.demo_model`).
+    """
+    if spec == "demo":
+        from keyslice.demo_model import ensure_demo_model
+
+        spec = str(ensure_demo_model(progress=lambda message: None))
     if not spec.startswith("hf-hub:") and spec not in PRESETS:
         p = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
         if p.exists():

@@ -13,7 +13,7 @@ Design (every step is safe against ``kill -9`` and never shows a row twice):
   over the old one, so it changes atomically.
 * **The per-study file wins.** Readers take a study's rows from ``<study_id>.parquet`` when it
   exists and from its shard only otherwise: :meth:`CheckpointStore.read` does so, and the DuckDB
-  views (:func:`view_sql`) drop the compacted rows of every study that has a per-study file.
+  views (:func:`keyslice.corpus.sql.view_sql`) drop the compacted rows of every study that has a per-study file.
   Hence recomputing (``--force-stage``) or rerunning a stage of a compacted study simply writes
   its per-study file as before; its old compacted rows become invisible at that instant, and
   the next compaction drops them from the shard (they are *dead*).
@@ -35,10 +35,8 @@ time; nothing holds a whole table.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,99 +46,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from keyslice.atomic import fsync_dir, tmp_name
-from keyslice.checkpoints import STAGE_TABLES, CheckpointStore
-from keyslice.schemas import sql_defaults, table_schema, validate_table
+from keyslice.corpus.atomic import fsync_dir, tmp_name
+from keyslice.pipeline.registry import TABLE_STAGE
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.schemas import table_schema, validate_table
+from keyslice.corpus.shards import APPEND_TABLES, SETTINGS_FILE, is_compacted, shard_count, shard_name, shard_of
 
-PREFIX = "compacted-"
 DEFAULT_SHARDS = 16
 ROW_GROUP_ROWS = 8192           # small row groups: reading one study from a shard decodes little
-SETTINGS_FILE = Path(".keyslice") / "compaction.json"
-TABLE_STAGE: dict[str, str] = {t: stage for stage, tables in STAGE_TABLES.items() for t in tables}
-APPEND_TABLES: tuple[str, ...] = ("failures",)
 COMPACTABLE: tuple[str, ...] = tuple(TABLE_STAGE) + APPEND_TABLES
-_SHARD_NAME = re.compile(r"^compacted-(\d+)-of-(\d+)\.parquet$")
-
-
-# -- naming -------------------------------------------------------------------------------------
-def is_compacted(path: Path | str) -> bool:
-    return Path(path).name.startswith(PREFIX)
-
-
-def shard_of(key: str, n_shards: int) -> int:
-    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) % n_shards
-
-
-def shard_name(k: int, n_shards: int) -> str:
-    return f"{PREFIX}{k:03d}-of-{n_shards:03d}.parquet"
-
-
-def shard_count(store: CheckpointStore) -> int | None:
-    """The corpus' shard count, or None when it has never been compacted."""
-    path = store.root / SETTINGS_FILE
-    if not path.exists():
-        return None
-    return int(json.loads(path.read_text())["shards"])
-
-
-def compacted_files(store: CheckpointStore, table: str) -> list[Path]:
-    folder = store.table_dir(table)
-    return sorted(folder.glob(f"{PREFIX}*.parquet")) if folder.exists() else []
-
-
-# -- reading a compacted study ---------------------------------------------------------------------
-def read_compacted(store: CheckpointStore, table: str, study_id: str) -> pa.Table | None:
-    """The rows of ``study_id`` in its shard of ``table``; None when the study was never compacted.
-
-    A study whose stage is done but has no row in its shard had zero rows in that table: an
-    empty table is returned, exactly as its (empty) per-study file gave before compaction.
-    """
-    n = shard_count(store)
-    if n is None:
-        return None
-    path = store.table_dir(table) / shard_name(shard_of(study_id, n), n)
-    if not path.exists():
-        rows = None
-    else:
-        rows = validate_table(table, pq.read_table(path, filters=[("study_id", "==", study_id)]))
-    if rows is not None and rows.num_rows:
-        return rows
-    stage = TABLE_STAGE.get(table)
-    if stage is not None and store.is_done(stage, study_id):
-        return table_schema(table).schema.empty_table()
-    return None
-
-
-# -- DuckDB views -----------------------------------------------------------------------------------
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def view_sql(table: str, pattern: str) -> str:
-    """``CREATE VIEW`` for one table over the Parquet files matching ``pattern`` (a path or URL glob).
-
-    Stage tables: a compacted row is shown only when its study has no per-study file (the per-study
-    file wins). Failures: distinct rows (a kill during compaction may leave one row in two files).
-    Other tables: all rows. Correct whether or not the corpus was ever compacted.
-
-    Files of older schema versions read as the newest version: the rows are unioned by name with
-    the empty declared table ``_empty_<table>`` (registered by :func:`keyslice.sql.connect`), so a
-    column added later is present even when no file has it, and takes its declared default.
-    """
-    src = (f"read_parquet({_sql_literal(pattern)}, union_by_name = true, filename = '_ks_file')")
-    if table in TABLE_STAGE:
-        rows = (f"SELECT * EXCLUDE (_ks_file) FROM {src} "
-                f"WHERE NOT starts_with(parse_filename(_ks_file), '{PREFIX}') "
-                f"OR study_id NOT IN (SELECT parse_filename(file, true) FROM glob({_sql_literal(pattern)}))")
-    elif table in APPEND_TABLES:
-        rows = f"SELECT DISTINCT * FROM read_parquet({_sql_literal(pattern)}, union_by_name = true)"
-    else:
-        rows = f"SELECT * FROM read_parquet({_sql_literal(pattern)}, union_by_name = true)"
-    defaults = sql_defaults(table)
-    columns = ", ".join(f'coalesce("{name}", {defaults[name]}) AS "{name}"' if name in defaults else f'"{name}"'
-                        for name in table_schema(table).schema.names)
-    return (f"CREATE VIEW {table} AS SELECT {columns} FROM "
-            f"(SELECT * FROM _empty_{table} UNION ALL BY NAME {rows})")
 
 
 # -- compaction -------------------------------------------------------------------------------------
@@ -332,7 +246,7 @@ def _settle_shard_count(store: CheckpointStore, requested: int | None) -> int:
     n = requested or DEFAULT_SHARDS
     if not 1 <= n <= 999:
         raise ValueError("shards must be between 1 and 999")
-    from keyslice.atomic import write_bytes_atomic
+    from keyslice.corpus.atomic import write_bytes_atomic
 
     write_bytes_atomic(store.root / SETTINGS_FILE, json.dumps({"shards": n}).encode())
     return n
@@ -341,7 +255,7 @@ def _settle_shard_count(store: CheckpointStore, requested: int | None) -> int:
 def compact_corpus(corpus_dir: Path, shards: int | None = None,
                    tables: Iterable[str] | None = None) -> dict[str, TableCompaction]:
     """Compact every compactable table of a corpus; refuses to run while a build holds the corpus."""
-    from keyslice.lock import corpus_lock, sweep_temporaries
+    from keyslice.corpus.lock import corpus_lock, sweep_temporaries
 
     corpus_dir = Path(corpus_dir)
     if not (corpus_dir / "tables").is_dir():

@@ -1,20 +1,24 @@
-"""The four steps as functions of (study, context) -> rows per table.
+"""What each stage does for one study: (study, context) -> rows per table.
 
 Each function reads what earlier stages checkpointed, calls the domain code of its
 step, and returns complete rows (``study_id`` and ``created_at`` added here, once).
-They know nothing of retries, skipping or failures: :mod:`keyslice.stages` does that.
+Skipping done work, retrying and recording a failed stage are :mod:`keyslice.pipeline.run`'s;
+a function records only partial problems that do not fail its stage (unreadable slices,
+rejected LLM answers) in ``failures``. Stages are declared in :mod:`keyslice.pipeline.registry`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from keyslice.context import BuildContext
+from keyslice.corpus.schemas import utcnow
 from keyslice.errors import DicomReadError
-from keyslice.schemas import utcnow
-from keyslice.studies import Study
+
+if TYPE_CHECKING:
+    from keyslice.pipeline.context import BuildContext
+    from keyslice.pipeline.studies import Study
 
 Rows = list[dict[str, Any]]
 
@@ -150,11 +154,3 @@ def vqa_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         for failure in failures:
             ctx.store.record_failure(sid, "vqa-llm", failure.as_exception(), 1, ctx.run_id)
     return {"vqa": _stamp(rows, sid)}
-
-
-STEPS: dict[str, Callable[[Study, BuildContext], dict[str, Rows]]] = {
-    "segment": segment_step,
-    "series": series_step,
-    "keyslice": keyslice_step,
-    "vqa": vqa_step,
-}

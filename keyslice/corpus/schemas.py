@@ -120,6 +120,11 @@ def upgrade_table(name: str, table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=current.schema)
 
 
+def sql_literal(text: str) -> str:
+    """A string as a DuckDB literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def sql_defaults(name: str) -> dict[str, str]:
     """SQL literals of the declared defaults, for views over files of mixed schema versions."""
     out = {}
@@ -129,7 +134,7 @@ def sql_defaults(name: str) -> dict[str, str]:
         elif isinstance(value, (int, float)):
             out[column] = repr(value)
         elif isinstance(value, str):
-            out[column] = "'" + value.replace("'", "''") + "'"
+            out[column] = sql_literal(value)
         elif isinstance(value, list) and not value:
             out[column] = "[]"
         else:

@@ -11,7 +11,7 @@ come in at two places:
   compaction absorbed next, stage markers last. The pseudonymisation key (``.keyslice/``) and
   the cache are never uploaded. Run ``keyslice compact`` first so that the mirror holds a few
   large files instead of millions of small ones (``keyslice compact --out C --sync-to URL``).
-* :func:`keyslice.sql.connect` opens DuckDB views over a corpus path *or* URL; for ``s3://``/
+* :func:`keyslice.corpus.sql.connect` opens DuckDB views over a corpus path *or* URL; for ``s3://``/
   ``gs://``/``https://`` it loads DuckDB's ``httpfs`` extension and creates a secret from the usual
   environment variables (see infra/README.md); other fsspec schemes are registered with DuckDB.
 """
@@ -24,6 +24,8 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
+
+from keyslice.corpus.schemas import sql_literal
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _COLLAPSED_URL = re.compile(r"^(s3|s3a|gs|gcs|r2|az|abfss|https?|file|memory):/(?!/)")
@@ -61,10 +63,6 @@ def table_pattern(root: str | os.PathLike, table: str) -> str:
 
 
 # -- DuckDB ---------------------------------------------------------------------------------------------
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def prepare_duckdb(con: Any, root: str | os.PathLike) -> None:
     """Make ``root`` readable by DuckDB (no-op for local paths).
 
@@ -111,17 +109,17 @@ def secret_sql(kind: str, env: Mapping[str, str]) -> str | None:
             host = re.sub(r"^https?://", "", endpoint).rstrip("/")
             opts.update({"ENDPOINT": host, "URL_STYLE": "path",
                          "USE_SSL": "false" if endpoint.startswith("http://") else "true"})
-        body = ", ".join(f"{k} {_sql_literal(v)}" if k != "USE_SSL" else f"{k} {v}" for k, v in opts.items())
+        body = ", ".join(f"{k} {sql_literal(v)}" if k != "USE_SSL" else f"{k} {v}" for k, v in opts.items())
         return f"CREATE OR REPLACE SECRET keyslice_s3 (TYPE s3, {body})"
     if kind in ("gs", "gcs") and env.get("GCS_ACCESS_KEY_ID"):
-        return (f"CREATE OR REPLACE SECRET keyslice_gcs (TYPE gcs, KEY_ID {_sql_literal(env['GCS_ACCESS_KEY_ID'])}, "
-                f"SECRET {_sql_literal(env.get('GCS_SECRET_ACCESS_KEY', ''))})")
+        return (f"CREATE OR REPLACE SECRET keyslice_gcs (TYPE gcs, KEY_ID {sql_literal(env['GCS_ACCESS_KEY_ID'])}, "
+                f"SECRET {sql_literal(env.get('GCS_SECRET_ACCESS_KEY', ''))})")
     return None
 
 
 def has_files(con: Any, pattern: str) -> bool:
     """Whether a glob (path or URL) matches at least one file, asked of DuckDB itself."""
-    return con.execute(f"SELECT count(*) FROM glob({_sql_literal(pattern)})").fetchall()[0][0] > 0
+    return con.execute(f"SELECT count(*) FROM glob({sql_literal(pattern)})").fetchall()[0][0] > 0
 
 
 # -- mirroring with fsspec ------------------------------------------------------------------------------

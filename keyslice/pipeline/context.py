@@ -10,10 +10,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyslice.checkpoints import CheckpointStore
+from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.config import BuildConfig
 from keyslice.pseudonym import Pseudonymizer, load_pseudonymizer
-from keyslice.schemas import utcnow
+from keyslice.corpus.schemas import utcnow
 
 
 @dataclass(frozen=True)

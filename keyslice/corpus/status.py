@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyslice.checkpoints import STAGES, CheckpointStore
-from keyslice.sql import connect
+from keyslice.pipeline.registry import STAGES
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.sql import connect
 
 
 @dataclass(frozen=True)

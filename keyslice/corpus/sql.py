@@ -13,21 +13,45 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from keyslice.schemas import TABLES, table_schema
+from keyslice.corpus.schemas import TABLES, sql_defaults, sql_literal, table_schema
+from keyslice.corpus.shards import APPEND_TABLES, PREFIX
+from keyslice.pipeline.registry import TABLE_STAGE
 
 
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def view_sql(table: str, pattern: str) -> str:
+    """``CREATE VIEW`` for one table over the Parquet files matching ``pattern`` (a path or URL glob).
+
+    Stage tables: a compacted row is shown only when its study has no per-study file (the per-study
+    file wins). Failures: distinct rows (a kill during compaction may leave one row in two files).
+    Other tables: all rows. Correct whether or not the corpus was ever compacted.
+
+    Files of older schema versions read as the newest version: the rows are unioned by name with
+    the empty declared table ``_empty_<table>`` (registered by :func:`connect`), so a
+    column added later is present even when no file has it, and takes its declared default.
+    """
+    src = (f"read_parquet({sql_literal(pattern)}, union_by_name = true, filename = '_ks_file')")
+    if table in TABLE_STAGE:
+        rows = (f"SELECT * EXCLUDE (_ks_file) FROM {src} "
+                f"WHERE NOT starts_with(parse_filename(_ks_file), '{PREFIX}') "
+                f"OR study_id NOT IN (SELECT parse_filename(file, true) FROM glob({sql_literal(pattern)}))")
+    elif table in APPEND_TABLES:
+        rows = f"SELECT DISTINCT * FROM read_parquet({sql_literal(pattern)}, union_by_name = true)"
+    else:
+        rows = f"SELECT * FROM read_parquet({sql_literal(pattern)}, union_by_name = true)"
+    defaults = sql_defaults(table)
+    columns = ", ".join(f'coalesce("{name}", {defaults[name]}) AS "{name}"' if name in defaults else f'"{name}"'
+                        for name in table_schema(table).schema.names)
+    return (f"CREATE VIEW {table} AS SELECT {columns} FROM "
+            f"(SELECT * FROM _empty_{table} UNION ALL BY NAME {rows})")
 
 
 def connect(corpus_dir: Path | str) -> duckdb.DuckDBPyConnection:
-    """Views over a corpus folder, or a corpus URL (``s3://``, ``gs://``: see :mod:`keyslice.storage`).
+    """Views over a corpus folder, or a corpus URL (``s3://``, ``gs://``: see :mod:`keyslice.corpus.storage`).
 
     A compacted corpus reads the same: a study's per-study file wins over its compacted rows
-    (:func:`keyslice.compact.view_sql`), so no row is ever shown twice.
+    (:func:`view_sql`), so no row is ever shown twice.
     """
-    from keyslice import storage
-    from keyslice.compact import view_sql
+    from keyslice.corpus import storage
 
     root = storage.normalize(corpus_dir)
     con = duckdb.connect(database=":memory:")

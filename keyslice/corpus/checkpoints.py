@@ -24,22 +24,10 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from keyslice.atomic import write_bytes_atomic, write_parquet_atomic
-from keyslice.schemas import to_table, utcnow, validate_table
-
-STAGES: tuple[str, ...] = ("segment", "series", "keyslice", "vqa")
-STAGE_TABLES: dict[str, tuple[str, ...]] = {
-    "segment": ("findings",),
-    "series": ("studies", "series", "assignments"),
-    "keyslice": ("selections",),
-    "vqa": ("vqa",),
-}
-
-
-def downstream(stage: str) -> tuple[str, ...]:
-    """The stage itself and every stage after it: recomputing one invalidates those."""
-    return STAGES[STAGES.index(stage):]
-
+from keyslice.corpus.atomic import write_bytes_atomic, write_parquet_atomic
+from keyslice.pipeline.registry import STAGE_TABLES, downstream
+from keyslice.corpus.schemas import to_table, utcnow, validate_table
+from keyslice.corpus.shards import read_compacted
 
 @dataclass(frozen=True)
 class CheckpointStore:
@@ -90,14 +78,12 @@ class CheckpointStore:
     def read(self, table: str, study_id: str) -> pa.Table:
         """A study's rows of a table: its per-study file, else its rows in a compacted shard.
 
-        The per-study file always wins (see :mod:`keyslice.compact`), so a stage recomputed
+        The per-study file always wins (see :mod:`keyslice.corpus.compact`), so a stage recomputed
         after compaction is read from its new file, never from the stale compacted rows.
         """
         try:
             return validate_table(table, pq.read_table(self.table_path(table, study_id)))
         except FileNotFoundError:
-            from keyslice.compact import read_compacted
-
             rows = read_compacted(self, table, study_id)
             if rows is None:
                 raise

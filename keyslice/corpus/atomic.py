@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 def tmp_name(path: Path) -> Path:
     """A unique temporary sibling of ``path``: leading dot + ``.tmp``, so DuckDB globs (``*.parquet``)
-    never pick it up and :func:`keyslice.lock.sweep_temporaries` can remove it after a crash."""
+    never pick it up and :func:`keyslice.corpus.lock.sweep_temporaries` can remove it after a crash."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 

@@ -7,9 +7,9 @@ from collections import Counter
 from typing import Iterable
 
 from keyslice import __version__
-from keyslice.context import BuildContext
-from keyslice.schemas import utcnow
-from keyslice.stages import StageOutcome
+from keyslice.pipeline.context import BuildContext
+from keyslice.corpus.schemas import utcnow
+from keyslice.pipeline.run import StageOutcome
 
 
 def record_run(ctx: BuildContext, started_at: dt.datetime, n_studies: int,

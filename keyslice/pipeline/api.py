@@ -1,0 +1,132 @@
+"""Build a corpus from Python, without Prefect.
+
+:func:`build` is what ``keyslice build --runner local`` runs and what a notebook calls::
+
+    import keyslice
+    keyslice.build("studies/", "corpus/", model="biomedclip", device="cuda")
+
+:func:`execute` is the corpus-level build that every runner shares: sweep what an interrupted
+build left, discover the studies, apply ``force_stages``, skip complete studies when
+incremental, run the stages, record the run. A runner only decides how the per-study stages
+are executed: :class:`SequentialRunner` and :class:`ThreadRunner` here, Prefect tasks on threads
+or Dask in ``flows/build.py`` (the same :func:`execute`, called inside a flow run).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from keyslice.config import BuildConfig
+from keyslice.corpus.lock import corpus_lock, sweep_temporaries
+from keyslice.corpus.schemas import utcnow
+from keyslice.pipeline.context import BuildContext, make_context
+from keyslice.pipeline.registry import select_stages
+from keyslice.pipeline.run import StageOutcome, process_study
+from keyslice.pipeline.runs import record_run
+from keyslice.pipeline.studies import Study, discover_studies
+
+log = logging.getLogger("keyslice.build")
+
+
+class Runner(Protocol):
+    """Runs the given stages of every study and returns one outcome per (study, stage) run."""
+
+    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext) -> list[StageOutcome]: ...
+
+
+@dataclass(frozen=True)
+class SequentialRunner:
+    """One study after the other in this thread: the simplest thing to debug."""
+
+    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext) -> list[StageOutcome]:
+        return [o for study in studies for o in process_study(study, ctx, stages)]
+
+
+@dataclass(frozen=True)
+class ThreadRunner:
+    """``max_workers`` studies at a time, each through its stages in order, in a thread pool."""
+
+    max_workers: int = 4
+
+    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext) -> list[StageOutcome]:
+        with ThreadPoolExecutor(max_workers=max(self.max_workers, 1), thread_name_prefix="keyslice") as pool:
+            per_study = pool.map(lambda study: process_study(study, ctx, stages), studies)
+            return [o for outcomes in per_study for o in outcomes]
+
+
+def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | None = None,
+            incremental: bool = False, stages: list[str] | tuple[str, ...] | None = None,
+            logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
+    """The corpus build over ``ctx`` with ``runner``; the caller holds the corpus lock.
+
+    ``incremental``: only studies that are not complete get run at all (new studies, failed or
+    forced ones), which keeps a scheduled build over a large, mostly built corpus cheap.
+    ``stages``: only these stages (default all), e.g. the GPU stage on a GPU machine; a stage whose
+    upstream stage is not done reports ``blocked``.
+    """
+    cfg = ctx.config
+    selected = select_stages(stages)
+    swept = sweep_temporaries(cfg.out_dir)
+    if swept:
+        logger.info("removed %d half-written temporary file(s) left by an interrupted build", swept)
+    started = utcnow()
+    studies = discover_studies(cfg.input_dir, ctx.pseudonymize, cfg.manifest)
+    if studies_filter:
+        studies = [s for s in studies if s.study_id in set(studies_filter)]
+    for stage in select_stages(cfg.force_stages) if cfg.force_stages else []:
+        for study in studies:
+            ctx.store.invalidate(stage, study.study_id)
+    if incremental:
+        complete = len(studies)
+        studies = [s for s in studies if not all(ctx.store.is_done(stage, s.study_id) for stage in selected)]
+        logger.info("incremental: %d complete studies skipped without tasks", complete - len(studies))
+    logger.info("building %d studies into %s (run %s)", len(studies), cfg.out_dir, ctx.run_id)
+
+    outcomes = runner(studies, selected, ctx)
+    run = record_run(ctx, started, len(studies), outcomes)
+    for o in outcomes:
+        if o.status == "failed":
+            logger.warning("study %s failed at stage %s: %s", o.study_id, o.stage, o.message)
+    return {"run_id": ctx.run_id, "n_studies": len(studies),
+            **{k: run[k] for k in ("n_done", "n_skipped", "n_failed", "n_blocked")},
+            "outcomes": [o.__dict__ for o in outcomes]}
+
+
+RUNNERS: dict[str, Callable[[BuildConfig], Runner]] = {
+    "sequential": lambda cfg: SequentialRunner(),
+    "threads": lambda cfg: ThreadRunner(cfg.max_workers),
+}
+
+
+def build(input_dir: Path | str | None = None, out_dir: Path | str | None = None, *,
+          config: BuildConfig | Path | str | None = None, runner: str | Runner = "threads",
+          incremental: bool = False, stages: list[str] | None = None, studies: list[str] | None = None,
+          **settings: Any) -> dict[str, Any]:
+    """Build (or resume) the corpus ``out_dir`` from the studies in ``input_dir``, without Prefect.
+
+    ``config``: a :class:`BuildConfig` or a YAML file of build settings; ``settings`` (``model=``,
+    ``device=``, ``top_k=``... any :class:`BuildConfig` field) and the two folders override it.
+    ``runner``: ``"threads"`` (``max_workers`` studies at once), ``"sequential"``, or any
+    :class:`Runner`. ``studies``: only these study ids. Returns the run summary (counts per outcome
+    and every stage outcome), the same as the Prefect flow returns.
+    """
+    folders = {"input_dir": input_dir, "out_dir": out_dir}
+    if isinstance(config, BuildConfig):
+        given = {k: (Path(v) if k in folders else v) for k, v in {**folders, **settings}.items() if v is not None}
+        cfg = replace(config, **given)
+    else:
+        cfg = BuildConfig.from_settings(config, **{k: (str(v) if k in folders and v is not None else v)
+                                                   for k, v in {**folders, **settings}.items()})
+    if not Path(cfg.input_dir).is_dir():
+        raise FileNotFoundError(f"input folder {cfg.input_dir} does not exist")
+    if isinstance(runner, str) and runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}: use one of {', '.join(RUNNERS)} or a Runner "
+                         "(Prefect and Dask runners: flows.build.run_build)")
+    run = RUNNERS[runner](cfg) if isinstance(runner, str) else runner
+    ctx = make_context(cfg)
+    with corpus_lock(cfg.out_dir):
+        return execute(ctx, run, studies_filter=studies, incremental=incremental, stages=stages)
