@@ -30,7 +30,7 @@ Every size is built in a fresh subprocess into an empty corpus, and the subproce
   more fresh subprocess, Prefect's own cost per no-op task run, untagged and tagged
   (``--noop-tasks``), to tell Prefect's fixed cost per task from keyslice's.
 
-Targets (issue 9): peak RSS flat within 10 % from 10 to 1,000 studies; overhead < 10 %.
+Targets: peak RSS flat within 10 % from 10 to 1,000 studies; overhead < 10 %.
 A full run of the three sizes takes about 10-20 minutes on 2 idle cores (most of it the
 1,000-study build); a size that exceeds --timeout is reported as such.
 """

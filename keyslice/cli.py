@@ -148,10 +148,10 @@ def sql(
     query: str = typer.Argument(..., help="SQL over the views studies, series, findings, assignments, "
                                            "selections, vqa, failures, runs, finetune_runs, finetune_metrics"),
     out: Path = typer.Option(..., "--out", help="corpus folder"),
-    fmt: OutFormat = typer.Option(OutFormat.table, "--format", help="table (print), csv, json (lines) or parquet"),
+    fmt: OutFormat = typer.Option(OutFormat.table, "--format", help="table (print), csv, json or parquet"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write (parquet needs one; "
                                                                        "csv and json go to standard output "
-                                                                       "without it; json is one object a line)"),
+                                                                       "without it)"),
 ) -> None:
     """Query the corpus with DuckDB."""
     import duckdb
@@ -176,8 +176,8 @@ def sql(
 
         pq.write_table(result, output)
     else:
-        text = _csv_text(result) if fmt is OutFormat.csv else "".join(
-            json.dumps(row, default=str) + "\n" for row in result.to_pylist())
+        text = (_csv_text(result) if fmt is OutFormat.csv
+                else json.dumps(result.to_pylist(), default=str, indent=1) + "\n")
         if output is None:  # to standard output, so the command works in a pipe
             typer.echo(text, nl=False)
             return

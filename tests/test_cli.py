@@ -112,7 +112,7 @@ def test_sql_csv_and_json_go_to_standard_output_for_a_pipe(tmp_path):
                      "measurements_mm": "[12.0]"}]
     as_json = CliRunner().invoke(app, ["sql", "--out", str(out), query, "--format", "json"])
     assert as_json.exit_code == 0, as_json.output
-    assert [json.loads(line) for line in as_json.stdout.splitlines()] == [
+    assert json.loads(as_json.stdout) == [
         {"finding_id": "s1:0", "text": 'Cyst, "simple".', "organs": ["liver", "kidney"], "measurements_mm": [12.0]}]
     parquet = CliRunner().invoke(app, ["sql", "--out", str(out), query, "--format", "parquet"])
     assert parquet.exit_code == 2 and "--output" in _message(parquet)

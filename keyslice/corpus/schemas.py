@@ -17,8 +17,15 @@ import pyarrow as pa
 
 from keyslice.resources import resource_dir
 
-TABLES = ("studies", "series", "findings", "assignments", "selections", "vqa", "failures", "runs",
-          "finetune_runs", "finetune_metrics")
+
+
+def _table_names() -> tuple[str, ...]:
+    """Every table with a schema file: a table exists by having ``schemas/tables/<name>.v1.json``."""
+    folder = resource_dir("schemas") / "tables"
+    return tuple(sorted({p.name.split(".v")[0] for p in folder.glob("*.v*.json")}))
+
+
+TABLES = _table_names()
 
 
 class SchemaError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyslice.pipeline.registry import STAGES
+from keyslice.pipeline.registry import STAGES, TABLE_STAGE
 from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.corpus.sql import connect
 
@@ -22,7 +22,7 @@ def corpus_status(corpus_dir: Path) -> CorpusStatus:
     con = connect(corpus_dir)
     stage_done = {stage: len(store.done_studies(stage)) for stage in STAGES}
     table_rows = {t: con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-                  for t in ("studies", "series", "findings", "assignments", "selections", "vqa", "failures")}
+                  for t in (*TABLE_STAGE, "failures")}
     latest = con.sql(
         "SELECT study_id, stage, error_type, message, attempt, failed_at FROM failures "
         "QUALIFY row_number() OVER (PARTITION BY study_id, stage ORDER BY failed_at DESC) = 1 "

@@ -9,6 +9,7 @@ phases of the split deployment (``flows/deploy.py``) and the status counts. A ne
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,6 +50,16 @@ REGISTRY: tuple[Stage, ...] = (
 STAGES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
 STAGE_TABLES: dict[str, tuple[str, ...]] = {s.name: s.tables for s in REGISTRY}
 TABLE_STAGE: dict[str, str] = {t: s.name for s in REGISTRY for t in s.tables}
+
+
+_RESOURCE_LOCKS: dict[str, threading.Lock] = {"gpu": threading.Lock()}
+
+
+def resource_lock(resource: str) -> threading.Lock:
+    """The process-wide lock of an exclusive resource (``gpu``): the studies running in one process's
+    threads share one model and take turns on the device. Across processes and machines the same
+    resource tag is a Prefect concurrency limit or a Dask worker resource (infra/README.md)."""
+    return _RESOURCE_LOCKS[resource]
 
 
 def get_stage(name: str) -> Stage:

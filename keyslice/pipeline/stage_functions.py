@@ -9,7 +9,6 @@ rejected LLM answers) in ``failures``. Stages are declared in :mod:`keyslice.pip
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +20,6 @@ if TYPE_CHECKING:
     from keyslice.pipeline.studies import Study
 
 Rows = list[dict[str, Any]]
-
-# One model per process is shared by the studies running in its threads; encoding is
-# serialised so that concurrent studies do not oversubscribe the GPU (or the CPU cores).
-_ENCODE_LOCK = threading.Lock()
-
 
 def _stamp(rows: Rows, study_id: str) -> Rows:
     now = utcnow()
@@ -74,6 +68,7 @@ def series_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
 def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     """Step 3: per assigned series, decode and encode it once, then pick each finding's key slice."""
     from keyslice.dicom import index_study
+    from keyslice.pipeline.registry import resource_lock
     from keyslice.selector import (EmbeddingCache, Query, SelectorConfig, find_masks, load_model,
                                    load_volume, plot_similarity_curve, render_png, select_key_slices)
 
@@ -104,7 +99,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         queries = [Query(a["finding_id"], findings[a["finding_id"]]["text"],
                          list(findings[a["finding_id"]]["organs"]), list(findings[a["finding_id"]]["ts_labels"]))
                    for a in items]
-        with _ENCODE_LOCK:
+        with resource_lock("gpu"):  # one encoder per process, shared by its studies' threads
             choices = select_key_slices(volume, queries, encoder, selector_cfg, masks=masks, cache=cache,
                                         cache_key=f"{sid}/{series_id}")
         if volume.skipped:
