@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "tests" / "fixtures" / "phi_cases.json"
+BLIND_OUT = ROOT / "tests" / "fixtures" / "phi_cases_blind.json"
 
 # (value, type, template) -- "{S}" is the real caption sentence, "{P}" the PHI value. Labels and titles stay
 # outside the span: they are not PHI; the value is.
@@ -192,6 +193,97 @@ LOCATIONS = [
 TYPES = {"name": NAMES, "date": DATES, "id": IDS, "address": ADDRESSES, "contact": CONTACTS, "age": AGES,
          "location": LOCATIONS}
 
+# The blind set: written after the rules had been fixed on the set above, and measured once.
+BLIND = {
+    "name": [
+        ("Theodore Blackwood", "{S} Case discussed with Dr. {P} (radiology)."),
+        ("Aisling Byrne", "{S} Nurse {P} assisted."),
+        ("Krzysztof Wiśniewski", "{S} Attending: Dr {P}."),
+        ("Naomi Feldman-Katz", "Ms {P} returned for follow-up. {S}"),
+        ("Rosalind Okafor", "{S} Results phoned to {P}."),
+        ("Bartholomew Quigley", "{S} Report verified by {P}, MD."),
+        ("Ana Paula Ferreira", "{P} (referring) - {S}"),
+        ("Yusuf Demir", "{S} Seen with {P} from cardiology."),
+        ("Chloe Martin", "{S} The patient Chloe Martin agreed to CT.".replace("Chloe Martin", "{P}")),
+        ("Henrik Sørensen", "{S} Signed: {P}"),
+        ("OKAFOR^ROSALIND^N", "{S} PatientName {P}"),
+        ("BLACKWOOD^THEO", "{P}: {S}"),
+        ("Fitzgerald, Maeve", "{S} Pt: {P}."),
+        ("Dmitri Volkov", "{S} Interpreting radiologist {P}."),
+        ("Leila Haddad", "{S} {P} was counselled about the findings."),
+        ("Graham", "{S} Mr {P} declined contrast."),
+        ("Olumide Bankole", "{S} Dictated: {P}."),
+        ("Sarah-Louise Pemberton", "{S} Cc Dr {P}."),
+        ("W. H. Ashworth", "{S} Consultant: {P}"),
+        ("Esperanza Villanueva", "{S} {P} (daughter) gave the history."),
+    ],
+    "date": [
+        ("Oct 14, 2020", "{S} Prior CT {P} showed a smaller lesion."),
+        ("14/10/2020", "{S} Letzte Untersuchung {P}."),
+        ("2020.10.14", "{S} Date {P}."),
+        ("14-Oct-20", "{S} Scan {P}."),
+        ("October 14th", "{S} Planned for {P}."),
+        ("10/14/2020 09:05", "{S} Exam time {P}."),
+        ("Wednesday 14 October 2020", "{S} Reported on {P}."),
+        ("Oct 2020", "{S} Unchanged since {P}."),
+        ("14th Oct 2020", "{S} Compared to {P}."),
+        ("20201014", "{S} StudyDate={P}"),
+        ("1939-07-22", "{S} DOB {P}."),
+        ("22 July 1939", "{S} Born on {P}."),
+        ("7/22/39", "{S} Birthdate {P}."),
+        ("Jul. 22", "{S} Fell on {P}."),
+    ],
+    "id": [
+        ("00731942", "{S} Med rec # {P}."),
+        ("CT-2020-118842", "{S} Exam {P}."),
+        ("RJ7731942", "{S} Hosp no {P}."),
+        ("321-54-9876", "{S} Social security {P}."),
+        ("MRN-0044812", "{S} {P} on the requisition."),
+        ("8812 4471 09", "{S} NHS no. {P}."),
+        ("A00173492", "{S} Acc {P}."),
+        ("19480211-2234", "{S} Personnummer {P}."),
+        ("2.25.329800735698586629295641978511506172918", "{S} SOP UID {P}."),
+        ("771203", "{S} Patient #{P}."),
+    ],
+    "address": [
+        ("742 Evergreen Terrace", "{S} Home: {P}."),
+        ("15 Willow Crescent, Leeds LS6 2AB", "{S} Patient address {P}."),
+        ("Apt 12C, 410 East 72nd Street", "{S} Address on file: {P}."),
+        ("Bahnhofstrasse 5, 8001 Zürich", "{S} Wohnort {P}."),
+        ("2200 Hillcrest Drive, Austin, TX 78701", "{S} Mailing address {P}."),
+        ("Calle Mayor 14, Madrid", "{S} Domicilio {P}."),
+        ("Seattle, WA 98101", "{S} Referred from {P}."),
+        ("Unit 3, 27 Marine Parade", "{S} Found collapsed at {P}."),
+    ],
+    "contact": [
+        ("+33 1 42 68 53 00", "{S} Téléphone {P}."),
+        ("(212) 555-0147 ext. 22", "{S} Reach the ward at {P}."),
+        ("020 7946 0321", "{S} Call {P}."),
+        ("t.blackwood@northgate-radiology.example.com", "{S} Email {P}."),
+        ("http://10.1.4.22:8042/viewer?study=771203", "{S} Viewer: {P}"),
+        ("415.555.0176", "{S} Cell {P}."),
+        ("bleep 4471", "{S} Registrar on {P}."),
+        ("+1-303-555-0188", "{S} Contact number {P}."),
+    ],
+    "age": [
+        ("93-year-old", "{S} History: {P} with falls."),
+        ("ninety-six-year-old", "{S} A frail {P} man."),
+        ("aged ninety-nine", "{S} Male, {P}."),
+        ("95yo", "{S} {P} F."),
+        ("102 years", "{S} Age {P}."),
+        ("mid-nineties", "{S} A woman in her {P}."),
+        ("90 years old", "{S} The patient is {P}."),
+        ("Age 91", "{P}. {S}"),
+    ],
+    "location": [
+        ("Northgate General Hospital", "{S} Prior imaging at {P}."),
+        ("Mount Sinai Medical Center", "{S} Transferred from {P}."),
+        ("Hôpital Saint-Louis", "{S} Adressé par {P}."),
+        ("C:\\PACS\\export\\Blackwood_T\\IMG0001.dcm", "{S} File {P}"),
+        ("Lakeside Imaging Centre", "{S} Outside CT from {P}."),
+    ],
+}
+
 
 def _sentences(data_dir: Path) -> list[tuple[dict, str]]:
     from keyslice.sample import _SENTENCE_SPLIT
@@ -212,12 +304,12 @@ def _fill(template: str, sentence: str, value: str) -> tuple[str, tuple[int, int
     return head + value + tail, (len(head), len(head) + len(value))
 
 
-def build(data_dir: Path) -> dict:
-    rng = random.Random(20261130)
+def build(data_dir: Path, types: dict = TYPES, seed: int = 20261130, blind: bool = False) -> dict:
+    rng = random.Random(seed)
     sentences = _sentences(data_dir)
     rng.shuffle(sentences)
     cases, k = [], 0
-    pairs = [(kind, value, template) for kind, values in TYPES.items() for value, template in values]
+    pairs = [(kind, value, template) for kind, values in types.items() for value, template in values]
     # every value once on its own, then every value a second time combined with one of another type
     plan = [[p] for p in pairs] + [[p, rng.choice([q for q in pairs if q[0] != p[0]])] for p in pairs]
     for n, group in enumerate(plan):
@@ -232,7 +324,8 @@ def build(data_dir: Path) -> dict:
             text = new_text
         for s in spans:
             assert text[s["start"]:s["end"]] == s["value"], (text, s)
-        cases.append({"id": f"phi-{n:03d}", "split": "test" if n % 2 == 0 else "dev", "text": text,
+        split = "blind" if blind else ("test" if n % 2 == 0 else "dev")
+        cases.append({"id": f"phi-{'b' if blind else ''}{n:03d}", "split": split, "text": text,
                       "spans": sorted(spans, key=lambda s: s["start"]), "carrier_sentence": sentence,
                       "roco_id": item["roco_id"], "pmc_image": item["pmc_image"], "source": item["source"],
                       "license": item["license"]})
@@ -242,7 +335,7 @@ def build(data_dir: Path) -> dict:
                         "source kept per item). Spans give the exact characters of each inserted value and its "
                         "type; titles and labels ('Dr.', 'MRN') are outside the span. Generated by "
                         "benchmarks/make_phi_cases.py."),
-        "types": sorted(TYPES),
+        "types": sorted(types),
         "cases": cases,
     }
 
@@ -254,6 +347,15 @@ def main() -> None:
     OUT.write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n")
     n_spans = sum(len(c["spans"]) for c in fixture["cases"])
     print(f"{len(fixture['cases'])} cases, {n_spans} spans -> {OUT.relative_to(ROOT)}")
+    blind = build(data_dir(), BLIND, seed=20261201, blind=True)
+    if BLIND_OUT.exists():  # the floor is set from the one measurement; keep it
+        old = json.loads(BLIND_OUT.read_text())
+        blind = {"description": blind["description"], "first_measurement": old.get("first_measurement"),
+                 "floor": old.get("floor"), "types": blind["types"], "cases": blind["cases"]}
+    blind["description"] += " Blind set: written after the rules were fixed on phi_cases.json, measured once."
+    BLIND_OUT.write_text(json.dumps(blind, indent=1, ensure_ascii=False) + "\n")
+    n_spans = sum(len(c["spans"]) for c in blind["cases"])
+    print(f"{len(blind['cases'])} cases, {n_spans} spans -> {BLIND_OUT.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -210,13 +210,13 @@ def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
     return re.compile(pattern, flags)
 
 
-_UP = "A-ZÀ-ÖØ-Þ"
-_LO = "a-zß-öø-ÿ"
+_UP = "A-ZÀ-ÖØ-Þ\u0100-\u017f"  # Latin-1 and Latin Extended-A (Ł, Ś, Ž...; that block mixes cases)
+_LO = "a-zß-öø-ÿ\u0100-\u017f"
 #: A capitalised name word: Whitfield, O'Neil, McDonald, Smith-Jones, D'Angelo.
 _NAMEWORD = rf"(?:[{_UP}][{_LO}]?['’])?[{_UP}][{_LO}]+(?:[{_UP}][{_LO}]+)?(?:-[{_UP}][{_LO}]+)*"
 _CAPSWORD = rf"[{_UP}]{{2,}}(?:['’-][{_UP}]+)*"
 _INITIAL = rf"[{_UP}]\.?"
-_PARTICLE = r"(?:van|von|de|del|della|der|den|da|di|du|dos|das|la|le|ter|ten|bin|ibn|al|el|St\.?)"
+_PARTICLE = r"(?:(?:van|von|de|del|della|der|den|da|di|du|dos|das|la|le|ter|ten|bin|ibn|al|el)\b|St\.?)"
 _SP = r"[ \t]+"
 #: A full name after a title or label: initials, given names, particles and a surname, a suffix.
 _FULLNAME = (rf"(?:{_INITIAL}{_SP}?)*(?:{_NAMEWORD}|{_CAPSWORD})(?:{_SP}(?:{_INITIAL}(?=[ \t])|{_NAMEWORD}|{_CAPSWORD}))"
@@ -595,17 +595,20 @@ def deidentify(text: str) -> Deidentified:
 #: keyslice's own pseudonyms (``st-<hex>``, ``se-<hex>:3``) may look like ID numbers; they are safe to keep.
 _PSEUDONYM = re.compile(r"\b(?:st|pa|se)-[0-9a-f]{16}(?::\d{1,6})?\b|\b[0-9a-f]{20,64}\b")
 _QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:)?[\\/][^'"\n]*\1""")
-_BARE_PATH = re.compile(r"(?<![\w<])(?:[A-Za-z]:)?(?:[\\/][^\s\\/:'\"]+)+[\\/]?")
+_BARE_PATH = re.compile(r"(?<![\w<>])(?:[A-Za-z]:)?(?:[\\/][^\s\\/:'\"]+)+[\\/]?")
 
 
 def sanitize_message(message: str, private: Iterable[str] = ()) -> str:
     """An error message safe to store: the study's private strings (its folder path and source key, given in
     ``private``) become ``<study>``, any other file path becomes ``<path>``, and the PHI detector masks what is
     left (names, IDs, dates...). keyslice pseudonyms are kept so the message still says which series failed."""
-    for value in sorted({v for v in private if v and len(v) > 1}, key=len, reverse=True):
-        message = message.replace(value, "<study>")
+    for value in sorted({v for v in private if v and len(v) > 2}, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w-])", "<study>", message)
     message = _QUOTED_PATH.sub(lambda m: f"{m.group(1)}<path>{m.group(1)}", message)
     message = _BARE_PATH.sub("<path>", message)
     keep = [m.span() for m in _PSEUDONYM.finditer(message)]
-    hits = [h for h in scan_text(message) if not any(s <= h.start and h.end <= e for s, e in keep)]
+    given, _ = vocabulary()
+    lone_names = [TextHit("given_name", "name", m.start(), m.end()) for m in _WORD.finditer(message)
+                  if m.group().rstrip(".") in given]  # an error text is not prose: any given name is masked
+    hits = [h for h in [*scan_text(message), *lone_names] if not any(s <= h.start and h.end <= e for s, e in keep)]
     return replace_spans(message, hits)
