@@ -244,9 +244,10 @@ _INSTITUTION_WORDS = (r"(?:Hospital|Hospitals|Clinic|Clinics|Medical Cent(?:er|r
                       r"Infirmary|Klinikum|Universitätsklinikum|Radiology Associates|Imaging Cent(?:er|re))")
 #: What may follow an institution word: ``of Edinburgh``, ``Rechts der Isar``, ``de la Santé``.
 _INSTITUTION_TAIL = r"(?:(?:[ \t]+(?:of|de|di|für|der|des|am|an|la|the))*[ \t]+[A-Z][\w'’-]+){0,3}"
-_STREET = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way|Terrace|Ter|"
-           r"Parkway|Pkwy|Highway|Hwy|Square|Sq|Circle|Cir|Close|Crescent|Cres|Row|Walk|Gardens|Gdns|Alley|Trail|"
-           r"Mews|Hill|Grove|Park)")
+#: Street types; an abbreviation keeps its period (``Elm Rd.``), a full word leaves the sentence's period alone.
+_STREET = (r"(?:(?:Street|Avenue|Road|Boulevard|Lane|Drive|Court|Place|Way|Terrace|Parkway|Highway|Square|Circle|"
+           r"Close|Crescent|Row|Walk|Gardens|Alley|Trail|Mews|Hill|Grove|Park)\b"
+           r"|(?:St|Ave|Rd|Blvd|Ln|Dr|Ct|Pl|Ter|Pkwy|Hwy|Sq|Cir|Cres|Gdns)\b\.?)")
 _US_STATES = ("AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
               "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC").split()
 _US_STATE = "(?:" + "|".join(_US_STATES) + ")"
@@ -481,7 +482,7 @@ TEXT_RULES: tuple[Rule, ...] = (
     Rule("ip_address", "contact", "an IP address", _rx(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"), needs=r"\d"),
     # addresses and locations
     Rule("street_address", "address", "a street address (123 Main Street, Apt 4B, Boston, MA 02115)",
-         _rx(rf"\b\d{{1,5}}[A-Za-z]?(?:[ \t]+[{_UP}][{_LO}]+\.?){{1,4}}[ \t]+{_STREET}\b\.?"
+         _rx(rf"\b\d{{1,5}}[A-Za-z]?(?:[ \t]+[{_UP}][{_LO}]+\.?){{1,4}}[ \t]+{_STREET}"
              rf"(?:,?[ \t]+(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|#)\.?[ \t]*#?\w+)?"
              rf"(?:[ \t]+(?:N|S|E|W|NE|NW|SE|SW)\b)?(?:,[ \t]*[{_UP}][{_LO}]+(?:[ \t]+[{_UP}][{_LO}]+){{0,2}})?(?:,?[ \t]+{_US_STATE})?"
              rf"(?:,?[ \t]+\d{{5}}(?:-\d{{4}})?)?"), needs=r"\d"),
@@ -502,7 +503,7 @@ TEXT_RULES: tuple[Rule, ...] = (
              rf"(?:,[ \t]*(?:\d{{4,5}}[ \t]+)?[{_UP}][{_LO}]+)?(?<=\w)"), needs=r"\d"),
     Rule("labelled_address", "address", "a value after an address label (Address:, lives at)",
          _rx(r"(?i:\b(?:address|addr|residence|home|lives[ \t]+at|resides[ \t]+at)[ \t]*[:=][ \t]*|"
-             r"\b(?:lives|resides)[ \t]+at[ \t]+)(?P<phi>[^\n;]{3,80}?)(?=[.;\n]|$)"), needs=r"[:tT]"),
+             r"\b(?:lives|resides)[ \t]+at[ \t]+)(?!\[)(?P<phi>[^\n;\[]{3,80}?)(?=[.;\n\[]|$)"), needs=r"[:tT]"),
     Rule("local_path", "location", "a local file path (folder names often hold accession numbers or names)",
          _rx(r"(?<![\w/.])(?:/(?:home|Users|root|mnt|media|data|srv|tmp|var|work|scratch|nfs|net|Volumes|opt|pacs|"
              r"studies|archive)/\S*|[A-Za-z]:\\\S*|\\\\[A-Za-z0-9]\S*)"), needs=r"[/\\]"),
@@ -525,6 +526,8 @@ VERSION_NUMBER_RULES = frozenset({"date_dicom", "date_iso", "date_numeric", "dat
                                   "digit_run", "id_code", "phone_intl", "uk_postcode"})
 
 _NEEDS_CACHE: dict[str, re.Pattern[str]] = {}
+#: A span of placeholders alone (what de-identification left) is no hit: de-identified text scans clean.
+_PLACEHOLDERS_ONLY = re.compile(r"[\s,;:()]*(?:\[(?:NAME|DATE|ID|ADDRESS|CONTACT|AGE|LOCATION)\][\s,;:()]*)+")
 
 
 def scan_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> list[TextHit]:
@@ -536,7 +539,8 @@ def scan_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> list[TextHit]:
             needs = _NEEDS_CACHE.setdefault(rule.needs, re.compile(rule.needs))
             present[rule.needs] = needs.search(text) is not None
         if present[rule.needs]:
-            hits += [TextHit(rule.name, rule.kind, s, e) for s, e in rule.spans(text) if e > s]
+            hits += [TextHit(rule.name, rule.kind, s, e) for s, e in rule.spans(text)
+                     if e > s and not _PLACEHOLDERS_ONLY.fullmatch(text, s, e)]
     return sorted(set(hits), key=lambda h: (h.start, h.end, h.rule))
 
 

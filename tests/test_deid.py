@@ -189,3 +189,11 @@ def test_report_is_deidentified_as_it_is_read(tmp_path):
     assert dict(study.read_report_deid().counts) == {"date": 1, "name": 1}
     manifest = Study("st-0000000000000000", "x", folder, "Seen by Jane Doe (MRN 00482913).")
     assert manifest.read_report() == "Seen by [NAME] ([ID])."
+
+
+def test_deidentified_text_scans_clean():
+    """What ingestion writes must pass the gate: de-identifying twice changes nothing."""
+    fixture = load_cases(FIXTURES / "phi_cases.json")
+    for case in fixture["cases"]:
+        once = deidentify(case["text"]).text
+        assert scan_text(once) == [], (once, scan_text(once))
