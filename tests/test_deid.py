@@ -44,6 +44,8 @@ HARD_CASES = {
     "Send to jane.doe@hospital.org.": (["jane.doe", "hospital.org"], "[CONTACT]"),
     "Call (617) 555-0199 with results.": (["555-0199"], "[CONTACT]"),
     "Daughter: +44 20 7946 0958.": (["7946"], "[CONTACT]"),
+    "Mary Smith was seen.": (["Mary", "Smith"], "[NAME] was seen"),
+    "Kate Turner has Turner syndrome.": (["Kate"], "[NAME] has Turner syndrome"),
 }
 
 #: eight date formats (and one with a time): every one masked whole
@@ -55,6 +57,7 @@ MEDICAL = [
     "Axial CT shows a Wilms tumor in the left kidney.",
     "Klatskin tumor at the hilum; Bosniak IIF cyst of the right kidney.",
     "Sister Mary Joseph nodule at the umbilicus.",
+    "Mallory-Weiss tear; Budd-Chiari syndrome; Barrett esophagus.",
     "A 58-year-old female with abdominal pain.",
     "A 3.5 x 2.1 cm hypodense lesion in segment 4 of the liver, image 45 of series 3.",
     "Crohn disease with terminal ileum thickening; Hounsfield units 35-40.",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from keyslice.checkpoints import STAGES, CheckpointStore
+from keyslice.checkpoints import CheckpointStore
 from keyslice.deid import scan_text
 
 #: SYNTHETIC PHI: invented for these tests.
