@@ -80,7 +80,6 @@ Colt Cook Cooper Court Crane Dale Dallas Denver Duke Dusty Ebony Ezra Fisher Fle
 Hall Hart Haven Hays Hill Jay Judge Kent Knight Lance Marshal Mayo Moss
 Parker Pierce Porter Price Prince Queen Ransom Read Rex Rider Rock Rocky Shepherd
 Sky Skye Wells Wolf Worth Wren York
-Ileum Lumen Gastric Iliac Renal Major Minor Anterior Superior Inferior Lateral Medial Distal Proximal Mesial
 """.split())
 
 #: Words never taken as a surname or given name: imaging, anatomy and report vocabulary that is capitalised
