@@ -74,16 +74,17 @@ def test_files_of_an_older_schema_version_read_as_the_newest(tmp_path, monkeypat
 
     root = tmp_path / "res"
     shutil.copytree(resources.resource_dir("schemas"), root / "schemas")
-    spec = json.loads((root / "schemas/tables/findings.v1.json").read_text())
-    spec["version"] = 2
+    latest = max(int(p.name.split(".")[1][1:]) for p in (root / "schemas/tables").glob("findings.v*.json"))
+    spec = json.loads((root / f"schemas/tables/findings.v{latest}.json").read_text())
+    spec["version"] = latest + 1
     spec["fields"].insert(5, {"name": "kind", "type": "string", "nullable": False, "default": "finding"})
     spec["fields"].append({"name": "note", "type": "string", "nullable": True})
-    (root / "schemas/tables/findings.v2.json").write_text(json.dumps(spec))
+    (root / f"schemas/tables/findings.v{latest + 1}.json").write_text(json.dumps(spec))
     monkeypatch.setattr(schemas, "resource_dir", lambda name: root / name)
     schemas.table_schema.cache_clear()
     try:
         old = pq.read_table(store.table_path("findings", "s1"))
-        assert schemas.file_version(old) == 1
+        assert schemas.file_version(old) == latest
         row = store.read_rows("findings", "s1")[0]
         assert row["kind"] == "finding" and row["note"] is None
         assert list(row)[5] == "kind"

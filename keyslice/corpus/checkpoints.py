@@ -98,13 +98,23 @@ class CheckpointStore:
 
     # -- append-only tables ------------------------------------------------------
     def record_failure(self, study_id: str, stage: str, error: BaseException, attempt: int,
-                       run_id: str) -> None:
+                       run_id: str, private: Iterable[str] = ()) -> str:
+        """Append one failure row; returns the stored message.
+
+        The message is sanitised first (:func:`keyslice.deid.sanitize_message`): error texts quote file
+        paths, and a study's folder name is often a patient name or an accession number. ``private``
+        names the study's own private strings (its folder path, its source key), which become ``<study>``;
+        other paths become ``<path>``, and names, IDs and dates left in the text are masked.
+        """
+        from keyslice.deid import sanitize_message
+
         now = utcnow()
+        message = sanitize_message(str(error) or repr(error), private)
         row = {"study_id": study_id, "stage": stage, "error_type": type(error).__name__,
-               "message": str(error) or repr(error), "attempt": int(attempt), "run_id": run_id,
-               "failed_at": now}
+               "message": message, "attempt": int(attempt), "run_id": run_id, "failed_at": now}
         name = f"{study_id}__{stage}__{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}.parquet"
         write_parquet_atomic(self.table_dir("failures") / name, to_table("failures", [row]))
+        return message
 
     def record_run(self, row: Mapping[str, Any]) -> None:
         write_parquet_atomic(self.table_path("runs", row["run_id"]), to_table("runs", [row]))

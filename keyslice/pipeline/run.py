@@ -48,8 +48,8 @@ def run_stage(stage: str, study: Study, ctx: BuildContext, *, attempt: int = 1,
     except Exception as exc:  # noqa: BLE001 - every failure is recorded against the study
         if spec.transient(exc) and not final_attempt:
             raise
-        store.record_failure(sid, stage, exc, attempt, ctx.run_id)
-        return StageOutcome(sid, stage, "failed", f"{type(exc).__name__}: {exc}")
+        message = store.record_failure(sid, stage, exc, attempt, ctx.run_id, private=study.private_strings())
+        return StageOutcome(sid, stage, "failed", f"{type(exc).__name__}: {message}")
     return StageOutcome(sid, stage, "done", rows=counts)
 
 

@@ -28,14 +28,19 @@ def _stamp(rows: Rows, study_id: str) -> Rows:
 
 def segment_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     """Step 1: report text -> finding sentences tagged with organ, status, laterality, phase."""
+    from keyslice.deid import DEID_VERSION, KIND_TOKENS
     from keyslice.report import report_config_for_build, segment_report
 
-    findings = segment_report(study.read_report(), report_config_for_build(ctx.config.segmenter, ctx.config.llm))
+    report = study.read_report_deid()  # de-identified as it is read: the raw text goes no further
+    masked = {kind: int(report.counts.get(kind, 0)) for kind in KIND_TOKENS}
+    findings = segment_report(report.text, report_config_for_build(ctx.config.segmenter, ctx.config.llm))
     rows = []
     for f in findings:
         row = f.to_row()
         row["finding_id"] = f"{study.study_id}:{f.finding_index}"
         row["organ"] = f.organs[0] if f.organs else None
+        row["deid_version"] = DEID_VERSION
+        row["report_phi_masked"] = masked
         rows.append(row)
     return {"findings": _stamp(rows, study.study_id)}
 

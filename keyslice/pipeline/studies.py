@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from keyslice.deid import Deidentified, deidentify
 from keyslice.errors import InputError
 from keyslice.pseudonym import Pseudonymizer
 
@@ -30,13 +31,31 @@ class Study:
     path: Path
     report_text: str | None  # from the manifest; None means read report.txt
 
+    def private_strings(self) -> tuple[str, ...]:
+        """The forms in which this study's folder can show up in an error message: never to be stored."""
+        forms = {self.source_key, str(self.path), self.path.as_posix(), self.path.name}
+        try:
+            forms.add(str(self.path.resolve()))
+        except OSError:
+            pass
+        return tuple(f for f in forms if f and f != ".")
+
     def read_report(self) -> str:
+        """The report, de-identified: the only form in which report text leaves this class."""
+        return self.read_report_deid().text
+
+    def read_report_deid(self) -> Deidentified:
+        """The de-identified report and how many spans of each kind were masked (:mod:`keyslice.deid`).
+
+        De-identification happens here, as the text is read, so segmentation, LLM prompts, caches and
+        every table only ever see ``[NAME]``, ``[DATE]``...; the raw report is never stored or returned.
+        """
         if self.report_text is not None:
-            return self.report_text
+            return deidentify(self.report_text)
         report = self.path / REPORT_NAME
         if not report.exists():
             raise InputError(f"study has no {REPORT_NAME}; add one or list the study in a manifest")
-        return report.read_text(encoding="utf-8", errors="replace")
+        return deidentify(report.read_text(encoding="utf-8", errors="replace"))
 
 
 def _read_manifest(path: Path) -> list[tuple[str, str]]:

@@ -170,10 +170,11 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         "## Privacy",
         "",
         "Patient, study and series identifiers are keyed-hash (HMAC-SHA256) pseudonyms; raw DICOM UIDs, names, "
-        "dates and folder names never enter the corpus. Before export every string column went through "
-        f"keyslice's privacy gate ({RULES_VERSION}: names after titles, DICOM person names, dates, MRN- and "
-        "accession-like numbers, phone numbers, e-mail addresses, UIDs, URLs, local paths, institutions, ages "
-        "over 89), every identifier was checked to be a pseudonym, and every PNG was checked to hold no "
+        "dates and folder names never enter the corpus. Report text was de-identified when it was read (names, "
+        "dates, ID numbers, addresses, contacts and ages over 89 replaced by `[NAME]`, `[DATE]`...). Before "
+        f"export every string column went through keyslice's privacy gate ({RULES_VERSION}: the same rules, "
+        "plus UIDs, URLs, local paths and institutions), every identifier was checked to be a pseudonym, and "
+        "every PNG was checked to hold no "
         "metadata chunks (only IHDR/PLTE/IDAT/IEND). "
         + (f"{scrubbed} report-derived text value(s) had PHI-looking spans replaced by placeholders such as "
            "`[NAME]` or `[DATE]`. " if scrubbed else "")

@@ -6,12 +6,13 @@ What it checks, on exactly the rows and images that would be exported:
   shape of keyslice's keyed-hash pseudonyms (:mod:`keyslice.pseudonym`: ``st-<16 hex>``...). A raw
   PatientID, accession number or folder name in an id column is therefore caught whatever it looks like.
 * **Every other string** (report sentences, questions, answers, options, DICOM-derived values such as the
-  kernel or manufacturer, model ids, image file names) goes through a rule-based PHI scanner: names after
-  titles (``Mr. Smith``, ``Dr Jones``) or labels (``Name:``), DICOM person names (``DOE^JOHN``), dates
-  (numeric, ISO, DICOM ``YYYYMMDD``, month names), MRN-like numbers (runs of 6 or more digits, ``MRN: ...``,
-  accession numbers), phone and fax numbers, e-mail addresses, social security numbers, DICOM UIDs, IP
-  addresses, URLs, local file paths (folder names are often accession numbers or patient names),
-  institution names and ages over 89 (HIPAA Safe Harbor).
+  kernel or manufacturer, model ids, image file names) goes through the PHI detector that de-identifies
+  reports at ingestion (:mod:`keyslice.deid`, one set of rules for both): names (after titles or labels,
+  DICOM ``DOE^JANE``, ``Doe, Jane``, bare ``Jane Doe``), dates in every common format, MRN / accession /
+  ID numbers, SSNs, DICOM UIDs, phone numbers, e-mail addresses, URLs, IP addresses, street addresses and
+  postcodes, institutions, local file paths (folder names are often accession numbers or patient names)
+  and ages over 89 (HIPAA Safe Harbor). A report built with keyslice is already de-identified; the gate is
+  the second line, for corpora built before, rows edited by hand and DICOM-derived values.
 * **Known DICOM values** (optional): when the source studies are at hand, the patient's name, IDs, birth
   date, accession number, institution and physicians read from the DICOM headers must not appear verbatim
   in any exported string (:func:`dicom_phi_values`).
@@ -21,7 +22,8 @@ What it checks, on exactly the rows and images that would be exported:
   valid PNG is a hit.
 
 Any hit stops the publish: :class:`PrivacyError` names the table, the row (``finding_id``/``qa_id``), the
-column and the rule, and the report shows the value with the suspicious span masked, never the value itself.
+column, the rule and where in the value the spans are, never the value (nor a part of it); the privacy
+report on disk (``CORPUS/publish/``) shows the value with every span masked, for fixing the source.
 
 The one exception is opt-in (``keyslice publish --scrub-text``): :func:`scrub_rows` replaces the PHI-looking
 spans of report-derived text (finding sentences, questions, answers, options) by ``[KIND]`` placeholders
@@ -44,9 +46,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 
+from keyslice.deid import (DEID_VERSION, KIND_TOKENS, TEXT_RULES, VERSION_NUMBER_RULES, Rule, TextHit, merge_spans,
+                           replace_spans, scan_text, scrub_text)
 from keyslice.errors import KeysliceError
 
-RULES_VERSION = "privacy-rules.v1"
+RULES_VERSION = f"privacy-rules.v2/{DEID_VERSION}"
 
 # --------------------------------------------------------------------------- identifiers
 
@@ -64,141 +68,7 @@ ID_FORMATS: dict[str, re.Pattern[str]] = {
 NULLABLE_IDS = frozenset({"patient_id"})
 
 # --------------------------------------------------------------------------- text rules
-
-_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
-          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
-_INSTITUTION_WORDS = (r"(?:Hospital|Hospitals|Clinic|Clinics|Medical Cent(?:er|re)|Health(?:care)? System|"
-                      r"Infirmary|Klinikum|Universitätsklinikum|Radiology Associates|Imaging Cent(?:er|re))")
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    kind: str  # name | date | id_number | contact | uid | location | age
-    pattern: re.Pattern[str]
-    description: str
-    needs: str = ""  # a character class every match contains: texts without one skip the rule (speed)
-
-
-_NEEDS = {"date": r"\d", "id_number": "", "contact": r"[\d@:/.]", "uid": r"\d", "age": r"\d"}
-
-
-def _r(name: str, kind: str, pattern: str, description: str, flags: int = 0, needs: str | None = None) -> Rule:
-    return Rule(name, kind, re.compile(pattern, flags), description, _NEEDS.get(kind, "") if needs is None else needs)
-
-
-TEXT_RULES: tuple[Rule, ...] = (
-    _r("title_name", "name", r"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Madam|Mme|Mlle|Herr|Frau)\.?\s+[A-Z][A-Za-z'’-]+",
-       "a name after a title (Mr./Mrs./Ms./Dr./Prof.)"),
-    _r("labelled_name", "name", r"\b(?:patient(?:'s)?\s+name|name|patient)\s*[:=]\s*[A-Za-z]",
-       "a value after a 'Name:'/'Patient:' label", re.IGNORECASE, needs="[:=]"),
-    _r("dicom_person_name", "name", r"\b[A-Za-z][A-Za-z'-]*\^[A-Za-z'^ -]*", "a DICOM person name (FAMILY^GIVEN)",
-       needs=r"\^"),
-    _r("date_dicom", "date", r"(?<!\d)(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)",
-       "a DICOM-style date (YYYYMMDD)"),
-    _r("date_iso", "date", r"\b(?:18|19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])\b",
-       "an ISO-style date (YYYY-MM-DD)"),
-    _r("date_numeric", "date",
-       r"\b\d{1,2}/\d{1,2}/(?:\d{4}|\d{2})\b|\b\d{1,2}[-.]\d{1,2}[-.](?:18|19|20)\d{2}\b",
-       "a numeric date (DD/MM/YYYY, MM-DD-YYYY, DD.MM.YYYY)"),
-    _r("date_text", "date",
-       rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b"
-       rf"|\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b"
-       rf"|\b{_MONTH}\.?\s+(?:18|19|20)\d{{2}}\b",
-       "a date with a month name (March 3, 2019; 3 March 2019; March 2019)"),
-    _r("id_label", "id_number",
-       r"\b(?:MRN|MR\s?#|medical\s+record(?:\s+(?:number|no\.?))?|patient\s+(?:id|number|no\.?)|PID|"
-       r"accession(?:\s+(?:number|no\.?|#))?|acc(?:\.|ession)?\s?(?:no\.?|#)|hospital\s+(?:number|no\.?)|"
-       r"case\s+(?:number|no\.?)|NHS\s+(?:number|no\.?)|SSN|social\s+security(?:\s+number)?)"
-       r"\s*[:#=]?\s*[A-Z0-9][A-Z0-9-]{2,}",
-       "an identifier after an MRN/accession/patient-id label", re.IGNORECASE),
-    _r("ssn", "id_number", r"\b\d{3}-\d{2}-\d{4}\b", "a social-security-number pattern", needs=r"\d"),
-    _r("phone", "contact",
-       r"(?:\+\d{1,3}[\s.-]?)?\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b|\+\d{1,3}(?:[\s.-]?\d{2,4}){2,5}\b",
-       "a phone or fax number"),
-    _r("phone_label", "contact", r"\b(?:tel|phone|telephone|fax|pager|mobile|cell)\b\.?\s*[:#]?\s*\+?\(?\d",
-       "a number after a phone label", re.IGNORECASE),
-    _r("email", "contact", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "an e-mail address"),
-    _r("dicom_uid", "uid", r"(?<![\d.])\d+(?:\.\d+){4,}(?![\d.])", "a DICOM UID (dotted numbers)"),
-    _r("ip_address", "contact", r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])", "an IP address"),
-    _r("digit_run", "id_number", r"(?<![\d.,])\d{6,}(?![\d,]|\.\d)",
-       "a run of 6 or more digits (MRN-, accession- or date-like)", needs=r"\d"),
-    _r("url", "contact", r"\b(?:https?|ftp)://\S+|\bwww\.\S+", "a URL"),
-    _r("local_path", "location",
-       r"(?<![\w/.])(?:/(?:home|Users|root|mnt|media|data|srv|tmp|var|work|scratch|nfs|net|Volumes)/\S*|"
-       r"[A-Za-z]:\\\S*|\\\\[A-Za-z0-9]\S*)",
-       "a local file path (folder names often hold accession numbers or names)", needs=r"[/\\]"),
-    _r("institution", "location",
-       rf"\b(?:[A-Z][A-Za-z'&.-]+\s+){{1,4}}{_INSTITUTION_WORDS}\b|\b{_INSTITUTION_WORDS}\s+(?:of|de|di|für)\s+[A-Z]",
-       "an institution name"),
-    _r("age_over_89", "age",
-       r"\b(?:9\d|1[0-4]\d)[\s-]*(?:years?|yrs?|y)[\s-]*old\b|\baged?\s+(?:9\d|1[0-4]\d)\b|"
-       r"\b(?:9\d|1[0-4]\d)\s*(?:y/o|yo)\b",
-       "an age over 89 (HIPAA Safe Harbor)", re.IGNORECASE),
-)
-
-
-#: Rules NOT applied to columns that name software (selector model, VQA generator, report segmenter,
-#: prompt version): those values come from the build configuration, never from a study, and model ids
-#: carry release dates and numbers (``gpt-4o-2024-08-06``, ``claude-3-5-sonnet-20241022``) that are
-#: not patient dates or MRNs. Every other rule (names, paths, contacts...) still applies to them.
-VERSION_NUMBER_RULES = frozenset({"date_dicom", "date_iso", "date_numeric", "date_text", "digit_run"})
-
-
-@dataclass(frozen=True)
-class TextHit:
-    rule: str
-    kind: str
-    start: int
-    end: int
-
-
-_NEEDS_CACHE: dict[str, re.Pattern[str]] = {}
-
-
-def scan_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> list[TextHit]:
-    """Every rule match in ``text``, sorted by position (overlaps kept: each names its rule)."""
-    present: dict[str, bool] = {"": True}
-    hits = []
-    for rule in rules:
-        if rule.needs not in present:
-            needs = _NEEDS_CACHE.setdefault(rule.needs, re.compile(rule.needs))
-            present[rule.needs] = needs.search(text) is not None
-        if present[rule.needs]:
-            hits += [TextHit(rule.name, rule.kind, m.start(), m.end()) for m in rule.pattern.finditer(text)]
-    return sorted(hits, key=lambda h: (h.start, h.end, h.rule))
-
-
-def scrub_text(text: str, rules: Sequence[Rule] = TEXT_RULES) -> tuple[str, list[TextHit]]:
-    """Replace every PHI-looking span by ``[KIND]``; returns the scrubbed text and the hits.
-
-    The publish gate refuses instead of scrubbing (a scrubbed sentence may no longer match its
-    image), but the scrubbed form is what the privacy report shows: the context without the value.
-    """
-    hits = scan_text(text, rules)
-    return _replace_spans(text, hits), hits
-
-
-def _replace_spans(text: str, hits: Sequence[TextHit]) -> str:
-    """``text`` with each (merged) hit span replaced by ``[KIND]``."""
-    out, pos = [], 0
-    for start, end, kind in _merge_spans(hits):
-        out.append(text[pos:start])
-        out.append(f"[{kind.upper()}]")
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _merge_spans(hits: Sequence[TextHit]) -> list[tuple[int, int, str]]:
-    merged: list[list[Any]] = []
-    for h in sorted(hits, key=lambda h: (h.start, -h.end)):
-        if merged and h.start < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], h.end)
-        else:
-            merged.append([h.start, h.end, h.kind])
-    return [(s, e, k) for s, e, k in merged]
-
+# The PHI text rules are keyslice.deid's: the gate refuses exactly what ingestion would have masked.
 
 # --------------------------------------------------------------------------- known DICOM values
 
@@ -329,10 +199,11 @@ class Hit:
     row: str              # finding_id / qa_id of the row, or the image path
     column: str
     rule: str
-    detail: str           # the value with the suspicious spans masked (never the raw value)
+    detail: str           # the value with the suspicious spans masked (never the raw value), for the report file
+    where: str = ""       # what messages print: the kinds and positions of the spans, nothing of the value
 
     def __str__(self) -> str:
-        return f"{self.table} row {self.row} column {self.column}: {self.rule} ({self.detail})"
+        return f"{self.table} row {self.row} column {self.column}: {self.rule} ({self.where or 'value withheld'})"
 
 
 @dataclass
@@ -378,8 +249,16 @@ def _mask(value: str, hits: Sequence[TextHit] | None = None, limit: int = 160) -
     """The value with the matched spans replaced by ``[KIND]``; a whole-value mask for id mismatches."""
     if hits is None:
         return f"<{len(value)} chars, not a keyslice pseudonym>"
-    scrubbed = _replace_spans(value, hits)
+    scrubbed = replace_spans(value, hits)
     return scrubbed if len(scrubbed) <= limit else scrubbed[:limit] + "..."
+
+
+def _where(value: str, hits: Sequence[TextHit]) -> str:
+    """Where the spans are (``[NAME] at 0-22 of 58 chars``): enough to find them, nothing of the value."""
+    spans = merge_spans(hits)
+    listed = "; ".join(f"{KIND_TOKENS.get(k, '[' + k.upper() + ']')} at {s}-{e}" for s, e, k in spans[:5])
+    more = f"; +{len(spans) - 5} more" if len(spans) > 5 else ""
+    return f"{listed}{more} of {len(value)} chars"
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -429,7 +308,8 @@ def scrub_rows(table: str, rows: Iterable[MutableMapping[str, Any]], key_column:
     def scrub(key: str, path: str, text: str) -> str:
         scrubbed, hits = scrub_text(text, rules)
         if hits:
-            changed.append(Hit(table, key, path, ", ".join(dict.fromkeys(h.rule for h in hits)), scrubbed))
+            changed.append(Hit(table, key, path, ", ".join(dict.fromkeys(h.rule for h in hits)), scrubbed,
+                               _where(text, hits)))
         return scrubbed
 
     for n, row in enumerate(rows):
@@ -487,7 +367,7 @@ class PrivacyGate:
                 self._hit(table, key, column, "identifier_missing", "null")
             return
         if not isinstance(value, str) or not ID_FORMATS[fmt].fullmatch(value):
-            self._hit(table, key, column, "not_a_pseudonym", _mask(str(value)))
+            self._hit(table, key, column, "not_a_pseudonym", _mask(str(value)), _mask(str(value)))
 
     def _check_text(self, table: str, key: str, column: str, text: str,
                     known: Sequence[re.Pattern[str]] = (), software: bool = False) -> None:
@@ -501,10 +381,10 @@ class PrivacyGate:
             hits = hits + _known_value_hits(text, known)
         if hits:
             rules = ", ".join(dict.fromkeys(h.rule for h in hits))
-            self._hit(table, key, column, rules, _mask(text, hits))
+            self._hit(table, key, column, rules, _mask(text, hits), _where(text, hits))
 
-    def _hit(self, table: str, row: str, column: str, rule: str, detail: str) -> None:
-        self.report.hits.append(Hit(table, row, column, rule, detail))
+    def _hit(self, table: str, row: str, column: str, rule: str, detail: str, where: str = "") -> None:
+        self.report.hits.append(Hit(table, row, column, rule, detail, where or detail))
 
     # images ---------------------------------------------------------------------
     def check_png(self, name: str, data: bytes) -> bytes | None:
