@@ -143,7 +143,7 @@ def test_failure_messages_lose_paths_and_names(tmp_path):
 def test_record_failure_stores_the_sanitised_message(tmp_path):
     import pyarrow.parquet as pq
 
-    from keyslice.checkpoints import CheckpointStore
+    from keyslice.corpus.checkpoints import CheckpointStore
 
     store = CheckpointStore(tmp_path / "corpus")
     folder = tmp_path / "in" / "Smith John MRN00482913"
@@ -182,7 +182,7 @@ def test_scrub_text_masks_the_whole_name():
 
 
 def test_report_is_deidentified_as_it_is_read(tmp_path):
-    from keyslice.studies import Study
+    from keyslice.pipeline.studies import Study
 
     folder = tmp_path / "Doe Jane"
     folder.mkdir()

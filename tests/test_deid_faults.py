@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from keyslice.checkpoints import CheckpointStore
+from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.deid import scan_text
 
 #: SYNTHETIC PHI: invented for these tests.
@@ -75,7 +75,7 @@ def _inputs(kind: str, root: Path, data_dir: Path) -> tuple[Path, str | None]:
 
 
 def _all_rows(root: Path) -> dict[str, list[dict]]:
-    from keyslice.schemas import TABLES
+    from keyslice.corpus.schemas import TABLES
 
     store = CheckpointStore(root)
     out = {}
@@ -107,9 +107,9 @@ def _content(rows: dict[str, list[dict]]) -> dict[str, list[str]]:
 
 def _build(inp: Path, out: Path, model: Path):
     from keyslice.config import BuildConfig
-    from keyslice.context import make_context
-    from keyslice.stages import process_study
-    from keyslice.studies import discover_studies
+    from keyslice.pipeline.context import make_context
+    from keyslice.pipeline.run import process_study
+    from keyslice.pipeline.studies import discover_studies
 
     ctx = make_context(BuildConfig(input_dir=inp, out_dir=out, model=str(model), max_workers=1))
     studies = discover_studies(inp, ctx.pseudonymize)
