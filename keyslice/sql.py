@@ -63,3 +63,6 @@ VQA_QUESTION_TYPES = """\
 SELECT generator, question_type, answer_type, count(*) AS n,
        round(100.0 * n / sum(n) OVER (PARTITION BY generator), 1) AS pct
 FROM vqa GROUP BY generator, question_type, answer_type ORDER BY generator, n DESC"""
+
+# Answers that contradict their finding (keyslice.vqa.consistency; `keyslice check` runs it): 0 rows expected.
+from keyslice.vqa.consistency import VQA_CONTRADICTIONS  # noqa: E402
