@@ -23,10 +23,13 @@ families (``question_type``):
 
 What each status produces:
 
-* ``abnormal``: "yes" to "Is there an abnormality in <organ>?" for each organ; which organ,
-  what is seen, where, on which side, how large; the abnormality type only from
-  ``abnormalities`` (the first asserted type is the answer; distractors are types the
-  finding does not assert, never of the same group). A negated type is never an answer.
+* ``abnormal``: "yes" to "Is there an abnormality in <organ>?" for each organ (none when the
+  sentence names several organs and negates something: the row does not say which organ
+  the negation belongs to); which organ, what is seen, where (single-organ findings), on
+  which side, how large; the abnormality type only from ``abnormalities`` (the first
+  asserted type that the sentence does not also negate; distractors are types of groups
+  the finding does not assert, a negated type being a certainly wrong option). A negated
+  type is never an answer.
 * ``normal``: no question of its own but "no" answers (below), and the slice questions.
 * ``uncertain`` ("possible lesion"): no presence answer, neither yes nor no (a hedge is
   not a fact to train on); only the slice questions. Its organs are never answered "no".
@@ -142,6 +145,21 @@ class _Finding:
     def asked(self) -> bool:
         """Whether the finding is asked about at all (see the module docstring)."""
         return self.status in ASKED_STATUSES and bool(self.organs or self.abnormalities)
+
+    @property
+    def positive_organs(self) -> list[Organ]:
+        """Organs answered "yes": all of them, unless the sentence names several organs and
+        negates something ("a pulmonary mass, without enlarged lymph nodes"): the row does not
+        say which organ the negation belongs to, so none is asserted abnormal."""
+        if self.negated and len({o for o, _ in self.organs}) > 1:
+            return []
+        return self.organs
+
+    @property
+    def answer_type(self) -> str | None:
+        """The abnormality type answered: the first asserted type the sentence does not also
+        negate (a type both asserted and negated belongs to different organs of the sentence)."""
+        return next((t for t in self.abnormalities if t not in self.negated), None)
 
 
 @dataclass(frozen=True)
@@ -451,7 +469,7 @@ def _study_rows(findings: list[_Finding], series_by_id: Mapping[str, Mapping[str
                 continue
             asked = sum(emit(f"Is there an abnormality in {organ_display(organ, side)}?", "yes", "closed", "organ",
                              organ=organ, side=side, evidence=f.finding_id)
-                        for organ, side in f.organs)
+                        for organ, side in f.positive_organs)
             n_yes += asked
             answered_no = 0
             for neg in _negative_candidates(f, key, report, visible.get(key, set()), rng):
@@ -563,8 +581,8 @@ def _other_side_ok(organ: str, side: str | None, positives: list[Organ]) -> bool
 
 
 def _abnormal_questions(emit: _Emitter, f: _Finding, report: _Report, rng: random.Random) -> None:
-    organs = f.organs
-    abn = f.abnormalities[0] if f.abnormalities else None
+    organs = f.positive_organs
+    abn = f.answer_type
     distinct = list(dict.fromkeys(o for o, _ in organs))
     organ, side = organs[0] if len(distinct) == 1 else (None, None)
     regions = _regions(organs, f.text)
@@ -589,6 +607,7 @@ def _abnormal_questions(emit: _Emitter, f: _Finding, report: _Report, rng: rando
     if abn:
         q = f"What type of abnormality is seen in {where}?" if where else "What abnormality is seen in this image?"
         emit(q, abn, "open", "abnormality", abnormality=abn, **subject)
+        # wrong answers: types of no asserted group (a type the sentence negates is certainly wrong)
         groups = {ABNORMALITY_GROUP[t] for t in f.abnormalities}
         pool = [t for t, where_ok in _DISTRACTOR_TYPES.items()
                 if ABNORMALITY_GROUP.get(t) not in groups and (not where_ok or not regions or set(where_ok) & regions)]
