@@ -18,7 +18,7 @@ class LLMSettings:
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    prompt_version: str = "vqa_generate.v1"
+    prompt_version: str = "vqa_generate.v2"
     max_concurrency: int = 4
     timeout_s: float = 30.0
 
