@@ -39,6 +39,7 @@ class BuildConfig:
     window: str = "auto"
     use_masks: bool = True
     save_curves: bool = False
+    vqa_mask_negatives: bool = False       # "no" for mask-visible organs the report never mentions (marked rows)
     segmenter: str = "rules"
     llm: LLMSettings = field(default_factory=LLMSettings)
     max_workers: int = 4                   # studies processed concurrently
