@@ -49,13 +49,15 @@ def query(corpus_dir: Path, sql: str):
 
 
 # Documented corpus reports (README, `keyslice demo`): closed yes/no balance per generator, and the
-# question-type distribution. Rule-based questions use normal findings and other organs of the same slice
-# as "no" answers, so a yes_share far from 0.5 points at a generator or lexicon problem.
+# question-type distribution. Rule-based "no" answers come only from what the report states (normal
+# findings, negated types), so a yes_share far above 0.5 means reports with few normal statements;
+# n_no_mask counts the "no" answers that rest on organ masks instead (vqa_mask_negatives, off by default).
 VQA_YES_NO_BALANCE = """\
 SELECT generator,
        count(*) FILTER (WHERE lower(answer) = 'yes') AS n_yes,
        count(*) FILTER (WHERE lower(answer) = 'no') AS n_no,
-       round(n_yes / nullif(n_yes + n_no, 0), 3) AS yes_share
+       round(n_yes / nullif(n_yes + n_no, 0), 3) AS yes_share,
+       count(*) FILTER (WHERE lower(answer) = 'no' AND answer_source = 'mask') AS n_no_mask
 FROM vqa WHERE answer_type = 'closed' AND lower(answer) IN ('yes', 'no')
 GROUP BY generator ORDER BY generator"""
 

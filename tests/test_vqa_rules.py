@@ -227,7 +227,8 @@ def test_duckdb_report_queries(tmp_path):
     con.execute(f"CREATE VIEW vqa AS SELECT * FROM read_parquet('{tmp_path}/*.parquet')")
     balance = con.execute(BALANCE_SQL).fetchall()
     assert {r[0] for r in balance} == {"rule"}
-    (gen, yes, no, share) = balance[0]
+    (gen, yes, no, share, no_mask) = balance[0]
+    assert no_mask == 0  # masks are off by default
     counts = Counter(r["answer"] for r in rows if r["answer"] in ("yes", "no") and r["answer_type"] == "closed")
     assert (yes, no) == (counts["yes"], counts["no"]) and 0 < no < yes
     assert share == pytest.approx(round(yes / (yes + no), 3))
@@ -240,7 +241,8 @@ BALANCE_SQL = """
 SELECT generator,
        count(*) FILTER (WHERE lower(answer) = 'yes') AS n_yes,
        count(*) FILTER (WHERE lower(answer) = 'no')  AS n_no,
-       round(n_yes / nullif(n_yes + n_no, 0), 3)     AS yes_share
+       round(n_yes / nullif(n_yes + n_no, 0), 3)     AS yes_share,
+       count(*) FILTER (WHERE lower(answer) = 'no' AND answer_source = 'mask') AS n_no_mask
 FROM vqa
 WHERE answer_type = 'closed' AND lower(answer) IN ('yes', 'no')
 GROUP BY generator
