@@ -8,6 +8,7 @@ returns and what the server received.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -435,3 +436,19 @@ def test_non_finding_and_unreadable_findings_are_not_sent(server):
                                                [selection("c1:0"), selection("c1:1", 3), selection("c1:2", 5)])
     assert failures == [] and len(server.requests) == 1
     assert {r["finding_id"] for r in rows} == {"c1:0"}
+
+
+def test_sizes_and_multi_organ_negations_are_checked_against_the_fields():
+    text = ("Chest computed tomography (CT) scan demonstrated an 4 cm pulmonary mass in the left lower lobe, "
+            "without enlargement of intrapulmonary or mediastinal lymph nodes.")  # ROCO_66083 (CC BY)
+    facts = FindingFacts.from_row({"status": "abnormal", "organs": ["lung", "lymph node"], "laterality": "left",
+                                   "abnormalities": ["mass"], "negated_abnormalities": ["lymphadenopathy"],
+                                   "measurements_mm": [40.0]})
+    size = {"qa_pairs": [{"question": "What is the size of the mass?", "answer": "4 cm", "answer_type": "open",
+                          "question_type": "size"}]}
+    assert check_answer(size, text, facts) == []
+    assert [p[0] for p in check_answer(size, text, dataclasses.replace(facts, measurements_mm=()))] == \
+        ["contradiction"]
+    # which of the two organs is abnormal the row does not say: no yes about either
+    nodes = _closed("Is there an abnormality in the lymph nodes?", "yes")
+    assert [p[0] for p in check_answer(nodes, text, facts)] == ["contradiction"]

@@ -6,10 +6,11 @@ what step 1 recorded about it (:class:`FindingFacts`: status, organs, side, abno
 asserted and negated, sizes), a JSON answer checked against ``schemas/llm/vqa_answer.v1.json``,
 then semantic checks (a choice answer is among its options), a grounding check (the question
 and answer may name only organs and numbers that the finding contains) and a consistency
-check against the structured fields: an answer naming a negated abnormality, a "yes" the
-finding does not assert, a "no" about an organ the finding does not state normal, a
-presence answer on an uncertain finding, or a side other than the recorded one is rejected
-with its reason. An answer that fails any check is sent back with the problems listed and
+check against the structured fields: an answer naming a negated abnormality or a type the
+finding does not assert, a "yes" the finding does not assert (or about one of several organs
+of a sentence that negates something), a "no" about an organ the finding does not state
+normal, a presence answer on an uncertain finding, a side other than the recorded one or a
+size other than ``measurements_mm`` is rejected with its reason. An answer that fails any check is sent back with the problems listed and
 asked again (``max_repairs`` times) before the finding is recorded as an
 :class:`LLMFailure`. Findings that are not asked about at all (``non_finding``, or neither
 organs nor abnormality types) are not sent. Valid answers are cached on disk under the hash
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +142,15 @@ def _is_presence(qa: Mapping[str, Any]) -> bool:
             and qa["question_type"] in ("organ", "abnormality"))
 
 
+_SIZE_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+def _sizes_mm(answer: str) -> set[float]:
+    """The numbers of a size answer in mm (as keyslice.vqa.consistency reads them: cm when it says cm)."""
+    factor = 10.0 if re.search(r"\bcms?\b", answer, re.I) else 1.0
+    return {round(float(n.replace(",", ".")) * factor, 1) for n in _SIZE_NUMBER.findall(answer)}
+
+
 def _fact_problems(where: str, qa: Mapping[str, Any], facts: FindingFacts) -> list[Problem]:
     """Contradictions between one pair and the finding's structured fields."""
     problems: list[Problem] = []
@@ -162,6 +173,11 @@ def _fact_problems(where: str, qa: Mapping[str, Any], facts: FindingFacts) -> li
         elif value == "yes":
             if facts.status != "abnormal":
                 problems.append(("contradiction", f"{where}: answers yes, but the finding's status is {facts.status}"))
+            named = [o for o in find_organs(question) if o in facts.organs]
+            if named and facts.negated and len(facts.organs) > 1:
+                problems.append(("contradiction", f"{where}: answers yes about {', '.join(named)}, but the finding "
+                                                  f"names several organs and negates {', '.join(facts.negated)}: "
+                                                  f"it does not say which organ is abnormal"))
             bad = [t for t in asked_types if t not in facts.abnormalities or t in facts.negated]
             if bad:
                 problems.append(("contradiction", f"{where}: answers yes about {', '.join(bad)}, which the finding "
@@ -176,6 +192,12 @@ def _fact_problems(where: str, qa: Mapping[str, Any], facts: FindingFacts) -> li
             problems.append(("contradiction", f"{where}: asks whether {', '.join(asked_organs)} is abnormal, but the "
                                               f"finding's organs are {', '.join(facts.organs)}; never claim an "
                                               f"organ normal or abnormal that the finding does not list"))
+    if qa["question_type"] == "size":
+        sizes = _sizes_mm(answer)
+        recorded = {round(m, 1) for m in facts.measurements_mm}
+        if sizes - recorded:
+            problems.append(("contradiction", f"{where}: gives the size(s) {', '.join(f'{v:g}' for v in sorted(sizes))} "
+                                              f"mm, but the finding records {', '.join(f'{v:g}' for v in sorted(recorded)) or 'no size'}"))
     if qa["answer_type"] == "closed" and value in ("left", "right", "bilateral") and value != facts.laterality:
         problems.append(("contradiction", f"{where}: answers {value}, but the finding's side is "
                                           f"{facts.laterality or 'not recorded'}"))
