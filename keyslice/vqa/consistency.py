@@ -182,7 +182,8 @@ found AS (
     AND len(list_filter(
           list_transform(regexp_extract_all(qe.answer, '\\d+(?:\\.\\d+)?'),
                          lambda x: round(CAST(x AS DOUBLE) * CASE WHEN qe.answer ILIKE '%cm%' THEN 10 ELSE 1 END, 1)),
-          lambda x: NOT list_contains(list_transform(coalesce(qe.e_measurements, []::FLOAT[]), lambda m: round(m, 1)), x)
+          lambda x: NOT list_contains(
+            list_transform(coalesce(qe.e_measurements, []::FLOAT[]), lambda m: round(m, 1)), x)
         )) > 0
 )
 SELECT kind, study_id, finding_id, qa_id, generator, question, answer, detail

@@ -162,8 +162,9 @@ def _fact_problems(where: str, qa: Mapping[str, Any], facts: FindingFacts) -> li
                                           f"finding negates; a negated abnormality is never an answer"))
     unasserted = [t for t in find_abnormalities(answer) if t not in facts.abnormalities and t not in facts.negated]
     if unasserted and value not in ("yes", "no"):
+        asserted = ", ".join(facts.abnormalities) or "none"
         problems.append(("contradiction", f"{where}: the answer names {', '.join(unasserted)}, which is not among "
-                                          f"the abnormalities the finding asserts ({', '.join(facts.abnormalities) or 'none'})"))
+                                          f"the abnormalities the finding asserts ({asserted})"))
     if _is_presence(qa):
         asked_types = find_abnormalities(question)
         asked_organs = [o for o in find_organs(question) if o not in facts.organs]
@@ -196,8 +197,9 @@ def _fact_problems(where: str, qa: Mapping[str, Any], facts: FindingFacts) -> li
         sizes = _sizes_mm(answer)
         recorded = {round(m, 1) for m in facts.measurements_mm}
         if sizes - recorded:
-            problems.append(("contradiction", f"{where}: gives the size(s) {', '.join(f'{v:g}' for v in sorted(sizes))} "
-                                              f"mm, but the finding records {', '.join(f'{v:g}' for v in sorted(recorded)) or 'no size'}"))
+            given = ", ".join(f"{v:g}" for v in sorted(sizes))
+            known = ", ".join(f"{v:g}" for v in sorted(recorded)) or "no size"
+            problems.append(("contradiction", f"{where}: gives the size(s) {given} mm, but the finding records {known}"))
     if qa["answer_type"] == "closed" and value in ("left", "right", "bilateral") and value != facts.laterality:
         problems.append(("contradiction", f"{where}: answers {value}, but the finding's side is "
                                           f"{facts.laterality or 'not recorded'}"))

@@ -123,13 +123,12 @@ _MASS_NOUNS = {"inflammation", "free air", "ascites", "lymphadenopathy", "dilata
                "wall thickening", "fibrosis", "consolidation", "atrophy", "extravasation", "thrombosis",
                "calcification", "infarction", "dissection", "intussusception"}
 
-Organ = tuple[str, "str | None"]          # (canonical organ, side or None)
+Organ = tuple[str, str | None]            # (canonical organ, side or None)
 SliceKey = tuple[str, int]               # (series_id, slice index)
 
 
 @dataclass
 class _Finding:
-    row: Mapping[str, Any]
     finding_id: str
     order: tuple
     text: str
@@ -433,7 +432,7 @@ def generate_rule_vqa(
     for f in findings:
         fid = str(f["finding_id"])
         item = _Finding(
-            row=f, finding_id=fid, order=_order(f), text=str(f.get("text") or ""),
+            finding_id=fid, order=_order(f), text=str(f.get("text") or ""),
             status=str(f.get("status") or "uncertain").lower(), laterality=f.get("laterality"),
             organs=_parse_organs(f), abnormalities=_types(f.get("abnormalities")),
             negated=_types(f.get("negated_abnormalities")),
