@@ -66,5 +66,12 @@ SELECT generator, question_type, answer_type, count(*) AS n,
        round(100.0 * n / sum(n) OVER (PARTITION BY generator), 1) AS pct
 FROM vqa GROUP BY generator, question_type, answer_type ORDER BY generator, n DESC"""
 
-# Answers that contradict their finding (keyslice.vqa.consistency; `keyslice check` runs it): 0 rows expected.
-from keyslice.vqa.consistency import VQA_CONTRADICTIONS  # noqa: E402
+
+def __getattr__(name: str):
+    """``VQA_CONTRADICTIONS``: the answers that contradict their finding (0 rows expected), defined with
+    its rules in :mod:`keyslice.vqa.consistency` (``keyslice check`` runs it); loaded on first use."""
+    if name == "VQA_CONTRADICTIONS":
+        from keyslice.vqa.consistency import VQA_CONTRADICTIONS
+
+        return VQA_CONTRADICTIONS
+    raise AttributeError(name)

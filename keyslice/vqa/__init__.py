@@ -14,9 +14,19 @@ pipeline adds):
 Each row records what its answer rests on (``organ``, ``abnormality``,
 ``evidence_finding_id``, ``answer_source``); :mod:`keyslice.vqa.consistency`
 (``keyslice check``) lists the answers that contradict their finding.
+
+The LLM classes (and the ``openai`` client they import) load on first use, so that reading
+the rules or running ``keyslice sql`` / ``keyslice check`` does not import them.
 """
 
-from keyslice.vqa.llm import LLMConfig, LLMFailure, LLMGenerator
 from keyslice.vqa.rules import RULES_VERSION, generate_rule_vqa
 
 __all__ = ["generate_rule_vqa", "LLMConfig", "LLMGenerator", "LLMFailure", "RULES_VERSION"]
+
+
+def __getattr__(name: str):
+    if name in ("LLMConfig", "LLMGenerator", "LLMFailure"):
+        from keyslice.vqa import llm
+
+        return getattr(llm, name)
+    raise AttributeError(name)
