@@ -200,6 +200,39 @@ def _csv_text(result) -> str:
 
 
 @app.command()
+def check(
+    out: Path = typer.Option(..., "--out", help="corpus folder"),
+    limit: int = typer.Option(20, help="contradicting answers to list (0: counts only)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV file for every contradicting answer"),
+) -> None:
+    """Count VQA answers that contradict the finding they rest on; exit 1 when there is any."""
+    from keyslice.vqa.consistency import check_corpus
+
+    _require_corpus(out)
+    result = check_corpus(out)
+    table = Table(title=f"VQA answers contradicting their finding ({result.n_answers} answers checked)")
+    table.add_column("kind")
+    table.add_column("answers", justify="right")
+    for kind, n in result.counts.items():
+        table.add_row(kind, str(n))
+    table.add_row("total", str(result.total))
+    console.print(table)
+    if result.n_unchecked:
+        console.print(f"{result.n_unchecked} answers were written before vqa schema v2 (no organ, no answer source): "
+                      f"their presence answers cannot be checked; rebuild them with --force-stage vqa")
+    if result.total and limit:
+        shown = result.rows.select(["kind", "finding_id", "question", "answer", "detail"]).slice(0, limit)
+        console.print(_rich_table(shown, f"contradicting answers (first {shown.num_rows} of {result.total})"))
+    if output is not None:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result.rows, output)
+        console.print(f"{result.rows.num_rows} rows written to {output}")
+    if result.total:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="corpus folder (default: a new temp dir)"),
     model: Optional[str] = typer.Option(None, help="selector model (default: the bundled demo model)"),

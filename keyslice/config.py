@@ -18,7 +18,7 @@ class LLMSettings:
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    prompt_version: str = "vqa_generate.v1"
+    prompt_version: str = "vqa_generate.v2"
     max_concurrency: int = 4
     timeout_s: float = 30.0
 
@@ -39,6 +39,7 @@ class BuildConfig:
     window: str = "auto"
     use_masks: bool = True
     save_curves: bool = False
+    vqa_mask_negatives: bool = False       # "no" for mask-visible organs the report never mentions (marked rows)
     segmenter: str = "rules"
     llm: LLMSettings = field(default_factory=LLMSettings)
     max_workers: int = 4                   # studies processed concurrently

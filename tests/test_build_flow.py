@@ -51,6 +51,21 @@ def test_documented_vqa_reports_show_balanced_yes_no(reference_corpus):
     assert abs(sum(r["pct"] for r in types) - 100.0) < 0.5
 
 
+def test_vqa_answers_agree_with_their_findings(reference_corpus):
+    """`keyslice check` on the sample corpus: no answer contradicts the finding it rests on."""
+    from keyslice.cli import app
+    from keyslice.vqa.consistency import check_corpus
+
+    result = check_corpus(reference_corpus)
+    assert result.n_answers > 50 and result.n_unchecked == 0
+    assert result.total == 0, result.rows.to_pylist()
+    no = query(reference_corpus, "select v.answer_source, f.status from vqa v join findings f "
+                                 "on f.finding_id = v.evidence_finding_id where v.answer = 'no'").to_pylist()
+    assert no and all(r["answer_source"] == "finding" for r in no)
+    res = CliRunner().invoke(app, ["check", "--out", str(reference_corpus)])
+    assert res.exit_code == 0, res.output
+
+
 def test_no_raw_identifiers_reach_the_corpus(reference_corpus, sample_studies):
     names = [p.name for p in sample_studies.iterdir()]
     for table in ("studies", "series", "findings", "selections", "vqa"):

@@ -8,6 +8,7 @@ returns and what the server received.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ except ImportError:  # tests/ run without being a package
 
 from keyslice.llm_client import ResponseCache, load_prompt  # noqa: E402
 from keyslice.vqa import LLMConfig, LLMFailure, LLMGenerator  # noqa: E402
-from keyslice.vqa.llm import check_answer  # noqa: E402
+from keyslice.vqa.llm import FindingFacts, check_answer  # noqa: E402
 
 MODEL = "test-model"
 # A real caption sentence (ROCO_03303, CC BY, PMC image in tests/fixtures/vqa_rule_expected.json).
@@ -48,7 +49,8 @@ HALLUCINATED["qa_pairs"].append({"question": "Is there an abnormality in the spl
 def finding(fid: str = "st1:0", text: str = SENTENCE) -> dict:
     return {"finding_id": fid, "study_id": fid.split(":")[0], "finding_index": int(fid.split(":")[1]),
             "text": text, "organs": ["liver"], "status": "abnormal", "laterality": None,
-            "phase_hint": None, "section": "findings"}
+            "phase_hint": None, "section": "findings", "abnormalities": ["lesion"], "negated_abnormalities": [],
+            "measurements_mm": []}
 
 
 def selection(fid: str = "st1:0", index: int = 42) -> dict:
@@ -86,7 +88,8 @@ def test_valid_json_answer_becomes_rows(server):
     assert len(rows) == 3 and len(server.requests) == 1
     for r in rows:
         assert r["generator"] == f"llm:{MODEL}"
-        assert r["prompt_version"] == "vqa_generate.v1"
+        assert r["prompt_version"] == "vqa_generate.v2"
+        assert r["answer_source"] == "finding" and r["evidence_finding_id"] == "st1:0"
         assert (r["finding_id"], r["series_id"], r["slice_index"], r["image_path"]) == \
             ("st1:0", "ser-a", 42, "images/st1/0.png")
         assert len(r["qa_id"]) == 20
@@ -97,7 +100,10 @@ def test_valid_json_answer_becomes_rows(server):
     assert body["model"] == MODEL and body["temperature"] == 0.0
     system, user = body["messages"]
     assert system["role"] == "system" and '"qa_pairs"' in system["content"]  # schema embedded
-    assert user == {"role": "user", "content": f"Finding sentence: {SENTENCE}"}
+    assert user["role"] == "user" and user["content"].splitlines() == [
+        f"Finding sentence: {SENTENCE}", "Status: abnormal", "Organs: liver", "Side: none",
+        "Abnormalities present: lesion", "Abnormalities negated: none", "Sizes (mm): none"]
+    assert [(r["organ"], r["abnormality"]) for r in rows] == [("liver", None), ("liver", "lesion"), ("liver", "lesion")]
 
 
 def test_invalid_json_then_valid_feeds_error_back(server):
@@ -224,7 +230,9 @@ def test_cache_hit_on_rerun_sends_no_request(server, tmp_path):
     assert f2 == [] and rows2 == rows1
     assert len(server.requests) == 1  # the server saw no second request
     files = list(cache.rglob("*"))
-    assert [p.name for p in files if p.is_file()] == [f"{ResponseCache.key('vqa_generate.v1', MODEL, SENTENCE)}.json"]
+    facts = FindingFacts.from_row(finding())
+    assert [p.name for p in files if p.is_file()] == [
+        f"{ResponseCache.key('vqa_generate.v2', MODEL, SENTENCE, facts.key())}.json"]
     assert not [p for p in files if p.name.endswith(".tmp")]
     cached = json.loads(next(p for p in files if p.is_file()).read_text())
     assert cached["answer"] == VALID and cached["model"] == MODEL
@@ -254,7 +262,7 @@ def test_concurrency_limit_respected():
                                  "answer_type": "closed", "question_type": "abnormality"}]} for t in texts}
 
     def fallback(request: dict) -> Reply:
-        user = request["messages"][-1]["content"].removeprefix("Finding sentence: ")
+        user = request["messages"][-1]["content"].splitlines()[0].removeprefix("Finding sentence: ")
         return Reply.ok(answers[user], delay_s=0.3)
 
     findings = [finding(f"st{i}:0", t) for i, t in enumerate(texts)]
@@ -279,6 +287,8 @@ def test_prompt_file_is_versioned():
     prompt = load_prompt("vqa_generate.v1")
     assert prompt.version == "vqa_generate.v1"
     assert "$text" in prompt.user and "$schema" in prompt.system
+    v2 = load_prompt("vqa_generate.v2")
+    assert all(f"${name}" in v2.user for name in FindingFacts().prompt_values())
     with pytest.raises(FileNotFoundError):
         load_prompt("vqa_generate.v999")
 
@@ -337,3 +347,108 @@ def test_llm_rows_fit_the_vqa_table_beside_rule_rows(server):
     now = dt.datetime.now(dt.timezone.utc)
     table = to_table("vqa", [{"study_id": "st1", "created_at": now, **r} for r in rows])
     assert set(table.column("generator").to_pylist()) == {"rule", f"llm:{MODEL}"}
+
+
+# ------------------------------------------------------------------ answers checked against the structured fields
+# The sentence of the bug report (a build of real DICOM with written reports), with what step 1 records for it.
+DIVERTICULA = "Multiple diverticula are seen in the sigmoid colon without signs of diverticulitis."
+NEGATED_ANSWER = {"qa_pairs": [
+    {"question": "What type of abnormality is seen in the colon?", "answer": "diverticulitis",
+     "answer_type": "open", "question_type": "abnormality"},
+    {"question": "Which organ is abnormal in this image?", "answer": "colon", "answer_type": "open",
+     "question_type": "organ"}]}
+COLON_OK = {"qa_pairs": [
+    {"question": "Which organ is abnormal in this image?", "answer": "colon", "answer_type": "open",
+     "question_type": "organ"},
+    {"question": "Is there diverticulitis in the sigmoid colon?", "answer": "no", "answer_type": "closed",
+     "question_type": "abnormality"},
+    {"question": "Is there an abnormality in the colon?", "answer": "yes", "answer_type": "closed",
+     "question_type": "organ"}]}
+
+
+def colon_finding(fid: str = "c1:0", **fields) -> dict:
+    return {**finding(fid, DIVERTICULA), "organs": ["colon"], "abnormalities": [],
+            "negated_abnormalities": ["inflammation"], **fields}
+
+
+def test_negated_abnormality_answer_rejected_then_fixed(server):
+    from tests.vqa_corpus import check_tables
+
+    server.push(Reply.ok(NEGATED_ANSWER), Reply.ok(COLON_OK))
+    rows, failures = make_gen(server).generate([colon_finding()], [selection("c1:0")])
+    assert failures == [] and len(rows) == 3 and len(server.requests) == 2
+    assert "Abnormalities negated: inflammation" in server.user_texts()[0]
+    repair = server.user_texts()[1]
+    assert "names inflammation, which the finding negates" in repair
+    assert not [r for r in rows if r["answer"] == "diverticulitis"]
+    no = [r for r in rows if r["answer"] == "no"]
+    assert [(r["organ"], r["abnormality"]) for r in no] == [("colon", "inflammation")]
+    assert check_tables([colon_finding()], rows).total == 0
+
+
+def test_contradicting_answers_every_time_are_a_contradiction_failure(server):
+    server.push(*[Reply.ok(NEGATED_ANSWER) for _ in range(3)])
+    rows, failures = make_gen(server).generate([colon_finding()], [selection("c1:0")])
+    assert rows == [] and [f.error_type for f in failures] == ["contradiction"]
+    assert type(failures[0].as_exception()).__name__ == "LLMAnswerError" and not failures[0].transient
+
+
+def _closed(question: str, answer: str, question_type: str = "organ") -> dict:
+    return {"qa_pairs": [{"question": question, "answer": answer, "answer_type": "closed",
+                          "question_type": question_type}]}
+
+
+@pytest.mark.parametrize("text,row,question,answer,expected", [
+    ("The liver is normal.", {"organs": ["liver"], "status": "normal"},
+     "Is there an abnormality in the liver?", "no", []),
+    ("The liver is normal.", {"organs": ["liver"], "status": "normal"},
+     "Is there an abnormality in the liver?", "yes", ["contradiction"]),
+    (DIVERTICULA, {"organs": ["colon"], "negated_abnormalities": ["inflammation"]},
+     "Is there an abnormality in the colon?", "no", ["contradiction"]),
+    (DIVERTICULA, {"organs": ["colon"], "negated_abnormalities": ["inflammation"]},
+     "Is there diverticulitis in the colon?", "yes", ["contradiction"]),
+    # a report silent about the aorta says nothing about it
+    (DIVERTICULA, {"organs": ["colon"], "negated_abnormalities": ["inflammation"]},
+     "Is there an abnormality in the aorta?", "no", ["grounding", "contradiction", "contradiction"]),
+    ("Possible small lesion in the left adrenal gland.",
+     {"organs": ["adrenal gland"], "status": "uncertain", "laterality": "left", "abnormalities": ["lesion"]},
+     "Is there a lesion in the left adrenal gland?", "yes", ["contradiction"]),
+    ("Possible small lesion in the left adrenal gland.",
+     {"organs": ["adrenal gland"], "status": "uncertain", "laterality": "left", "abnormalities": ["lesion"]},
+     "On which side is the lesion?", "right", ["contradiction"]),
+    ("Possible small lesion in the left adrenal gland.",
+     {"organs": ["adrenal gland"], "status": "uncertain", "laterality": "left", "abnormalities": ["lesion"]},
+     "On which side is the lesion?", "left", []),
+])
+def test_answers_are_checked_against_the_structured_fields(text, row, question, answer, expected):
+    facts = FindingFacts.from_row({"status": "abnormal", **row})
+    qtype = "laterality" if answer in ("left", "right") else "organ"
+    assert [p[0] for p in check_answer(_closed(question, answer, qtype), text, facts)] == expected
+
+
+def test_non_finding_and_unreadable_findings_are_not_sent(server):
+    server.push(Reply.ok(COLON_OK))
+    discussed = {**finding("c1:1", "Discussed with Dr. X on <date>."), "organs": [], "status": "non_finding",
+                 "abnormalities": []}
+    technique = {**finding("c1:2", "CT pulmonary arteriography with venous phase imaging."),
+                 "organs": ["pulmonary artery"], "status": "non_finding"}
+    rows, failures = make_gen(server).generate([colon_finding(), discussed, technique],
+                                               [selection("c1:0"), selection("c1:1", 3), selection("c1:2", 5)])
+    assert failures == [] and len(server.requests) == 1
+    assert {r["finding_id"] for r in rows} == {"c1:0"}
+
+
+def test_sizes_and_multi_organ_negations_are_checked_against_the_fields():
+    text = ("Chest computed tomography (CT) scan demonstrated an 4 cm pulmonary mass in the left lower lobe, "
+            "without enlargement of intrapulmonary or mediastinal lymph nodes.")  # ROCO_66083 (CC BY)
+    facts = FindingFacts.from_row({"status": "abnormal", "organs": ["lung", "lymph node"], "laterality": "left",
+                                   "abnormalities": ["mass"], "negated_abnormalities": ["lymphadenopathy"],
+                                   "measurements_mm": [40.0]})
+    size = {"qa_pairs": [{"question": "What is the size of the mass?", "answer": "4 cm", "answer_type": "open",
+                          "question_type": "size"}]}
+    assert check_answer(size, text, facts) == []
+    assert [p[0] for p in check_answer(size, text, dataclasses.replace(facts, measurements_mm=()))] == \
+        ["contradiction"]
+    # which of the two organs is abnormal the row does not say: no yes about either
+    nodes = _closed("Is there an abnormality in the lymph nodes?", "yes")
+    assert [p[0] for p in check_answer(nodes, text, facts)] == ["contradiction"]

@@ -73,13 +73,15 @@ def query(corpus_dir: Path, sql: str):
 
 
 # Documented corpus reports (README, `keyslice demo`): closed yes/no balance per generator, and the
-# question-type distribution. Rule-based questions use normal findings and other organs of the same slice
-# as "no" answers, so a yes_share far from 0.5 points at a generator or lexicon problem.
+# question-type distribution. Rule-based "no" answers come only from what the report states (normal
+# findings, negated types), so a yes_share far above 0.5 means reports with few normal statements;
+# n_no_mask counts the "no" answers that rest on organ masks instead (vqa_mask_negatives, off by default).
 VQA_YES_NO_BALANCE = """\
 SELECT generator,
        count(*) FILTER (WHERE lower(answer) = 'yes') AS n_yes,
        count(*) FILTER (WHERE lower(answer) = 'no') AS n_no,
-       round(n_yes / nullif(n_yes + n_no, 0), 3) AS yes_share
+       round(n_yes / nullif(n_yes + n_no, 0), 3) AS yes_share,
+       count(*) FILTER (WHERE lower(answer) = 'no' AND answer_source = 'mask') AS n_no_mask
 FROM vqa WHERE answer_type = 'closed' AND lower(answer) IN ('yes', 'no')
 GROUP BY generator ORDER BY generator"""
 
@@ -87,3 +89,13 @@ VQA_QUESTION_TYPES = """\
 SELECT generator, question_type, answer_type, count(*) AS n,
        round(100.0 * n / sum(n) OVER (PARTITION BY generator), 1) AS pct
 FROM vqa GROUP BY generator, question_type, answer_type ORDER BY generator, n DESC"""
+
+
+def __getattr__(name: str):
+    """``VQA_CONTRADICTIONS``: the answers that contradict their finding (0 rows expected), defined with
+    its rules in :mod:`keyslice.vqa.consistency` (``keyslice check`` runs it); loaded on first use."""
+    if name == "VQA_CONTRADICTIONS":
+        from keyslice.vqa.consistency import VQA_CONTRADICTIONS
+
+        return VQA_CONTRADICTIONS
+    raise AttributeError(name)

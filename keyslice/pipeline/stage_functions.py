@@ -141,7 +141,12 @@ def vqa_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     findings = ctx.store.read_rows("findings", sid)
     selections = ctx.store.read_rows("selections", sid)
     series = ctx.store.read_rows("series", sid)
-    rows = generate_rule_vqa(findings, selections, series)
+    mask_organs = None
+    if ctx.config.vqa_mask_negatives:  # opt-in: "no" for mask-visible organs the report never mentions
+        from keyslice.vqa.masks import study_mask_organs
+
+        mask_organs = study_mask_organs(study.path, selections, ctx.pseudonymize)
+    rows = generate_rule_vqa(findings, selections, series, mask_organs=mask_organs)
     llm = ctx.config.llm
     if llm.enabled:
         from keyslice.vqa import LLMConfig, LLMGenerator

@@ -6,6 +6,9 @@ import hashlib
 from typing import Any, Mapping, Sequence
 
 ANSWER_TYPES = ("closed", "open", "choice")
+# what an answer rests on (vqa table v2, column answer_source): a finding of the report, the
+# series header (plane, phase), or organ masks on the slice (an assumption, off by default)
+ANSWER_SOURCES = ("finding", "series", "mask")
 QUESTION_TYPES = ("plane", "phase", "organ", "abnormality", "location", "laterality", "size", "other")
 
 
@@ -40,7 +43,16 @@ def make_row(
     generator: str,
     prompt_version: str | None,
     ref: Mapping[str, Any],
+    organ: str | None = None,
+    organ_side: str | None = None,
+    abnormality: str | None = None,
+    evidence_finding_id: str | None = None,
+    answer_source: str = "finding",
 ) -> dict[str, Any]:
+    """One row. ``organ``, ``organ_side``, ``abnormality``, ``evidence_finding_id`` and
+    ``answer_source`` record what the answer rests on, for :mod:`keyslice.vqa.consistency`."""
+    if answer_source not in ANSWER_SOURCES:
+        raise ValueError(f"answer_source must be one of {ANSWER_SOURCES}, got {answer_source!r}")
     if answer_type not in ANSWER_TYPES:
         raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
     if answer_type == "choice" and answer not in options:
@@ -58,4 +70,9 @@ def make_row(
         "series_id": ref["series_id"],
         "slice_index": int(ref["slice_index"]),
         "image_path": ref["image_path"],
+        "organ": organ,
+        "organ_side": organ_side,
+        "abnormality": abnormality,
+        "evidence_finding_id": evidence_finding_id,
+        "answer_source": answer_source,
     }

@@ -1,33 +1,73 @@
-"""Rule-based VQA generation from finding rows, their key slices and their series.
+"""Rule-based VQA generation from the structured fields of finding rows.
+
+Every question and answer comes from what step 1 recorded for a finding: ``status``,
+``organs``, ``laterality``, ``measurements_mm``, ``abnormalities`` (types the sentence
+asserts) and ``negated_abnormalities`` (types it negates). The sentence text is never
+re-read for what is present or absent: it only shapes wording (the open "What is seen"
+answer copies the sentence, a location answer may name the part of the organ the sentence
+names).
 
 Answer types: ``closed`` (yes/no, or one word of a small fixed vocabulary: a plane, a
 phase, a side; no options), ``open`` (a short free answer) and ``choice`` (the same
-question with ``options``: the answer plus up to 3 wrong answers that are certainly wrong,
-shuffled). Question families (``question_type``):
+question with ``options``: the answer plus up to 3 wrong answers, shuffled). Question
+families (``question_type``):
 
 * ``plane``       "In which plane is this image shown?"              (series orientation)
 * ``phase``       "In which contrast phase was this image acquired?" (series phase, only when known)
 * ``organ``       "Is there an abnormality in the liver?" yes/no; "Which organ is abnormal in this image?"
-* ``abnormality`` "What is seen in the pancreas?" (open); "What type of abnormality is seen in the liver?"
+* ``abnormality`` "What is seen in the pancreas?" (open); "What type of abnormality is seen in the liver?";
+                  "Is there inflammation in the colon?" (no: a type the report negates)
 * ``location``    "Where is the mass located?"
 * ``laterality``  "On which side is the abnormality?"                (finding laterality)
-* ``size``        "What is the size of the mass?"                    (only when the sentence gives one size)
+* ``size``        "What is the size of the mass?"                    (finding measurements_mm)
+
+What each status produces:
+
+* ``abnormal``: "yes" to "Is there an abnormality in <organ>?" for each organ (none when the
+  sentence names several organs and negates something: the row does not say which organ
+  the negation belongs to); which organ, what is seen, where (single-organ findings), on
+  which side, how large; the abnormality type only from ``abnormalities`` (the first
+  asserted type that the sentence does not also negate; distractors are types of groups
+  the finding does not assert, a negated type being a certainly wrong option). A negated
+  type is never an answer.
+* ``normal``: no question of its own but "no" answers (below), and the slice questions.
+* ``uncertain`` ("possible lesion"): no presence answer, neither yes nor no (a hedge is
+  not a fact to train on); only the slice questions. Its organs are never answered "no".
+* ``non_finding`` (communication, technique, comparison, ...): nothing, not even the
+  plane of its slice.
+
+A finding with neither organs nor asserted types (a sentence step 1 could not read as a
+finding) gets nothing either. Rows of older corpora carry empty ``abnormalities`` and
+``negated_abnormalities``: they get no abnormality-type question and no negated-type "no"
+(nothing is guessed from the text).
+
+Where a "no" comes from. Only from the same report: a finding that states the organ
+normal ("The spleen is normal." -> "Is there an abnormality in the spleen?" no), or a
+single-organ finding that negates a type ("... without signs of diverticulitis" ->
+"Is there inflammation in the colon?" no). An organ some abnormal or uncertain finding
+of the report mentions (on a compatible side) is never answered "no"; a negated type is
+not asked when a finding of that organ asserts a type of the same group. A report silent
+about an organ says nothing about it: no "no". Optionally (``mask_organs``, off unless
+given) organs the segmentation masks show on the slice but the report never mentions may
+be answered "no"; those rows are marked ``answer_source="mask"``.
+
+Every row records what its answer rests on (``vqa`` table v2): ``organ``/``organ_side``,
+``abnormality``, ``evidence_finding_id`` (the finding that states the answer) and
+``answer_source`` (finding, series or mask); :mod:`keyslice.vqa.consistency` checks them
+against the findings table.
+
+Yes/no balance: each "yes" gets at most one "no" on the same slice, taken in order from
+the finding's own negated types, normal organs whose own key slice is this slice, normal
+organs and negated types of the same body region, then (with ``mask_organs``) unmentioned
+mask-visible organs. Left-over "no" quota goes to the normal findings' own slices. A report
+without normal statements yields more "yes" than "no": the balance report shows it rather
+than hiding it behind invented negatives.
 
 Plane and phase questions are asked once per slice; a question already asked on a slice
-(an impression repeating a finding) is not asked again by a later finding.
-
-Yes/no balance: every "yes" (an organ of an abnormal finding) gets a "no" on the same
-slice when a safe negative exists. A negative organ is one the report calls normal, or
-one no abnormal or uncertain finding of the study mentions; an organ the report calls
-abnormal (or uncertain) is never answered "no". Negatives are taken, in order, from:
-normal organs whose own key slice is this slice, normal organs of the same body region,
-then unmentioned organs of the same region. Left-over "no" quota goes to the normal
-findings' own slices ("Is there an abnormality in the liver?" on the slice chosen for
-"The liver is normal.").
-
-Everything random (option order, which negative among equals) comes from
-``random.Random(f"{seed}:{finding_id}")``: output is deterministic for a seed and does
-not depend on the order of the input rows.
+(an impression repeating a finding) is not asked again by a later finding. Everything
+random (option order, which negative among equals) comes from
+``random.Random(f"{seed}:{finding_id}")``: output is deterministic for a seed and does not
+depend on the order of the input rows.
 """
 
 from __future__ import annotations
@@ -44,7 +84,6 @@ from keyslice.vqa.lexicon import (
     PHASE_CHOICES,
     PHASE_WORDS,
     PLANES,
-    find_abnormalities,
     find_organ_spans,
     organ_display,
     regions_of,
@@ -53,9 +92,10 @@ from keyslice.vqa.lexicon import (
 from keyslice.vqa.rows import make_row, slice_ref
 
 GENERATOR = "rule"
-RULES_VERSION = "vqa_rules.v1"   # recorded in prompt_version: the version of these templates
+RULES_VERSION = "vqa_rules.v2"   # recorded in prompt_version: the version of these templates
 
 N_OPTIONS = 4
+ASKED_STATUSES = ("abnormal", "normal", "uncertain")   # "non_finding" and unknown values: nothing
 
 # abnormality types worth naming in "Where is the X located?"
 _LOCATABLE = {
@@ -78,17 +118,71 @@ _DISTRACTOR_TYPES: dict[str, tuple[str, ...]] = {
     "fibrosis": ("thorax",),
 }
 
+# types read without an article in "Is there <type> in the colon?"
+_MASS_NOUNS = {"inflammation", "free air", "ascites", "lymphadenopathy", "dilatation", "enlargement",
+               "wall thickening", "fibrosis", "consolidation", "atrophy", "extravasation", "thrombosis",
+               "calcification", "infarction", "dissection", "intussusception"}
+
+Organ = tuple[str, str | None]            # (canonical organ, side or None)
+SliceKey = tuple[str, int]               # (series_id, slice index)
+
 
 @dataclass
 class _Finding:
-    row: Mapping[str, Any]
     finding_id: str
     order: tuple
     text: str
     status: str
     laterality: str | None
-    organs: list[tuple[str, str | None]]          # (canonical organ, side or None)
+    organs: list[Organ]
+    abnormalities: list[str]
+    negated: list[str]
+    measurements_mm: list[float]
     selections: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @property
+    def asked(self) -> bool:
+        """Whether the finding is asked about at all (see the module docstring)."""
+        return self.status in ASKED_STATUSES and bool(self.organs or self.abnormalities)
+
+    @property
+    def positive_organs(self) -> list[Organ]:
+        """Organs answered "yes": all of them, unless the sentence names several organs and
+        negates something ("a pulmonary mass, without enlarged lymph nodes"): the row does not
+        say which organ the negation belongs to, so none is asserted abnormal."""
+        if self.negated and len({o for o, _ in self.organs}) > 1:
+            return []
+        return self.organs
+
+    @property
+    def answer_type(self) -> str | None:
+        """The abnormality type answered: the first asserted type the sentence does not also
+        negate (a type both asserted and negated belongs to different organs of the sentence)."""
+        return next((t for t in self.abnormalities if t not in self.negated), None)
+
+
+@dataclass(frozen=True)
+class _Negative:
+    """A sentence-backed "no": an organ stated normal (``abnormality`` None) or a negated type."""
+
+    organ: str
+    side: str | None
+    abnormality: str | None
+    evidence: str                        # finding id that states it
+    slices: frozenset[SliceKey]          # the evidence finding's own key slices
+    source: str = "finding"
+
+    def question(self) -> str:
+        where = _neg_display(self.organ, self.side)
+        if self.abnormality is None:
+            return f"Is there an abnormality in {where}?"
+        return f"Is there {_with_article(self.abnormality)} in {where}?"
+
+
+def _with_article(kind: str) -> str:
+    if kind in _MASS_NOUNS:
+        return kind
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _study_key(f: Mapping[str, Any]) -> str:
@@ -102,17 +196,26 @@ def _order(f: Mapping[str, Any]) -> tuple:
     return (0 if idx is None else 1, idx if idx is not None else 0, str(f["finding_id"]))
 
 
-def _parse_organs(f: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+def _parse_organs(f: Mapping[str, Any]) -> list[Organ]:
     lat = f.get("laterality")
-    out: list[tuple[str, str | None]] = []
+    out: list[Organ] = []
     for raw in f.get("organs") or []:
         organ, side = split_side(str(raw))
-        info = ORGANS.get(organ)
-        if side is None and lat in ("left", "right", "bilateral") and info is not None and info.paired:
+        if side is None and lat in ("left", "right", "bilateral") and is_paired(organ):
             side = lat
         if (organ, side) not in out:
             out.append((organ, side))
     return out
+
+
+def is_paired(organ: str) -> bool:
+    info = ORGANS.get(organ)
+    return info is not None and info.paired
+
+
+def _types(values: Any) -> list[str]:
+    """Abnormality type keys of a list field, in order, known keys only, without repeats."""
+    return list(dict.fromkeys(str(v) for v in (values or []) if str(v) in ABNORMALITY_GROUP))
 
 
 _VERBS = re.compile(
@@ -165,14 +268,16 @@ _SEGMENTED = {
 
 
 def _location(text: str, organ: str, side: str | None) -> str:
-    """"left lobe of the liver", "tail of the pancreas", "lower pole of the right kidney"."""
+    """The finding's organ, refined by the part of it the sentence names: "left lobe of the
+    liver", "tail of the pancreas", "lower pole of the right kidney". The organ and side come
+    from the finding row; the text only narrows them down."""
     if organ == "liver":
         m = _LIVER_LOBE.search(text)
         if m:
             return f"{m.group('lobe').lower()} lobe of the liver"
     if organ == "lung":
         m = _LUNG_LOBE.search(text)
-        if m:
+        if m and side in (None, m.group("side").lower()):
             return f"{m.group('side').lower()} {m.group('lobe').lower()} lobe of the lung"
     if organ == "pancreas":
         m = _PANCREAS_PART.search(text)
@@ -189,6 +294,8 @@ def _location(text: str, organ: str, side: str | None) -> str:
         if m:
             sub = re.sub(r"\s+", " ", m.group("sub").lower())
             s = (m.group("side") or (side if side in ("left", "right") else "") or "").lower()
+            if side in ("left", "right") and s != side:
+                continue
             return f"{sub} of the {s + ' ' if s else ''}{organ}"
     return _bare(organ_display(organ, side))
 
@@ -198,20 +305,12 @@ def _bare(display: str) -> str:
     return display[len("the "):] if display.startswith("the ") else display
 
 
-_NUM = r"\d+(?:[.,]\d+)?"
-_SIZE = re.compile(
-    rf"(?<![\w.,])(?P<dims>{_NUM}(?:\s*(?:mm|cm))?(?:\s*(?:[x×∗*]|by)\s*{_NUM}(?:\s*(?:mm|cm))?){{0,2}})"
-    rf"\s*-?\s*(?P<unit>mm|cm)s?(?!\w)", re.I)
-
-
-def _size(text: str) -> str | None:
-    """The one size the sentence gives ("5.3 × 4.4 cm"), or None when none or several."""
-    found = list(_SIZE.finditer(text))
-    if len(found) != 1:
+def _size(measurements_mm: Sequence[float]) -> str | None:
+    """The finding's measurements as one size in mm ("53 × 44 mm"), or None when it records
+    none or more than three (then they are not the dimensions of one thing)."""
+    if not 1 <= len(measurements_mm) <= 3:
         return None
-    m = found[0]
-    dims = re.findall(_NUM, m.group("dims"))
-    return " × ".join(d.replace(",", ".") for d in dims) + " " + m.group("unit").lower()
+    return " × ".join(f"{float(v):g}" for v in measurements_mm) + " mm"
 
 
 _TEXT_REGIONS = (
@@ -223,10 +322,10 @@ _TEXT_REGIONS = (
 )
 
 
-def _regions(organs: Sequence[tuple[str, str | None]], text: str) -> set[str]:
+def _regions(organs: Sequence[Organ], text: str) -> set[str]:
     """Body regions a finding's slice lies in: those of its specific organs (a lymph node or
     the spine could be anywhere), else the region words of its sentence, else any of its
-    organs' regions."""
+    organs' regions. Used to pick plausible negatives and distractors, never answers."""
     specific = {r for o, _ in organs if 0 < len(regions_of(o)) <= 2 for r in regions_of(o)}
     if specific:
         return specific
@@ -246,25 +345,67 @@ def _choice(rng: random.Random, answer: str, distractors: Sequence[str], n: int 
     return options
 
 
-class _Blocked:
-    """Organs some abnormal or uncertain finding of the study mentions: never a 'no'."""
+def sides_overlap(a: str | None, b: str | None) -> bool:
+    """Whether two mentions of one organ may be the same structure (None: the organ as a whole)."""
+    return a in (None, "bilateral") or b in (None, "bilateral") or a == b
+
+
+def side_covers(stated: str | None, asked: str | None) -> bool:
+    """Whether a statement about ``stated`` (None or bilateral: the whole organ) covers a
+    question about ``asked`` (None: the whole organ, e.g. "the kidneys")."""
+    return stated in (None, "bilateral") or stated == asked
+
+
+class _Report:
+    """What one report states, organ by organ: what is flagged (abnormal or uncertain), what
+    is stated normal, which types are negated, which organs it mentions at all."""
 
     def __init__(self, findings: Iterable[_Finding]):
-        self.entries: set[tuple[str, str | None]] = set()
+        self.flagged: dict[str, list[tuple[str | None, set[str]]]] = defaultdict(list)
+        self.mentioned: set[str] = set()
+        normal: list[_Finding] = []
+        negating: list[_Finding] = []
         for f in findings:
-            if f.status != "normal":
-                self.entries.update(f.organs)
+            if f.status not in ASKED_STATUSES:
+                continue
+            self.mentioned.update(o for o, _ in f.organs)
+            if f.status == "normal":
+                normal.append(f)
+            else:
+                groups = {ABNORMALITY_GROUP[t] for t in f.abnormalities}
+                for organ, side in f.organs:
+                    self.flagged[organ].append((side, groups))
+            if f.negated and len({o for o, _ in f.organs}) == 1:
+                negating.append(f)
+        self.negatives: list[_Negative] = []
+        seen: set[tuple] = set()
+        for f in normal:
+            for organ, side in f.organs:
+                if not self.blocks(organ, side) and (organ, side, None) not in seen:
+                    seen.add((organ, side, None))
+                    self.negatives.append(_Negative(organ, side, None, f.finding_id, _slices(f)))
+        for f in negating:
+            organ, side = f.organs[0]
+            for kind in f.negated:
+                if kind in f.abnormalities or self.type_flagged(organ, side, kind) or (organ, side, kind) in seen:
+                    continue
+                seen.add((organ, side, kind))
+                self.negatives.append(_Negative(organ, side, kind, f.finding_id, _slices(f)))
 
     def blocks(self, organ: str, side: str | None) -> bool:
-        for o, s in self.entries:
-            if o != organ:
-                continue
-            if s in (None, "bilateral") or side in (None, "bilateral") or s == side:
-                return True
-        return False
+        """Some abnormal or uncertain finding mentions the organ on a compatible side."""
+        return any(sides_overlap(s, side) for s, _ in self.flagged.get(organ, ()))
+
+    def type_flagged(self, organ: str, side: str | None, kind: str) -> bool:
+        group = ABNORMALITY_GROUP.get(kind)
+        return any(sides_overlap(s, side) and group in groups for s, groups in self.flagged.get(organ, ()))
 
 
-def _slice_key(sel: Mapping[str, Any]) -> tuple[str, int]:
+def _slices(f: _Finding) -> frozenset[SliceKey]:
+    return frozenset(_slice_key(s) for s in f.selections)
+
+
+def _slice_key(sel: Mapping[str, Any]) -> SliceKey:
     return (str(sel["series_id"]), int(sel["top1_index"]))
 
 
@@ -274,8 +415,15 @@ def generate_rule_vqa(
     series: list[dict],
     *,
     seed: int = 0,
+    mask_organs: Mapping[SliceKey, Iterable[str]] | None = None,
 ) -> list[dict]:
-    """Rule-based VQA rows for findings that have a key slice. See the module docstring."""
+    """Rule-based VQA rows for findings that have a key slice. See the module docstring.
+
+    ``mask_organs``: canonical organs the segmentation masks show on a slice, keyed by
+    (series_id, slice_index). When given, an organ shown there that no finding of the report
+    mentions may be answered "no" (``answer_source="mask"``): an assumption that a report
+    silent about a visible organ found it normal. Off (None) by default.
+    """
     series_by_id = {str(s["series_id"]): s for s in series}
     sels: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for s in selections:
@@ -284,74 +432,68 @@ def generate_rule_vqa(
     for f in findings:
         fid = str(f["finding_id"])
         item = _Finding(
-            row=f, finding_id=fid, order=_order(f), text=str(f.get("text") or ""),
+            finding_id=fid, order=_order(f), text=str(f.get("text") or ""),
             status=str(f.get("status") or "uncertain").lower(), laterality=f.get("laterality"),
-            organs=_parse_organs(f),
+            organs=_parse_organs(f), abnormalities=_types(f.get("abnormalities")),
+            negated=_types(f.get("negated_abnormalities")),
+            measurements_mm=[float(v) for v in (f.get("measurements_mm") or [])],
             selections=sorted(sels.get(fid, []), key=_slice_key),
         )
         by_study[_study_key(f)].append(item)
+    visible = {k: set(v) for k, v in (mask_organs or {}).items()}
     rows: list[dict] = []
     for study in sorted(by_study):
-        rows.extend(_study_rows(sorted(by_study[study], key=lambda x: x.order), series_by_id, seed))
+        rows.extend(_study_rows(sorted(by_study[study], key=lambda x: x.order), series_by_id, seed, visible))
     return rows
 
 
-def _study_rows(findings: list[_Finding], series_by_id: Mapping[str, Mapping[str, Any]], seed: int) -> list[dict]:
-    blocked = _Blocked(findings)
-    mentioned = {o for f in findings for o, _ in f.organs}
-    # normal organs (not blocked), with the slices of the findings that state them
-    normal_organs: dict[tuple[str, str | None], set[tuple[str, int]]] = defaultdict(set)
-    for f in findings:
-        if f.status == "normal":
-            for organ, side in f.organs:
-                if not blocked.blocks(organ, side):
-                    normal_organs[(organ, side)].update(_slice_key(s) for s in f.selections)
-
+def _study_rows(findings: list[_Finding], series_by_id: Mapping[str, Mapping[str, Any]], seed: int,
+                visible: Mapping[SliceKey, set[str]]) -> list[dict]:
+    report = _Report(findings)
     rows: list[dict] = []
     seen: set[tuple] = set()
-    slices_done: set[tuple[str, int]] = set()
+    slices_done: set[SliceKey] = set()
     n_yes = n_no = 0
     for f in findings:
+        if not f.asked:
+            continue
         rng = random.Random(f"{seed}:{f.finding_id}")
         for sel in f.selections:
             key = _slice_key(sel)
-            ref = slice_ref(sel)
-            ser = series_by_id.get(key[0], {})
-            emit = _Emitter(f.finding_id, ref, rows, seen)
+            emit = _Emitter(f.finding_id, slice_ref(sel), rows, seen)
             if key not in slices_done:
                 slices_done.add(key)
-                _slice_questions(emit, ser, rng)
+                _slice_questions(emit, series_by_id.get(key[0], {}), rng)
             if f.status != "abnormal":
                 continue
-            positives = list(f.organs)
-            asked = sum(emit(f"Is there an abnormality in {organ_display(organ, side)}?", "yes", "closed", "organ")
-                        for organ, side in positives)
+            asked = sum(emit(f"Is there an abnormality in {organ_display(organ, side)}?", "yes", "closed", "organ",
+                             organ=organ, side=side, evidence=f.finding_id)
+                        for organ, side in f.positive_organs)
             n_yes += asked
             answered_no = 0
-            regions = _regions(positives, f.text)
-            for organ, side in _negative_candidates(positives, regions, key, normal_organs, blocked, mentioned, rng):
+            for neg in _negative_candidates(f, key, report, visible.get(key, set()), rng):
                 if answered_no >= asked:
                     break
-                if emit(f"Is there an abnormality in {_neg_display(organ, side)}?", "no", "closed", "organ"):
+                if emit(neg.question(), "no", "closed", "abnormality" if neg.abnormality else "organ",
+                        organ=neg.organ, side=neg.side, abnormality=neg.abnormality,
+                        evidence=neg.evidence if neg.source == "finding" else None, source=neg.source):
                     answered_no += 1
             n_no += answered_no
-            _abnormal_questions(emit, f, blocked, rng)
+            _abnormal_questions(emit, f, report, rng)
 
-    # left-over "no" quota: normal findings asked about their own organ on their own slice
-    for f in findings:
-        if n_no >= n_yes:
-            break
-        if f.status != "normal":
-            continue
-        for sel in f.selections:
-            for organ, side in f.organs:
-                if n_no >= n_yes:
-                    break
-                if blocked.blocks(organ, side):
-                    continue
-                emit = _Emitter(f.finding_id, slice_ref(sel), rows, seen)
-                if emit(f"Is there an abnormality in {_neg_display(organ, side)}?", "no", "closed", "organ"):
-                    n_no += 1
+    # left-over "no" quota: sentence-backed negatives asked on their own finding's slices
+    for neg in report.negatives:
+        for key in sorted(neg.slices):
+            if n_no >= n_yes:
+                return rows
+            owner = next(f for f in findings if f.finding_id == neg.evidence)
+            if not owner.asked:
+                continue
+            sel = next(s for s in owner.selections if _slice_key(s) == key)
+            emit = _Emitter(owner.finding_id, slice_ref(sel), rows, seen)
+            if emit(neg.question(), "no", "closed", "abnormality" if neg.abnormality else "organ",
+                    organ=neg.organ, side=neg.side, abnormality=neg.abnormality, evidence=neg.evidence):
+                n_no += 1
     return rows
 
 
@@ -364,21 +506,23 @@ class _Emitter:
         self.finding_id, self.ref, self.rows, self.seen = finding_id, ref, rows, seen
 
     def __call__(self, question: str, answer: str, answer_type: str, question_type: str,
-                 options: Sequence[str] | None = None) -> bool:
-        row = make_row(finding_id=self.finding_id, question=question, answer=answer,
-                       answer_type=answer_type, question_type=question_type, options=options or (),
-                       generator=GENERATOR, prompt_version=RULES_VERSION, ref=self.ref)
+                 options: Sequence[str] | None = None, *, organ: str | None = None, side: str | None = None,
+                 abnormality: str | None = None, evidence: str | None = None, source: str = "finding") -> bool:
         key = (self.ref["series_id"], int(self.ref["slice_index"]), answer_type, " ".join(question.lower().split()))
         if key in self.seen:
             return False
         self.seen.add(key)
-        self.rows.append(row)
+        self.rows.append(make_row(
+            finding_id=self.finding_id, question=question, answer=answer, answer_type=answer_type,
+            question_type=question_type, options=options or (), generator=GENERATOR,
+            prompt_version=RULES_VERSION, ref=self.ref, organ=organ,
+            organ_side=side if side in ("left", "right", "bilateral") and organ and is_paired(organ) else None,
+            abnormality=abnormality, evidence_finding_id=evidence, answer_source=source))
         return True
 
 
 def _neg_display(organ: str, side: str | None) -> str:
-    info = ORGANS.get(organ)
-    if side is None and info is not None and info.paired:
+    if side is None and is_paired(organ):
         return organ_display(organ, "bilateral").replace("both ", "the ")
     return organ_display(organ, side)
 
@@ -387,135 +531,111 @@ def _slice_questions(emit: _Emitter, ser: Mapping[str, Any], rng: random.Random)
     plane = str(ser.get("orientation") or "unknown").lower()
     if plane in (*PLANES, "oblique"):
         q = "In which plane is this image shown?"
-        emit(q, plane, "closed", "plane")
+        emit(q, plane, "closed", "plane", source="series")
         opts = _choice(rng, plane, [p for p in PLANES if p != plane])
         if opts:
-            emit(q, plane, "choice", "plane", opts)
+            emit(q, plane, "choice", "plane", opts, source="series")
     phase = PHASE_WORDS.get(str(ser.get("phase") or "unknown").lower())
     if phase:
         q = "In which contrast phase was this image acquired?"
-        emit(q, phase, "closed", "phase")
+        emit(q, phase, "closed", "phase", source="series")
         others = [p for p in PHASE_CHOICES if p != phase and not (phase.endswith("arterial") and p == "arterial")]
         opts = _choice(rng, phase, others)
         if opts:
-            emit(q, phase, "choice", "phase", opts)
+            emit(q, phase, "choice", "phase", opts, source="series")
 
 
-def _negative_candidates(
-    positives: list[tuple[str, str | None]],
-    regions: set[str],
-    key: tuple[str, int],
-    normal_organs: Mapping[tuple[str, str | None], set[tuple[str, int]]],
-    blocked: _Blocked,
-    mentioned: set[str],
-    rng: random.Random,
-) -> list[tuple[str, str | None]]:
-    """Safe "no" organs for a slice, best first (see the module docstring for the order)."""
-    if not positives:
-        return []
-    pos_organs = {o for o, _ in positives}
-    tiers: list[list[tuple[str, str | None]]] = [[], [], []]
-    for (organ, side), slices in sorted(normal_organs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        if organ in pos_organs and not _other_side_ok(organ, side, positives):
+def _negative_candidates(f: _Finding, key: SliceKey, report: _Report, visible: set[str],
+                         rng: random.Random) -> list[_Negative]:
+    """Sentence-backed "no"s for an abnormal finding's slice, best first (module docstring)."""
+    own = {o for o, _ in f.organs}
+    regions = _regions(f.organs, f.text)
+    tiers: list[list[_Negative]] = [[], [], [], []]
+    for neg in report.negatives:
+        if neg.abnormality is None and neg.organ in own and not _other_side_ok(neg.organ, neg.side, f.organs):
             continue
-        if key in slices:
-            tiers[0].append((organ, side))
-        elif not regions or set(regions_of(organ)) & regions or not regions_of(organ):
-            tiers[1].append((organ, side))
-    for organ, info in ORGANS.items():
-        if not info.negative_ok or not (set(info.regions) & regions):
-            continue
-        if organ in pos_organs:
-            # the other side of a paired organ ("left kidney" when the right one is abnormal)
-            for _, side in positives:
-                if info.paired and side in ("left", "right"):
-                    other = "left" if side == "right" else "right"
-                    if not blocked.blocks(organ, other) and organ not in _normal_names(normal_organs):
-                        tiers[2].append((organ, other))
-            continue
-        if organ in mentioned or blocked.blocks(organ, None):
-            continue
-        tiers[2].append((organ, None))
-    chosen: list[tuple[str, str | None]] = []
+        if neg.evidence == f.finding_id:
+            tiers[0].append(neg)
+        elif neg.abnormality is None and key in neg.slices:
+            tiers[1].append(neg)
+        elif not regions or set(regions_of(neg.organ)) & regions or not regions_of(neg.organ):
+            tiers[2].append(neg)
+    for organ in sorted(visible):
+        if organ in ORGANS and organ not in report.mentioned and not report.blocks(organ, None):
+            tiers[3].append(_Negative(organ, None, None, f.finding_id, frozenset({key}), source="mask"))
+    chosen: list[_Negative] = []
     for tier in tiers:
-        tier = list(dict.fromkeys(tier))
         rng.shuffle(tier)
         for cand in tier:
-            if cand[0] not in {c[0] for c in chosen}:
+            if cand.organ not in {c.organ for c in chosen}:
                 chosen.append(cand)
     return chosen
 
 
-def _normal_names(normal_organs: Mapping[tuple[str, str | None], Any]) -> set[str]:
-    return {o for o, _ in normal_organs}
-
-
-def _other_side_ok(organ: str, side: str | None, positives: list[tuple[str, str | None]]) -> bool:
+def _other_side_ok(organ: str, side: str | None, positives: list[Organ]) -> bool:
     """A normal paired organ may be a negative beside an abnormal one of the other side."""
-    info = ORGANS.get(organ)
-    if info is None or not info.paired or side not in ("left", "right"):
+    if not is_paired(organ) or side not in ("left", "right"):
         return False
     return all(o != organ or (s in ("left", "right") and s != side) for o, s in positives)
 
 
-def _abnormal_questions(emit: _Emitter, f: _Finding, blocked: _Blocked, rng: random.Random) -> None:
-    organs = f.organs
-    types = find_abnormalities(f.text)
-    abn = types[0] if types else None
+def _abnormal_questions(emit: _Emitter, f: _Finding, report: _Report, rng: random.Random) -> None:
+    organs = f.positive_organs
+    abn = f.answer_type
     distinct = list(dict.fromkeys(o for o, _ in organs))
-    organ, side = organs[0] if organs else (None, None)
+    organ, side = organs[0] if len(distinct) == 1 else (None, None)
+    regions = _regions(organs, f.text)
+    subject = {"organ": organ, "side": side, "evidence": f.finding_id}
 
     # organ: which organ (single-organ findings only: otherwise two answers are right)
-    if len(distinct) == 1 and organ is not None:
+    if organ is not None:
         answer = _bare(organ_display(organ, side)).removeprefix("both ")
-        emit("Which organ is abnormal in this image?", answer, "open", "organ")
-        regions = _regions(organs, f.text)
+        q = "Which organ is abnormal in this image?"
+        emit(q, answer, "open", "organ", **subject)
         pool = [o for o, info in ORGANS.items()
-                if o != organ and info.negative_ok and set(info.regions) & regions and not blocked.blocks(o, None)]
+                if o != organ and info.negative_ok and set(info.regions) & regions and not report.blocks(o, None)]
         opts = _choice(rng, answer, pool)
         if opts:
-            emit("Which organ is abnormal in this image?", answer, "choice", "organ", opts)
+            emit(q, answer, "choice", "organ", opts, **subject)
 
-    # abnormality: open description, and the type
-    where = organ_display(organ, side) if len(distinct) == 1 and organ else None
+    # abnormality: open description, and the type (asserted types only)
+    where = organ_display(organ, side) if organ else None
     phrase = _clean_phrase(f.text)
     if where and phrase:
-        emit(f"What is seen in {where}?", phrase, "open", "abnormality")
+        emit(f"What is seen in {where}?", phrase, "open", "abnormality", **subject)
     if abn:
         q = f"What type of abnormality is seen in {where}?" if where else "What abnormality is seen in this image?"
-        emit(q, abn, "open", "abnormality")
-        groups = {ABNORMALITY_GROUP[t] for t in types}
-        regions = _regions(organs, f.text)
+        emit(q, abn, "open", "abnormality", abnormality=abn, **subject)
+        # wrong answers: types of no asserted group (a type the sentence negates is certainly wrong)
+        groups = {ABNORMALITY_GROUP[t] for t in f.abnormalities}
         pool = [t for t, where_ok in _DISTRACTOR_TYPES.items()
                 if ABNORMALITY_GROUP.get(t) not in groups and (not where_ok or not regions or set(where_ok) & regions)]
         opts = _choice(rng, abn, pool)
         if opts:
-            emit(q, abn, "choice", "abnormality", opts)
+            emit(q, abn, "choice", "abnormality", opts, abnormality=abn, **subject)
 
+    thing = _LOCATABLE.get(abn or "", "abnormality")
     # location
-    if len(distinct) == 1 and organ is not None:
+    if organ is not None:
         loc = _location(f.text, organ, side)
-        thing = _LOCATABLE.get(abn or "", "abnormality")
         q = f"Where is the {thing} located?"
-        emit(q, loc, "open", "location")
-        regions = _regions(organs, f.text)
+        emit(q, loc, "open", "location", **subject)
         pool = [_bare(_neg_display(o, None)) for o, info in ORGANS.items()
-                if o != organ and info.negative_ok and set(info.regions) & regions and not blocked.blocks(o, None)]
+                if o != organ and info.negative_ok and set(info.regions) & regions and not report.blocks(o, None)]
         opts = _choice(rng, loc, pool)
         if opts:
-            emit(q, loc, "choice", "location", opts)
+            emit(q, loc, "choice", "location", opts, **subject)
 
-    # size: only when the sentence gives exactly one size and names a lesion-like thing
-    size = _size(f.text)
-    if size and abn in _LOCATABLE:
-        emit(f"What is the size of the {_LOCATABLE[abn]}?", size, "open", "size")
+    # size: the finding's measurements, when it names one lesion-like thing
+    size = _size(f.measurements_mm)
+    if size and abn in _LOCATABLE and len({ABNORMALITY_GROUP[t] for t in f.abnormalities}) == 1:
+        emit(f"What is the size of the {thing}?", size, "open", "size", abnormality=abn, **subject)
 
     # laterality
     lat = (f.laterality or "").lower()
     if lat in ("left", "right", "bilateral"):
-        thing = _LOCATABLE.get(abn or "", "abnormality")
         q = f"On which side is the {thing}?"
-        emit(q, lat, "closed", "laterality")
+        emit(q, lat, "closed", "laterality", **subject)
         opts = _choice(rng, lat, [s for s in ("left", "right", "bilateral") if s != lat], n=3)
         if opts:
-            emit(q, lat, "choice", "laterality", opts)
+            emit(q, lat, "choice", "laterality", opts, **subject)
