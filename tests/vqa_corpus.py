@@ -10,8 +10,8 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
-from keyslice.checkpoints import CheckpointStore
-from keyslice.schemas import table_schema, to_table
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.schemas import table_schema, to_table
 from keyslice.vqa.consistency import CheckResult, check_connection
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

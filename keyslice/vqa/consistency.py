@@ -222,6 +222,6 @@ def check_connection(con: duckdb.DuckDBPyConnection) -> CheckResult:
 
 def check_corpus(corpus_dir) -> CheckResult:
     """Contradictions between the corpus's VQA answers and its findings (module docstring)."""
-    from keyslice.sql import connect
+    from keyslice.corpus.sql import connect
 
     return check_connection(connect(corpus_dir))
