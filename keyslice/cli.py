@@ -404,9 +404,17 @@ def serve(
     """Serve a Prefect deployment that builds new studies on a cron schedule (runs until Ctrl-C)."""
     _quiet_prefect()
     os.environ["PREFECT_LOGGING_LEVEL"] = os.environ.get("KEYSLICE_SERVE_LOG_LEVEL", "INFO")
-    from flows.deploy import serve as serve_deployment
+    from flows.deploy import api_url, serve as serve_deployment
 
     console.print(f"serving deployment {name!r}: {input_dir} -> {out}, cron '{cron}' (Ctrl-C stops it)")
+    server = api_url()
+    if server:
+        console.print(f"schedule registered on the Prefect server {server}; its UI lists the runs", soft_wrap=True)
+    else:
+        console.print("[yellow]warning: PREFECT_API_URL is not set, so the schedule lives in an ephemeral Prefect "
+                      "API inside this process: the deployment, its schedule and the run history are gone when it "
+                      "stops. For nightly builds start a server (`prefect server start`) and set PREFECT_API_URL "
+                      "(see infra/README.md).[/yellow]", soft_wrap=True)
     serve_deployment(str(input_dir.resolve()), str(out.resolve()), model, cron=cron, timezone=timezone, name=name,
                      config_file=str(config.resolve()) if config else None, runner=runner,
                      dask_address=dask_address, max_workers=workers, compact=compact_after)
