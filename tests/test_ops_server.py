@@ -268,7 +268,19 @@ def test_keyslice_serve_builds_on_the_servers_schedule(scheduled):
     serve_log = (server.procs.logs_dir / "serve.log").read_text(errors="replace")
     assert f"registered on the Prefect server {server.api}" in serve_log.replace("\n", "")
     assert "ephemeral" not in serve_log
+    assert "4/4 studies" in serve_log                              # the run's progress lines, in its log
+    _assert_summary_published(server, scheduled.served_out)
     _assert_scheduler_healthy(server)
+
+
+def _assert_summary_published(server: Server, out: Path) -> None:
+    """The scheduled run's result is on the server as the corpus' summary artifact."""
+    from keyslice.pipeline.summary import artifact_key
+
+    r = server.post("/artifacts/filter", {"artifacts": {"key": {"any_": [artifact_key(out)]}}})
+    r.raise_for_status()
+    markdown = [a["data"] for a in r.json() if a["type"] == "markdown"]   # later ticks add 0-study versions
+    assert any("**4 studies** processed" in text for text in markdown), r.json()
 
 
 def test_prefect_yaml_deployment_runs_on_a_worker(scheduled):
@@ -286,4 +298,5 @@ def test_prefect_yaml_deployment_runs_on_a_worker(scheduled):
     assert run["work_pool_name"] == POOL
     _check_sample_corpus(scheduled.deployed_out)
     assert compacted_files(CheckpointStore(scheduled.deployed_out), "vqa")   # prefect.yaml's compact: true
+    _assert_summary_published(server, scheduled.deployed_out)
     _assert_scheduler_healthy(server)
