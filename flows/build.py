@@ -4,22 +4,35 @@ stages run as Prefect tasks, on threads or on a Dask cluster.
 A study's next stage is submitted as soon as its previous stage is checkpointed, independently
 of the others, with a bounded number of studies in flight (:func:`_run_studies`). Every stage task completes
 (its failures are recorded in the corpus), so one bad study never stops the build.
+
+Progress goes to the observer :func:`run_build` was given (the CLI's display), else one line per finished
+study to the run's log. Every run publishes its result (:mod:`keyslice.pipeline.summary`) as a markdown
+and a table artifact under one key per corpus, so the Prefect UI shows what each run gave and the nightly
+runs can be compared side by side.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from keyslice.config import BuildConfig
 from keyslice.corpus.lock import corpus_lock
 from keyslice.pipeline.api import execute
 from keyslice.pipeline.context import BuildContext, make_context
+from keyslice.pipeline.progress import BuildObserver, LogLines
 from keyslice.pipeline.registry import get_stage
+from keyslice.pipeline.summary import artifact_key, run_summary, summary_markdown, summary_table
 from tasks import stage_task
+
+# The observer of the flow run started by run_build in this process (flow parameters are stored by
+# the Prefect API, so a live object cannot be one); None: log lines to the run's logger.
+_observer: BuildObserver | None = None
 
 
 @flow(name="keyslice-build", log_prints=True, validate_parameters=False)
@@ -34,13 +47,31 @@ def build_flow(config: dict[str, Any], studies_filter: list[str] | None = None,
     cfg = BuildConfig.from_dict(config)
     ctx = make_context(cfg)
     window = 2 * max(cfg.max_workers, 1)
+    logger = get_run_logger()
+    observer = _observer or LogLines(logger.info)
     with corpus_lock(cfg.out_dir):
-        return execute(ctx, lambda studies, names, c: _run_studies(studies, names, c, window),
-                       studies_filter=studies_filter, incremental=incremental, stages=stages,
-                       logger=get_run_logger())
+        result = execute(ctx, lambda studies, names, c, on_outcome=None:
+                         _run_studies(studies, names, c, window, on_outcome),
+                         studies_filter=studies_filter, incremental=incremental, stages=stages,
+                         logger=logger, observer=observer)
+    try:
+        publish_summary(cfg.out_dir, result)
+    except Exception as exc:  # noqa: BLE001 - the corpus is built and recorded; only its report is missing
+        logger.warning("the run's summary artifacts were not published (%s: %s); the build itself is complete, "
+                       "`keyslice status` and the runs table show its result", type(exc).__name__, exc)
+    return result
 
 
-def _run_studies(studies: list, stages: list[str], ctx: BuildContext, window: int) -> list:
+def publish_summary(out_dir: Path | str, result: dict[str, Any]) -> None:
+    """The run's summary as artifacts of this flow run (one key per corpus: versions side by side)."""
+    summary = run_summary(out_dir, result)
+    key = artifact_key(out_dir)
+    description = f"keyslice build {summary.run_id} of {summary.n_studies} studies"
+    create_markdown_artifact(markdown=summary_markdown(summary), key=key, description=description)
+    create_table_artifact(table=summary_table(summary), key=f"{key}-numbers", description=description)
+
+
+def _run_studies(studies: list, stages: list[str], ctx: BuildContext, window: int, on_outcome=None) -> list:
     """Submit each study's next stage when its previous one has finished, ``window`` studies at a time.
 
     Why not submit every stage of every study at once with ``wait_for``: the thread runner runs a
@@ -49,6 +80,7 @@ def _run_studies(studies: list, stages: list[str], ctx: BuildContext, window: in
     flow would hold 4 futures per study for the whole build. Here every submitted task can start
     at once, and the flow holds one future per study in flight, whatever the corpus size.
     ``wait_for`` still names the (finished) previous stage, so the UI shows the dependency.
+    ``on_outcome`` hears of every stage outcome as its task finishes (progress display).
     """
     import itertools
     import queue
@@ -70,6 +102,8 @@ def _run_studies(studies: list, stages: list[str], ctx: BuildContext, window: in
     while in_flight:
         future, study, i = finished.get()
         outcomes.append(future.result())
+        if on_outcome is not None:
+            on_outcome(outcomes[-1])
         if i + 1 < len(stages):
             submit(study, i + 1, future)
             continue
@@ -122,13 +156,20 @@ def make_task_runner(task_runner: str, max_workers: int, dask_address: str | Non
 
 
 def run_build(cfg: BuildConfig, task_runner: str = "threads", *, dask_address: str | None = None,
-              incremental: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
+              incremental: bool = False, stages: list[str] | None = None,
+              observer: BuildObserver | None = None) -> dict[str, Any]:
     """Run the build flow with the chosen task runner (``threads`` or ``dask``, see :func:`make_task_runner`).
 
     ``incremental``: submit tasks only for studies that are not complete (new studies, failed or
     forced ones); complete studies cost no task run at all, which keeps a scheduled build over a
     large, mostly-built corpus cheap. Without it every study gets its four (skipped) task runs.
+    ``observer``: progress of the build (:mod:`keyslice.pipeline.progress`), else log lines.
     """
+    global _observer
     runner = make_task_runner(task_runner, cfg.max_workers, dask_address)
-    return build_flow.with_options(task_runner=runner)(config=cfg.to_dict(), incremental=incremental,
-                                                       stages=list(stages) if stages else None)
+    _observer = observer
+    try:
+        return build_flow.with_options(task_runner=runner)(config=cfg.to_dict(), incremental=incremental,
+                                                           stages=list(stages) if stages else None)
+    finally:
+        _observer = None

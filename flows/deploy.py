@@ -120,6 +120,14 @@ def make_deployment(input_dir: str, out_dir: str, model: str = "biomedclip", *, 
     )
 
 
+def api_url() -> str | None:
+    """The Prefect API that deployments register on: ``PREFECT_API_URL`` from the environment or the
+    active profile, read afresh; None means Prefect's ephemeral API in this process."""
+    from prefect.settings import Settings
+
+    return Settings().api.url
+
+
 def serve(input_dir: str, out_dir: str, model: str = "biomedclip", **kwargs: Any) -> None:
     """Serve the scheduled deployment from this process until interrupted (Ctrl-C)."""
     from prefect import serve as prefect_serve

@@ -38,8 +38,22 @@ class OutFormat(str, Enum):
     parquet = "parquet"
 
 
+def _progress_observer(quiet: bool):
+    """Progress on standard error (standard output keeps the result): a live display per stage on a
+    terminal, else one line per finished study, nothing with ``--quiet``."""
+    from keyslice.pipeline.progress import LogLines, RichProgress
+
+    if quiet:
+        return None
+    err = Console(stderr=True)
+    if err.is_terminal:
+        return RichProgress(err)
+    return LogLines(lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+
+
 def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[str], force_stage: list[str],
-           workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None) -> dict:
+           workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None,
+           quiet: bool = False) -> dict:
     from keyslice.config import BuildConfig
 
     try:
@@ -52,15 +66,15 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
     if not Path(cfg.input_dir).is_dir():  # before the build creates or locks anything under OUT
         raise typer.BadParameter(f"input folder {cfg.input_dir} does not exist; --input (or input_dir in the "
                                  "config) must be a folder of studies, see the README's input contract")
-    with console.status(f"building corpus in {out} ..."):
-        if runner == "local":
-            from keyslice.pipeline.api import build as build_corpus
+    observer = _progress_observer(quiet)
+    if runner == "local":
+        from keyslice.pipeline.api import build as build_corpus
 
-            return build_corpus(config=cfg, runner="threads")
-        _quiet_prefect()
-        from flows.build import run_build
+        return build_corpus(config=cfg, runner="threads", observer=observer)
+    _quiet_prefect()
+    from flows.build import run_build
 
-        return run_build(cfg, task_runner=runner, dask_address=dask_address)
+    return run_build(cfg, task_runner=runner, dask_address=dask_address, observer=observer)
 
 
 def _require_corpus(out: Path) -> None:
@@ -73,6 +87,10 @@ def _print_run(result: dict) -> None:
     console.print(f"run {result['run_id']}: {result['n_studies']} studies, {result['n_done']} stages done, "
                   f"{result['n_skipped']} skipped (already done), {result['n_failed']} failed, "
                   f"{result['n_blocked']} blocked")
+    if result.get("n_input_folders") is not None:
+        skipped = result.get("skipped_inputs") or []
+        console.print(f"input: {result['n_input_folders']} folders found, "
+                      f"{result['n_input_folders'] - len(skipped)} taken as studies, {len(skipped)} skipped")
 
 
 @app.command()
@@ -90,47 +108,141 @@ def build(
     dask_address: Optional[str] = typer.Option(None, help="with --runner dask: an existing scheduler, e.g. "
                                                           "tcp://host:8786 (default $KEYSLICE_DASK_ADDRESS, "
                                                           "else a temporary local cluster)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display (on a terminal) or progress "
+                                                            "lines (otherwise) on standard error"),
 ) -> None:
     """Build the studies of INPUT into the corpus OUT (a Prefect flow unless --runner local); reruns
-    resume (done stages are skipped)."""
-    result = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address)
+    resume (done stages are skipped). Progress goes to standard error: a live display per stage on a
+    terminal, else one line per finished study."""
+    result = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address, quiet)
     _print_run(result)
-    _print_status(out)
+    _print_status(out, input_dir)
     if result["n_failed"]:
         console.print("[yellow]some studies failed: `keyslice status --out ...` lists them; "
                       "fix the input and rerun `keyslice build` to retry them[/yellow]")
 
 
-def _print_status(out: Path) -> None:
+def _print_status(out: Path, input_dir: Optional[Path] = None) -> None:
     from keyslice.corpus.status import corpus_status
 
     status = corpus_status(out)
+    for renderable in _status_tables(out, status, input_dir):
+        console.print(renderable)
+
+
+def _status_tables(out: Path, status, input_dir: Optional[Path] = None) -> list:
+    """The status as rich tables: per stage, per table, failed studies, skipped input folders."""
+    tables = []
     table = Table(title=f"corpus {out}")
     table.add_column("stage")
     table.add_column("studies done", justify="right")
     for stage, n in status.stage_done.items():
         table.add_row(stage, str(n))
-    console.print(table)
+    tables.append(table)
     rows = Table(title="rows per table")
     rows.add_column("table")
     rows.add_column("rows", justify="right")
     for name, n in status.table_rows.items():
         rows.add_row(name, str(n))
-    console.print(rows)
+    tables.append(rows)
     if status.open_failures:
         failed = Table(title="failed studies (latest error per stage)")
         for col in ("study_id", "stage", "error_type", "message", "attempt"):
             failed.add_column(col, overflow="fold")
         for f in status.open_failures:
             failed.add_row(f["study_id"], f["stage"], f["error_type"], f["message"], str(f["attempt"]))
-        console.print(failed)
+        tables.append(failed)
+    if status.skipped_inputs:
+        names = _skipped_folder_names(out, input_dir) if input_dir else {}
+        n_found = status.n_input_folders
+        skipped = Table(title=f"input folders not taken as studies (last build: {n_found} folders found, "
+                              f"{n_found - len(status.skipped_inputs)} studies, {len(status.skipped_inputs)} skipped)")
+        for col in ("folder_id", *(["folder"] if input_dir else []), "reason"):
+            skipped.add_column(col, overflow="fold")
+        for f in status.skipped_inputs:
+            skipped.add_row(f["folder_id"], *([names.get(f["folder_id"], "?")] if input_dir else []), f["reason"])
+        tables.append(skipped)
+    return tables
+
+
+def _skipped_folder_names(out: Path, input_dir: Path) -> dict[str, str]:
+    """Folder pseudonym -> relative path, found again in the input with the corpus' key: shown on this
+    terminal only (folder names can be patient names; the corpus keeps pseudonyms)."""
+    from keyslice.pipeline.studies import discover_studies
+    from keyslice.pseudonym import MissingKeyError, load_pseudonymizer
+
+    if not input_dir.is_dir():
+        return {}
+    try:
+        pseudonymize = load_pseudonymizer(out, create=False)
+    except MissingKeyError as exc:
+        console.print(f"[yellow]cannot name the skipped folders: {exc}[/yellow]")
+        return {}
+    found = discover_studies(input_dir, pseudonymize)
+    return {f.folder_id: f.source_key for f in found.skipped}
 
 
 @app.command()
-def status(out: Path = typer.Option(..., "--out", help="corpus folder")) -> None:
-    """Per-stage counts, rows per table, and the studies whose last attempt failed (with the error)."""
+def status(
+    out: Path = typer.Option(..., "--out", help="corpus folder"),
+    input_dir: Optional[Path] = typer.Option(None, "--input", help="the studies folder: name the skipped "
+                                             "input folders on this terminal (the corpus keeps pseudonyms)"),
+    watch: bool = typer.Option(False, "--watch", help="follow a running build of this corpus until it records "
+                                                      "its run (Ctrl-C stops watching, not the build)"),
+    interval: float = typer.Option(2.0, help="seconds between refreshes with --watch"),
+) -> None:
+    """Per-stage counts, rows per table, the studies whose last attempt failed (with the error), and the
+    input folders the last build did not take as studies (with the reason)."""
     _require_corpus(out)
-    _print_status(out)
+    if watch:
+        _watch_status(out, interval)
+        if console.is_terminal:   # the live tables stay on screen
+            return
+    _print_status(out, input_dir)
+
+
+def _watch_status(out: Path, interval: float) -> None:
+    """Follow a build from another process: it reads stage markers and table files only (both are
+    written atomically, so a half-written file is never read) until a run newer than the start of
+    watching is recorded. Live tables on a terminal, else one line per change."""
+    import time
+
+    from rich.live import Live
+
+    from keyslice.corpus.status import StatusUnavailable, corpus_status, watch_line
+
+    started = time.time()
+    last_line = None
+
+    def snapshot():
+        try:
+            return corpus_status(out)
+        except StatusUnavailable:   # a file vanished between listing and reading (compaction): next tick
+            return None
+
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    if live:
+        live.start()
+    try:
+        while True:
+            status = snapshot()
+            if status is not None:
+                if live:
+                    from rich.console import Group
+
+                    live.update(Group(*_status_tables(out, status)), refresh=True)
+                else:
+                    line = watch_line(status)
+                    if line != last_line:
+                        console.print(line, markup=False, highlight=False, soft_wrap=True)
+                        last_line = line
+                if status.last_run_finished is not None and status.last_run_finished.timestamp() >= started:
+                    console.print(f"build finished: run {status.last_run_id}")
+                    return
+            time.sleep(interval)
+    finally:
+        if live:
+            live.stop()
 
 
 def _rich_table(result, title: Optional[str] = None) -> Table:
@@ -437,9 +549,17 @@ def serve(
     """Serve a Prefect deployment that builds new studies on a cron schedule (runs until Ctrl-C)."""
     _quiet_prefect()
     os.environ["PREFECT_LOGGING_LEVEL"] = os.environ.get("KEYSLICE_SERVE_LOG_LEVEL", "INFO")
-    from flows.deploy import serve as serve_deployment
+    from flows.deploy import api_url, serve as serve_deployment
 
     console.print(f"serving deployment {name!r}: {input_dir} -> {out}, cron '{cron}' (Ctrl-C stops it)")
+    server = api_url()
+    if server:
+        console.print(f"schedule registered on the Prefect server {server}; its UI lists the runs", soft_wrap=True)
+    else:
+        console.print("[yellow]warning: PREFECT_API_URL is not set, so the schedule lives in an ephemeral Prefect "
+                      "API inside this process: the deployment, its schedule and the run history are gone when it "
+                      "stops. For nightly builds start a server (`prefect server start`) and set PREFECT_API_URL "
+                      "(see infra/README.md).[/yellow]", soft_wrap=True)
     serve_deployment(str(input_dir.resolve()), str(out.resolve()), model, cron=cron, timezone=timezone, name=name,
                      config_file=str(config.resolve()) if config else None, runner=runner,
                      dask_address=dask_address, max_workers=workers, compact=compact_after)

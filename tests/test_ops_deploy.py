@@ -74,6 +74,24 @@ def test_keyslice_serve_serves_that_deployment(tmp_path, monkeypatch):
     scheduled_build.validate_parameters(d.parameters)
 
 
+def test_keyslice_serve_says_where_the_schedule_lives(tmp_path, monkeypatch):
+    """On the ephemeral API nothing outlives the process: serve warns; with a server it names it."""
+    import prefect
+
+    monkeypatch.setattr(prefect, "serve", lambda *deployments, **kwargs: None)
+    args = ["serve", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "c"), "--model", "demo"]
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "no-profiles.toml"))  # no profile's URL either
+    ephemeral = CliRunner().invoke(app, args)
+    assert ephemeral.exit_code == 0, ephemeral.output
+    assert "ephemeral Prefect API" in ephemeral.output and "gone when it stops" in ephemeral.output
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    served = CliRunner().invoke(app, args)
+    assert served.exit_code == 0, served.output
+    assert "registered on the Prefect server http://127.0.0.1:4200/api" in served.output.replace("\n", "")
+    assert "ephemeral" not in served.output
+
+
 def test_prefect_yaml_deployments_match_the_flows(prefect_yaml):
     from prefect.flows import load_flow_from_entrypoint
     from prefect.schedules import Cron

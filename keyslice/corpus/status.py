@@ -1,13 +1,22 @@
-"""What state a corpus is in: per-stage counts and the studies whose last attempt failed."""
+"""What state a corpus is in: per-stage counts, the studies whose last attempt failed, and what the
+last build found in its input. It reads stage markers and table files only, so it is safe to call
+while a build writes (``keyslice status --watch``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import duckdb
 
 from keyslice.pipeline.registry import STAGES, TABLE_STAGE
 from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.corpus.sql import connect
+
+
+class StatusUnavailable(RuntimeError):
+    """A table file vanished between listing and reading (compaction ran): read again."""
 
 
 @dataclass(frozen=True)
@@ -15,19 +24,37 @@ class CorpusStatus:
     stage_done: dict[str, int]
     table_rows: dict[str, int]
     open_failures: list[dict]   # latest failure per (study, stage) whose stage is still not done
+    last_run_id: str | None = None
+    last_run_finished: dt.datetime | None = None
+    n_input_folders: int | None = None      # of the last build (null: built before this was recorded)
+    skipped_inputs: list[dict] = field(default_factory=list)   # folder_id, reason: last build's input
 
 
 def corpus_status(corpus_dir: Path) -> CorpusStatus:
     store = CheckpointStore(Path(corpus_dir))
-    con = connect(corpus_dir)
-    stage_done = {stage: len(store.done_studies(stage)) for stage in STAGES}
-    table_rows = {t: con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-                  for t in (*TABLE_STAGE, "failures")}
-    latest = con.sql(
-        "SELECT study_id, stage, error_type, message, attempt, failed_at FROM failures "
-        "QUALIFY row_number() OVER (PARTITION BY study_id, stage ORDER BY failed_at DESC) = 1 "
-        "ORDER BY study_id, stage"
-    ).to_arrow_table().to_pylist()
+    try:
+        con = connect(corpus_dir)
+        stage_done = {stage: len(store.done_studies(stage)) for stage in STAGES}
+        table_rows = {t: con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                      for t in (*TABLE_STAGE, "failures")}
+        latest = con.sql(
+            "SELECT study_id, stage, error_type, message, attempt, failed_at FROM failures "
+            "QUALIFY row_number() OVER (PARTITION BY study_id, stage ORDER BY failed_at DESC) = 1 "
+            "ORDER BY study_id, stage"
+        ).to_arrow_table().to_pylist()
+        last = con.sql("SELECT run_id, finished_at, n_input_folders, skipped_inputs FROM runs "
+                       "ORDER BY finished_at DESC LIMIT 1").to_arrow_table().to_pylist()
+    except (duckdb.IOException, FileNotFoundError) as exc:
+        raise StatusUnavailable(str(exc)) from exc
     open_failures = [f for f in latest
                      if f["stage"] not in STAGES or not store.is_done(f["stage"], f["study_id"])]
-    return CorpusStatus(stage_done, table_rows, open_failures)
+    run = last[0] if last else {}
+    return CorpusStatus(stage_done, table_rows, open_failures, run.get("run_id"), run.get("finished_at"),
+                        run.get("n_input_folders"), list(run.get("skipped_inputs") or []))
+
+
+def watch_line(status: CorpusStatus) -> str:
+    """One line of a followed build: studies done per stage, rows, open failures."""
+    stages = " ".join(f"{stage} {n}" for stage, n in status.stage_done.items())
+    return (f"studies done per stage: {stages}; vqa rows {status.table_rows['vqa']}; "
+            f"failed studies {len({f['study_id'] for f in status.open_failures})}")

@@ -241,6 +241,17 @@ def _looks_like_dicom_start(b: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be == 0x0008
 
 
+def looks_like_dicom(path: Path) -> bool:
+    """Whether a file starts like DICOM (the ``DICM`` marker at byte 128, or a preamble-less first
+    element): a cheap first look that reads 132 bytes, not a validation of the file."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(132)
+    except OSError:
+        return False
+    return (len(first) >= 132 and first[128:132] == b"DICM") or _looks_like_dicom_start(first)
+
+
 _S_EXPLICIT = struct.Struct("<HH2sH")   # group, element, VR, short length
 _S_IMPLICIT = struct.Struct("<HHI")     # group, element, length
 _S_U32 = struct.Struct("<I")

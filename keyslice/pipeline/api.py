@@ -24,6 +24,7 @@ from keyslice.config import BuildConfig
 from keyslice.corpus.lock import corpus_lock, sweep_temporaries
 from keyslice.corpus.schemas import utcnow
 from keyslice.pipeline.context import BuildContext, make_context
+from keyslice.pipeline.progress import BuildObserver
 from keyslice.pipeline.registry import select_stages
 from keyslice.pipeline.run import StageOutcome, process_study
 from keyslice.pipeline.runs import record_run
@@ -31,19 +32,24 @@ from keyslice.pipeline.studies import Study, discover_studies
 
 log = logging.getLogger("keyslice.build")
 
+OnOutcome = Callable[[StageOutcome], None]
+
 
 class Runner(Protocol):
-    """Runs the given stages of every study and returns one outcome per (study, stage) run."""
+    """Runs the given stages of every study and returns one outcome per (study, stage) run, telling
+    ``on_outcome`` about each one as it finishes (progress display)."""
 
-    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext) -> list[StageOutcome]: ...
+    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext,
+                 on_outcome: OnOutcome | None = None) -> list[StageOutcome]: ...
 
 
 @dataclass(frozen=True)
 class SequentialRunner:
     """One study after the other in this thread: the simplest thing to debug."""
 
-    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext) -> list[StageOutcome]:
-        return [o for study in studies for o in process_study(study, ctx, stages)]
+    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext,
+                 on_outcome: OnOutcome | None = None) -> list[StageOutcome]:
+        return [o for study in studies for o in process_study(study, ctx, stages, on_outcome)]
 
 
 @dataclass(frozen=True)
@@ -52,21 +58,25 @@ class ThreadRunner:
 
     max_workers: int = 4
 
-    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext) -> list[StageOutcome]:
+    def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext,
+                 on_outcome: OnOutcome | None = None) -> list[StageOutcome]:
         with ThreadPoolExecutor(max_workers=max(self.max_workers, 1), thread_name_prefix="keyslice") as pool:
-            per_study = pool.map(lambda study: process_study(study, ctx, stages), studies)
+            per_study = pool.map(lambda study: process_study(study, ctx, stages, on_outcome), studies)
             return [o for outcomes in per_study for o in outcomes]
 
 
 def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | None = None,
             incremental: bool = False, stages: list[str] | tuple[str, ...] | None = None,
-            logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
+            logger: logging.Logger | logging.LoggerAdapter = log,
+            observer: BuildObserver | None = None) -> dict[str, Any]:
     """The corpus build over ``ctx`` with ``runner``; the caller holds the corpus lock.
 
     ``incremental``: only studies that are not complete get run at all (new studies, failed or
     forced ones), which keeps a scheduled build over a large, mostly built corpus cheap.
     ``stages``: only these stages (default all), e.g. the GPU stage on a GPU machine; a stage whose
-    upstream stage is not done reports ``blocked``.
+    upstream stage is not done reports ``blocked``. ``observer``: told about every stage outcome as
+    it finishes (:mod:`keyslice.pipeline.progress`). Input folders that were not taken as studies
+    are logged, recorded in the run (pseudonymised) and returned under ``skipped_inputs``.
     """
     cfg = ctx.config
     selected = select_stages(stages)
@@ -74,7 +84,9 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
     if swept:
         logger.info("removed %d half-written temporary file(s) left by an interrupted build", swept)
     started = utcnow()
-    studies = discover_studies(cfg.input_dir, ctx.pseudonymize, cfg.manifest)
+    found = studies = discover_studies(cfg.input_dir, ctx.pseudonymize, cfg.manifest)
+    for folder in found.skipped:
+        logger.warning("input folder %s not taken as a study: %s", folder.folder_id, folder.reason)
     if studies_filter:
         studies = [s for s in studies if s.study_id in set(studies_filter)]
     for stage in select_stages(cfg.force_stages) if cfg.force_stages else []:
@@ -86,13 +98,20 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
         logger.info("incremental: %d complete studies skipped without tasks", complete - len(studies))
     logger.info("building %d studies into %s (run %s)", len(studies), cfg.out_dir, ctx.run_id)
 
-    outcomes = runner(studies, selected, ctx)
-    run = record_run(ctx, started, len(studies), outcomes)
+    if observer is not None:
+        observer.started(len(studies), list(selected))
+    try:
+        outcomes = runner(studies, selected, ctx, observer.outcome if observer is not None else None)
+    finally:
+        if observer is not None:
+            observer.finished()
+    run = record_run(ctx, started, len(studies), outcomes, found)
     for o in outcomes:
         if o.status == "failed":
             logger.warning("study %s failed at stage %s: %s", o.study_id, o.stage, o.message)
     return {"run_id": ctx.run_id, "n_studies": len(studies),
-            **{k: run[k] for k in ("n_done", "n_skipped", "n_failed", "n_blocked")},
+            **{k: run[k] for k in ("n_done", "n_skipped", "n_failed", "n_blocked", "n_input_folders",
+                                   "skipped_inputs", "started_at", "finished_at")},
             "outcomes": [o.__dict__ for o in outcomes]}
 
 
@@ -105,13 +124,14 @@ RUNNERS: dict[str, Callable[[BuildConfig], Runner]] = {
 def build(input_dir: Path | str | None = None, out_dir: Path | str | None = None, *,
           config: BuildConfig | Path | str | None = None, runner: str | Runner = "threads",
           incremental: bool = False, stages: list[str] | None = None, studies: list[str] | None = None,
-          **settings: Any) -> dict[str, Any]:
+          observer: BuildObserver | None = None, **settings: Any) -> dict[str, Any]:
     """Build (or resume) the corpus ``out_dir`` from the studies in ``input_dir``, without Prefect.
 
     ``config``: a :class:`BuildConfig` or a YAML file of build settings; ``settings`` (``model=``,
     ``device=``, ``top_k=``... any :class:`BuildConfig` field) and the two folders override it.
     ``runner``: ``"threads"`` (``max_workers`` studies at once), ``"sequential"``, or any
-    :class:`Runner`. ``studies``: only these study ids. Returns the run summary (counts per outcome
+    :class:`Runner`. ``studies``: only these study ids. ``observer``: progress as the build runs
+    (:mod:`keyslice.pipeline.progress`). Returns the run summary (counts per outcome
     and every stage outcome), the same as the Prefect flow returns.
     """
     folders = {"input_dir": input_dir, "out_dir": out_dir}
@@ -129,4 +149,5 @@ def build(input_dir: Path | str | None = None, out_dir: Path | str | None = None
     run = RUNNERS[runner](cfg) if isinstance(runner, str) else runner
     ctx = make_context(cfg)
     with corpus_lock(cfg.out_dir):
-        return execute(ctx, run, studies_filter=studies, incremental=incremental, stages=stages)
+        return execute(ctx, run, studies_filter=studies, incremental=incremental, stages=stages,
+                       observer=observer)

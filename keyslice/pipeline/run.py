@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from keyslice.pipeline.context import BuildContext
 from keyslice.pipeline.registry import STAGES, Stage, get_stage
@@ -66,6 +67,13 @@ def run_stage_with_retries(stage: str, study: Study, ctx: BuildContext) -> Stage
     raise AssertionError("unreachable: the last attempt never re-raises")
 
 
-def process_study(study: Study, ctx: BuildContext, stages: list[str] | None = None) -> list[StageOutcome]:
-    """The stages of one study in order (all by default), without an orchestrator."""
-    return [run_stage_with_retries(stage, study, ctx) for stage in (stages or STAGES)]
+def process_study(study: Study, ctx: BuildContext, stages: list[str] | None = None,
+                  on_outcome: Callable[[StageOutcome], None] | None = None) -> list[StageOutcome]:
+    """The stages of one study in order (all by default), without an orchestrator; ``on_outcome``
+    hears of each stage as it finishes."""
+    outcomes = []
+    for stage in stages or STAGES:
+        outcomes.append(run_stage_with_retries(stage, study, ctx))
+        if on_outcome is not None:
+            on_outcome(outcomes[-1])
+    return outcomes

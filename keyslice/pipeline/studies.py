@@ -58,6 +58,52 @@ class Study:
         return deidentify(report.read_text(encoding="utf-8", errors="replace"))
 
 
+@dataclass(frozen=True)
+class SkippedFolder:
+    """An input folder that was not taken as a study. ``folder_id`` is the keyed-hash pseudonym of
+    its relative path (folder names can be patient names); ``reason`` never contains the name."""
+
+    folder_id: str
+    source_key: str          # relative folder path: private, never stored
+    reason: str
+
+
+class Discovery(list):
+    """The studies of an input folder (a list, in stable order) and, in ``skipped``, every folder
+    that holds files but was not taken as a study, with the reason: the two add up to
+    ``n_folders``, the folders found."""
+
+    def __init__(self, studies: list[Study], skipped: list[SkippedFolder]):
+        super().__init__(studies)
+        self.skipped = skipped
+
+    @property
+    def n_folders(self) -> int:
+        return len(self) + len(self.skipped)
+
+
+DICOM_SNIFF_LIMIT = 50   # files looked at per skipped folder to tell "no DICOM" from "no report"
+
+
+def _skipped_folder(input_dir: Path, folder: Path, files: list[str], pseudonymize: Pseudonymizer,
+                    ) -> SkippedFolder | None:
+    """Why a folder that holds files but no report is not a study; None for the input root when
+    it holds no DICOM (a README or listing beside the studies is not a missing study)."""
+    from keyslice.dicom.headers import looks_like_dicom
+
+    rel = folder.relative_to(input_dir).as_posix()
+    has_dicom = any(looks_like_dicom(folder / name) for name in files[:DICOM_SNIFF_LIMIT])
+    if rel == "." and not has_dicom:
+        return None
+    reason = f"no {REPORT_NAME}" if has_dicom else f"no {REPORT_NAME}, no DICOM"
+    return SkippedFolder(pseudonymize("folder", rel), rel, reason)
+
+
+def _unreadable_folder(input_dir: Path, error: OSError, pseudonymize: Pseudonymizer) -> SkippedFolder:
+    rel = Path(error.filename).relative_to(input_dir).as_posix() if error.filename else "?"
+    return SkippedFolder(pseudonymize("folder", rel), rel, f"unreadable ({type(error).__name__})")
+
+
 def _read_manifest(path: Path) -> list[tuple[str, str]]:
     table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
     missing = {"study", "report"} - set(table.column_names)
@@ -66,8 +112,9 @@ def _read_manifest(path: Path) -> list[tuple[str, str]]:
     return list(zip(table.column("study").to_pylist(), table.column("report").to_pylist()))
 
 
-def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Path | None = None) -> list[Study]:
-    """List the studies of an input folder, sorted by pseudonym for a stable order."""
+def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Path | None = None) -> Discovery:
+    """List the studies of an input folder, sorted by pseudonym for a stable order, with the
+    folders that were not taken as studies (:class:`Discovery`)."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
@@ -76,17 +123,24 @@ def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Pat
             if (input_dir / name).exists():
                 manifest = input_dir / name
     studies: list[Study] = []
+    skipped: list[SkippedFolder] = []
     if manifest is not None:
         for rel, text in _read_manifest(Path(manifest)):
             folder = (input_dir / rel)
             studies.append(Study(pseudonymize("study", Path(rel).as_posix()), Path(rel).as_posix(), folder,
                                  text if text is not None else ""))
     else:
-        for root, dirs, files in os.walk(input_dir, followlinks=True):
+        def unreadable(error: OSError) -> None:
+            skipped.append(_unreadable_folder(input_dir, error, pseudonymize))
+
+        for root, dirs, files in os.walk(input_dir, followlinks=True, onerror=unreadable):
             if REPORT_NAME in files:
                 rel = Path(root).relative_to(input_dir).as_posix()
                 studies.append(Study(pseudonymize("study", rel), rel, Path(root), None))
                 dirs[:] = []  # a study's subfolders belong to it
             else:
                 dirs.sort()
-    return sorted(studies, key=lambda s: s.study_id)
+                visible = sorted(f for f in files if not f.startswith("."))
+                if visible and (folder := _skipped_folder(input_dir, Path(root), visible, pseudonymize)):
+                    skipped.append(folder)
+    return Discovery(sorted(studies, key=lambda s: s.study_id), sorted(skipped, key=lambda f: f.folder_id))
