@@ -48,7 +48,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .lexicon import ORGAN_TS_LABELS, ts_labels_for
+from keyslice.vocab import ORGAN_TS_LABELS, ts_labels_for
+
 from .model import Finding, ReportConfig
 
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from spacy.tokens import Doc
 
 from ..errors import EmptyReportError, UnsupportedLanguageError
+from keyslice import vocab
+
 from . import lexicon as lx
+from .context import MODIFIER_NAMES, UnitContext, modifier_of
 from .extract import image_refs, measurements_mm
 from .language import detect_language
 from .model import Finding, ReportConfig
 from .pipeline import get_nlp, token_arrays, token_lower
 from .sections import split_sections
 
-SEGMENTER_ID = "rules-v1"
+SEGMENTER_ID = "rules-v2"
 #: the language check reads the first this many characters (enough words, bounded cost on huge reports)
 LANGUAGE_SAMPLE_CHARS = 5_000
 
@@ -147,7 +151,27 @@ class _DocInfo:
         return (None, -1) if best is None else (best[2], best[0])
 
 
-def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int], status: str, index: int,
+def abnormality_types(info: _DocInfo, s: int, e: int, ctx: UnitContext) -> tuple[list[str], list[str]]:
+    """(asserted, negated) abnormality types of tokens [s, e): each mention of a type in the
+    vocabulary takes the ConText modifier of the scope it lies in."""
+    asserted: list[str] = []
+    negated: list[str] = []
+    if ctx.status == "non_finding":
+        return asserted, negated
+    base = info.idx[s]
+    idx = info.idx
+    for a, b, key in vocab.find_abnormality_spans(info.span_text(s, e)):
+        ta = bisect.bisect_right(idx, base + a, s, e) - 1
+        tb = bisect.bisect_left(idx, base + b, s, e)
+        mod = modifier_of(ta, tb, ctx.scopes)
+        name = MODIFIER_NAMES.get(mod) if mod else None
+        out = asserted if name is None else negated if name == "negated" else None
+        if out is not None and key not in out:
+            out.append(key)
+    return asserted, [k for k in negated if k not in asserted]
+
+
+def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int], ctx: UnitContext, index: int,
                     section: str, config: ReportConfig) -> Finding | None:
     """The Finding of one unit, or None when it is only a marker or punctuation.
 
@@ -183,9 +207,9 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
     ts: list[str] = []
     for organ in organs:
         side = _combine(organ_sides.get(organ, ()))
-        if side is None and organ in lx.PAIRED_ORGANS:
+        if side is None and organ in vocab.PAIRED_ORGANS:
             side = unit_lat
-        for lab in lx.ts_labels_for(organ, side):
+        for lab in vocab.ts_labels_for(organ, side):
             if lab not in ts:
                 ts.append(lab)
     phase, tier = info.phase(s, e, config.infer_phase)
@@ -194,13 +218,18 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
         if stier == 3:
             phase = sphase
     has_digit = _DIGIT.search(raw) is not None
+    asserted, negated = abnormality_types(info, s, e, ctx)
     return Finding(
         finding_index=index,
         section=section,
         text=text,
         organs=organs,
         ts_labels=ts,
-        status=status,
+        status=ctx.status,
+        statement=ctx.statement,
+        abnormalities=asserted,
+        negated_abnormalities=negated,
+        modifiers=list(ctx.modifiers),
         laterality=unit_lat,
         measurements_mm=measurements_mm(raw) if has_digit else [],
         phase_hint=phase,
@@ -230,8 +259,8 @@ def segment_report_rules(text: str, config: ReportConfig | None = None) -> list[
         info = _DocInfo(doc)
         ks = doc.user_data["ks"]
         sents = ks["sents"]
-        for (s, e, si), status in zip(ks["units"], ks["status"]):
-            f = unit_to_finding(info, (s, e), sents[si], status, len(findings), section, config)
+        for (s, e, si), ctx in zip(ks["units"], ks["context"]):
+            f = unit_to_finding(info, (s, e), sents[si], ctx, len(findings), section, config)
             if f is not None:
                 findings.append(f)
     return findings

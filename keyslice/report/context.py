@@ -1,0 +1,173 @@
+"""ConText (Chapman et al. 2001; Harkema et al. 2009) over one finding unit, with the rules of
+:mod:`keyslice.vocab` (``context.json``).
+
+Targets are finding words (``vocab.FINDING_TERMS`` and disease-shaped words). Each
+modifier trigger has a category and a direction:
+
+* ``FORWARD`` triggers scope over the words after them, ``BACKWARD`` ones over the words
+  before them, ``BIDIRECTIONAL`` ones both ways;
+* a scope ends at a ``TERMINATE`` phrase ("but", "however", "which", ", and", "and the"...),
+  at the unit's ends, and at the bracket that encloses the trigger: a figure note "(not
+  shown)" or a reference range "(normal > 22 degrees)" speaks only of itself;
+* a negation's forward scope also ends at the first verb after the first target it covers
+  ("no tumour could be detected around the stenosis": the stenosis stays asserted);
+* ``PSEUDO`` phrases ("no change", "without contrast", "not shown", "than normal") are
+  matched as longer phrases and so hide the trigger words inside them;
+* ``ABSENCE`` ("absence of", "is absent") negates a finding, but said of an organ with no
+  finding word ("absence of the inferior vena cava") it states an anomaly.
+
+A target's modifier: ``historical`` / ``hypothetical`` / ``indication`` (the finding is
+not what the image shows) before ``negated`` before ``possible``; else ``affirmed``.
+
+Unit status: ``abnormal`` when a target is affirmed (ConText's default: a finding that is
+mentioned is present) or an organ is absent; else ``uncertain`` when a target is
+possible, historical, hypothetical or an indication; else ``normal`` when targets are all
+negated. A unit with no target is ``normal`` on a normality or negation cue, ``uncertain``
+on a hedge, ``abnormal`` when it presents something ("showing", "note the", "presence of"),
+and otherwise states no finding: ``non_finding``, with its kind (communication,
+recommendation, comparison, history, technique or title). A communication ("Discussed with
+Dr. X") is ``non_finding`` whatever it names, and so is a recommendation that asserts nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keyslice.vocab import SCOPE_END_VERBS
+
+#: target modifier -> name in ``findings.modifiers``
+MODIFIER_NAMES = {"NEGATED_EXISTENCE": "negated", "ABSENCE": "negated", "POSSIBLE_EXISTENCE": "possible",
+                  "HISTORICAL": "historical", "HYPOTHETICAL": "hypothetical", "INDICATION": "indication"}
+_NOT_IMAGE = ("HISTORICAL", "HYPOTHETICAL", "INDICATION")
+_NEG = ("NEGATED_EXISTENCE", "ABSENCE")
+_SCOPED_DIRECTIONS = ("FORWARD", "BACKWARD", "BIDIRECTIONAL")
+_SKIP_BEFORE_ORGAN = frozenset({"the", "a", "an", "left", "right", "both", "of", "any", "normal"})
+
+
+@dataclass(frozen=True)
+class Trigger:
+    start: int
+    end: int
+    category: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class UnitContext:
+    status: str                                  # abnormal | normal | uncertain | non_finding
+    statement: str | None                        # kind of non_finding statement, else None
+    modifiers: tuple[str, ...]                   # modifier names that applied, in a fixed order
+    scopes: tuple[tuple[int, int, str], ...]     # (start, end, category) token ranges
+    absent_organ: bool                           # an organ itself is stated absent (an anomaly)
+
+
+def bracket_ranges(lower: list[str], s: int, e: int) -> list[tuple[int, int]]:
+    """(open, close) token indices of the bracketed parts of [s, e) (unclosed: to the end)."""
+    out, stack = [], []
+    for i in range(s, e):
+        t = lower[i]
+        if t in ("(", "["):
+            stack.append(i)
+        elif t in (")", "]") and stack:
+            out.append((stack.pop(), i))
+    out.extend((o, e) for o in stack)
+    return out
+
+
+def _enclosing(brackets: list[tuple[int, int]], i: int) -> tuple[int, int] | None:
+    best = None
+    for a, b in brackets:
+        if a < i < b and (best is None or a > best[0]):
+            best = (a, b)
+    return best
+
+
+def modifier_of(s: int, e: int, scopes) -> str | None:
+    """The ConText category that governs tokens [s, e), or None (affirmed)."""
+    cats = {c for a, b, c in scopes if a <= s and e <= b}
+    if not cats:
+        return None
+    for c in _NOT_IMAGE + _NEG + ("POSSIBLE_EXISTENCE",):
+        if c in cats:
+            return c
+    return None
+
+
+def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targets: list[tuple[int, int]],
+                 organs: list[tuple[int, int]], statements: list[tuple[int, int, str]]) -> UnitContext:
+    """ConText over the unit [s, e) (see the module docstring)."""
+    brackets = bracket_ranges(lower, s, e) if ("(" in lower[s:e] or "[" in lower[s:e]) else []
+    term_starts = [t.start for t in triggers if t.category == "TERMINATE"]
+    term_ends = [t.end for t in triggers if t.category == "TERMINATE"]
+    scopes: list[tuple[int, int, str]] = []
+    absent_organ = False
+    pseudo: set[str] = set()
+    normal_cue = False
+    for t in triggers:
+        if t.category == "PSEUDO":
+            words = lower[t.start:t.end]
+            pseudo.add("pseudo_normal" if any("normal" in w for w in words) else "pseudo_negation")
+            continue
+        enc = _enclosing(brackets, t.start) if brackets else None
+        lo, hi = (enc[0] + 1, enc[1]) if enc else (s, e)
+        if t.category == "NORMAL":
+            if enc is None:
+                normal_cue = True
+            else:  # "(normal > 22 degrees)": a reference range, not a statement about this patient
+                pseudo.add("pseudo_normal")
+            continue
+        if t.direction not in _SCOPED_DIRECTIONS:
+            continue
+        begin, end = t.start, t.end  # a scope includes the trigger's own tokens: "not enlarged"
+        if t.direction in ("FORWARD", "BIDIRECTIONAL"):
+            end = min([x for x in term_starts if x >= t.end] + [hi])
+            if t.category in _NEG:
+                first = next((g for g in targets if t.end <= g[0] and g[1] <= end), None)
+                if first is not None:
+                    end = next((i for i in range(first[1], end) if lower[i] in SCOPE_END_VERBS), end)
+            if t.category == "ABSENCE":
+                k = t.end
+                while k < end and lower[k] in _SKIP_BEFORE_ORGAN:
+                    k += 1
+                if any(o[0] == k for o in organs):
+                    absent_organ = True
+                    end = next(o[1] for o in organs if o[0] == k)
+        if t.direction in ("BACKWARD", "BIDIRECTIONAL"):
+            begin = max([x for x in term_ends if x <= t.start] + [lo])
+            if t.category == "ABSENCE" and not any(begin <= g[0] and g[1] <= t.start for g in targets) \
+                    and any(begin <= o[0] and o[1] <= t.start for o in organs):
+                absent_organ = True
+        scopes.append((begin, end, t.category))
+
+    mods = [modifier_of(a, b, scopes) for a, b in targets]
+    used = {MODIFIER_NAMES[m] for m in mods if m}
+    cats = {t.category for t in triggers}
+    names = [n for n in ("pseudo_negation", "pseudo_normal") if n in pseudo]
+    names += [n for n in ("negated", "possible", "historical", "hypothetical", "indication") if n in used]
+    stmt_kinds = {k for _, _, k in statements}
+
+    def done(status: str, statement: str | None = None) -> UnitContext:
+        return UnitContext(status, statement, tuple(names), tuple(scopes), absent_organ)
+
+    if "communication" in stmt_kinds:
+        return done("non_finding", "communication")
+    if None in mods or absent_organ:
+        return done("abnormal")
+    if "recommendation" in stmt_kinds:
+        return done("non_finding", "recommendation")
+    if targets:
+        if "POSSIBLE_EXISTENCE" in mods or any(m in _NOT_IMAGE for m in mods):
+            return done("uncertain")
+        return done("normal")
+    if normal_cue or cats & set(_NEG):
+        return done("normal")
+    if "POSSIBLE_EXISTENCE" in cats:
+        return done("uncertain")
+    if "assertion" in stmt_kinds:  # "showing a huge urinary bladder": a finding the vocabulary does not name
+        return done("abnormal")
+    for kind in ("comparison", "history"):
+        if kind in stmt_kinds:
+            return done("non_finding", kind)
+    if cats & set(_NOT_IMAGE):
+        return done("non_finding", "history")
+    return done("non_finding", "technique" if "technique" in stmt_kinds else "title")
