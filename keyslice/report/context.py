@@ -14,7 +14,9 @@ modifier trigger has a category and a direction:
 * ``PSEUDO`` phrases ("no change", "without contrast", "not shown", "than normal") are
   matched as longer phrases and so hide the trigger words inside them;
 * ``ABSENCE`` ("absence of", "is absent") negates a finding, but said of an organ with no
-  finding word ("absence of the inferior vena cava") it states an anomaly.
+  finding word ("absence of the inferior vena cava") it states an anomaly;
+* ``NORMAL`` ("normal", "unremarkable") has no scope, except over a finding word right
+  after it ("normal uptake"); inside brackets it is a reference range, not a statement.
 
 A target's modifier: ``historical`` / ``hypothetical`` / ``indication`` (the finding is
 not what the image shows) before ``negated`` before ``possible``; else ``affirmed``.
@@ -36,10 +38,11 @@ from dataclasses import dataclass
 from keyslice.vocab import SCOPE_END_VERBS
 
 #: target modifier -> name in ``findings.modifiers``
-MODIFIER_NAMES = {"NEGATED_EXISTENCE": "negated", "ABSENCE": "negated", "POSSIBLE_EXISTENCE": "possible",
+MODIFIER_NAMES = {"NEGATED_EXISTENCE": "negated", "ABSENCE": "negated", "NORMAL": "normal",
+                  "POSSIBLE_EXISTENCE": "possible",
                   "HISTORICAL": "historical", "HYPOTHETICAL": "hypothetical", "INDICATION": "indication"}
 _NOT_IMAGE = ("HISTORICAL", "HYPOTHETICAL", "INDICATION")
-_NEG = ("NEGATED_EXISTENCE", "ABSENCE")
+_NEG = ("NEGATED_EXISTENCE", "ABSENCE", "NORMAL")
 _SCOPED_DIRECTIONS = ("FORWARD", "BACKWARD", "BIDIRECTIONAL")
 _SKIP_BEFORE_ORGAN = frozenset({"the", "a", "an", "left", "right", "both", "of", "any", "normal"})
 
@@ -111,10 +114,15 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
         enc = _enclosing(brackets, t.start) if brackets else None
         lo, hi = (enc[0] + 1, enc[1]) if enc else (s, e)
         if t.category == "NORMAL":
-            if enc is None:
-                normal_cue = True
-            else:  # "(normal > 22 degrees)": a reference range, not a statement about this patient
+            if enc is not None:  # "(normal > 22 degrees)": a reference range, not a statement about this patient
                 pseudo.add("pseudo_normal")
+                continue
+            normal_cue = True
+            # "normal uptake", "normal-appearing enhancement": the finding word right after is normal
+            k = t.end + 1 if t.end < e and lower[t.end] == "-" else t.end
+            nxt = next((g for g in targets if g[0] == k), None)
+            if nxt is not None:
+                scopes.append((t.start, nxt[1], "NORMAL"))
             continue
         if t.direction not in _SCOPED_DIRECTIONS:
             continue
@@ -132,6 +140,9 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
                 if any(o[0] == k for o in organs):
                     absent_organ = True
                     end = next(o[1] for o in organs if o[0] == k)
+                elif not any(t.end <= g[0] and g[1] <= end for g in targets) and \
+                        any(t.end <= o[0] and o[1] <= end for o in organs):
+                    absent_organ = True  # "absence of neck, body and tail of the pancreas"
         if t.direction in ("BACKWARD", "BIDIRECTIONAL"):
             begin = max([x for x in term_ends if x <= t.start] + [lo])
             if t.category == "ABSENCE" and not any(begin <= g[0] and g[1] <= t.start for g in targets) \
@@ -143,7 +154,7 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
     used = {MODIFIER_NAMES[m] for m in mods if m}
     cats = {t.category for t in triggers}
     names = [n for n in ("pseudo_negation", "pseudo_normal") if n in pseudo]
-    names += [n for n in ("negated", "possible", "historical", "hypothetical", "indication") if n in used]
+    names += [n for n in ("negated", "normal", "possible", "historical", "hypothetical", "indication") if n in used]
     stmt_kinds = {k for _, _, k in statements}
 
     def done(status: str, statement: str | None = None) -> UnitContext:

@@ -224,6 +224,7 @@ class TermMatcher:
         for rule in vocab.CONTEXT_RULES:
             add(f"CX|{rule.category}/{rule.direction}", [rule.literal])
         add("TGT|", vocab.FINDING_TERMS)
+        add("TGT|pseudo", vocab.PSEUDO_FINDING_TERMS)
         for kind, cues in vocab.STATEMENT_CUES.items():
             add("ST|" + kind, cues)
         add("ST|assertion", vocab.ASSERTION_CUES)
@@ -287,7 +288,7 @@ class TermMatcher:
         ks["laterality"] = longest_first(groups["LAT"])
         ks["phase"] = phases
         ks["triggers"] = longest_first(groups["CX"])
-        ks["targets"] = longest_first(groups["TGT"])
+        ks["targets"] = [m for m in longest_first(groups["TGT"]) if not m[2]]
         ks["statements"] = longest_first(groups["ST"])
         return doc
 

@@ -167,6 +167,8 @@ class AbnormalityType:
 _FINDING_DATA = _load("findings.json")
 FINDING_TERMS: tuple[str, ...] = tuple(_FINDING_DATA["finding_terms"])
 FINDING_SUFFIX_REGEX: str = _FINDING_DATA["finding_suffix_regex"]
+#: phrases that hold a finding word and state none ("narrow arrow" of a figure legend)
+PSEUDO_FINDING_TERMS: tuple[str, ...] = tuple(_FINDING_DATA["pseudo_finding_terms"])
 ABNORMALITY_TYPES: dict[str, AbnormalityType] = {
     a["key"]: AbnormalityType(a["key"], a["display"], a["group"], tuple(a["patterns"]))
     for a in _FINDING_DATA["abnormality_types"]
