@@ -25,7 +25,8 @@ Unit status: ``abnormal`` when a target is affirmed (ConText's default: a findin
 mentioned is present) or an organ is absent; else ``uncertain`` when a target is
 possible, historical, hypothetical or an indication; else ``normal`` when targets are all
 negated. A unit with no target is ``normal`` on a normality or negation cue, ``uncertain``
-on a hedge, ``abnormal`` when it presents something ("showing", "note the", "presence of"),
+on a hedge, ``abnormal`` when it presents something ("showing", "note the", "presence of") or
+gives a value beside a bracketed reference range,
 and otherwise states no finding: ``non_finding``, with its kind (communication,
 recommendation, comparison, history, technique or title). A communication ("Discussed with
 Dr. X") is ``non_finding`` whatever it names, and so is a recommendation that asserts nothing.
@@ -44,6 +45,7 @@ MODIFIER_NAMES = {"NEGATED_EXISTENCE": "negated", "ABSENCE": "negated", "NORMAL"
 _NOT_IMAGE = ("HISTORICAL", "HYPOTHETICAL", "INDICATION")
 _NEG = ("NEGATED_EXISTENCE", "ABSENCE", "NORMAL")
 _SCOPED_DIRECTIONS = ("FORWARD", "BACKWARD", "BIDIRECTIONAL")
+_NEGATION_WORDS = frozenset({"no", "not", "without", "negative", "never", "nor", "nothing"})
 _SKIP_BEFORE_ORGAN = frozenset({"the", "a", "an", "left", "right", "both", "of", "any", "normal"})
 
 
@@ -109,7 +111,12 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
     for t in triggers:
         if t.category == "PSEUDO":
             words = lower[t.start:t.end]
-            pseudo.add("pseudo_normal" if any("normal" in w for w in words) else "pseudo_negation")
+            if any("normal" in w for w in words):
+                pseudo.add("pseudo_normal")
+            elif any(w in _NEGATION_WORDS for w in words):
+                pseudo.add("pseudo_negation")
+            else:
+                pseudo.add("pseudo_hedge")
             continue
         enc = _enclosing(brackets, t.start) if brackets else None
         lo, hi = (enc[0] + 1, enc[1]) if enc else (s, e)
@@ -153,7 +160,7 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
     mods = [modifier_of(a, b, scopes) for a, b in targets]
     used = {MODIFIER_NAMES[m] for m in mods if m}
     cats = {t.category for t in triggers}
-    names = [n for n in ("pseudo_negation", "pseudo_normal") if n in pseudo]
+    names = [n for n in ("pseudo_negation", "pseudo_normal", "pseudo_hedge") if n in pseudo]
     names += [n for n in ("negated", "normal", "possible", "historical", "hypothetical", "indication") if n in used]
     stmt_kinds = {k for _, _, k in statements}
 
@@ -174,7 +181,9 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
         return done("normal")
     if "POSSIBLE_EXISTENCE" in cats:
         return done("uncertain")
-    if "assertion" in stmt_kinds:  # "showing a huge urinary bladder": a finding the vocabulary does not name
+    if "assertion" in stmt_kinds or "pseudo_normal" in pseudo:
+        # "showing a huge urinary bladder": a finding the vocabulary does not name; a value given
+        # beside its reference range ("anteversion of 12 degrees (normal > 22 degrees)") is one too
         return done("abnormal")
     for kind in ("comparison", "history"):
         if kind in stmt_kinds:

@@ -15,7 +15,7 @@ from .context import MODIFIER_NAMES, UnitContext, modifier_of
 from .extract import image_refs, measurements_mm
 from .language import detect_language
 from .model import Finding, ReportConfig
-from .pipeline import get_nlp, token_arrays, token_lower
+from .pipeline import bucket, get_nlp, token_arrays, token_lower
 from .sections import split_sections
 
 SEGMENTER_ID = "rules-v2"
@@ -151,19 +151,33 @@ class _DocInfo:
         return (None, -1) if best is None else (best[2], best[0])
 
 
-def abnormality_types(info: _DocInfo, s: int, e: int, ctx: UnitContext) -> tuple[list[str], list[str]]:
+def abnormality_types(info: _DocInfo, s: int, e: int, ctx: UnitContext, targets: list[tuple[int, int]]
+                      ) -> tuple[list[str], list[str]]:
     """(asserted, negated) abnormality types of tokens [s, e): each mention of a type in the
-    vocabulary takes the ConText modifier of the scope it lies in."""
+    vocabulary takes the ConText modifier of the scope it lies in.
+
+    A mention starts at a finding word or at most two words before one ("free intraperitoneal
+    air", "enlarged lymph nodes"), so only those positions are tried: the type patterns are
+    matched where they can start instead of being searched through the whole sentence.
+    """
     asserted: list[str] = []
     negated: list[str] = []
-    if ctx.status == "non_finding":
+    if ctx.status == "non_finding" or not targets:
         return asserted, negated
-    base = info.idx[s]
-    idx = info.idx
-    for a, b, key in vocab.find_abnormality_spans(info.span_text(s, e)):
-        ta = bisect.bisect_right(idx, base + a, s, e) - 1
-        tb = bisect.bisect_left(idx, base + b, s, e)
-        mod = modifier_of(ta, tb, ctx.scopes)
+    idx, text = info.idx, info.text
+    starts = sorted({k for g0, _ in targets for k in (g0 - 2, g0 - 1, g0) if s <= k < e})
+    done_until = -1
+    for k in starts:
+        pos = idx[k]
+        if pos < done_until:
+            continue
+        hit = vocab.abnormality_at(text, pos)
+        if hit is None:
+            continue
+        end, key = hit
+        done_until = end
+        tb = bisect.bisect_left(idx, end, k, e)
+        mod = modifier_of(k, tb, ctx.scopes)
         name = MODIFIER_NAMES.get(mod) if mod else None
         out = asserted if name is None else negated if name == "negated" else None
         if out is not None and key not in out:
@@ -172,7 +186,7 @@ def abnormality_types(info: _DocInfo, s: int, e: int, ctx: UnitContext) -> tuple
 
 
 def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int], ctx: UnitContext, index: int,
-                    section: str, config: ReportConfig) -> Finding | None:
+                    section: str, config: ReportConfig, targets: list[tuple[int, int]]) -> Finding | None:
     """The Finding of one unit, or None when it is only a marker or punctuation.
 
     A laterality word applies to the organ it stands next to ("cyst in the left kidney
@@ -218,7 +232,7 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
         if stier == 3:
             phase = sphase
     has_digit = _DIGIT.search(raw) is not None
-    asserted, negated = abnormality_types(info, s, e, ctx)
+    asserted, negated = abnormality_types(info, s, e, ctx, targets)
     return Finding(
         finding_index=index,
         section=section,
@@ -259,8 +273,10 @@ def segment_report_rules(text: str, config: ReportConfig | None = None) -> list[
         info = _DocInfo(doc)
         ks = doc.user_data["ks"]
         sents = ks["sents"]
-        for (s, e, si), ctx in zip(ks["units"], ks["context"]):
-            f = unit_to_finding(info, (s, e), sents[si], ctx, len(findings), section, config)
+        targets = bucket(ks["units"], ks["targets"])
+        for (s, e, si), ctx, tg in zip(ks["units"], ks["context"], targets):
+            f = unit_to_finding(info, (s, e), sents[si], ctx, len(findings), section, config,
+                                [(a, b) for a, b, _ in tg])
             if f is not None:
                 findings.append(f)
     return findings

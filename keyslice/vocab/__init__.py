@@ -174,24 +174,23 @@ ABNORMALITY_TYPES: dict[str, AbnormalityType] = {
     for a in _FINDING_DATA["abnormality_types"]
 }
 ABNORMALITY_GROUP: dict[str, str] = {k: a.group for k, a in ABNORMALITY_TYPES.items()}
-_ABN_PATTERNS = tuple(
-    (a.key, re.compile(rf"(?<![\w-])(?:{'|'.join(a.patterns)})(?![\w])", re.I)) for a in ABNORMALITY_TYPES.values()
-)
+_ABN_KEYS = tuple(ABNORMALITY_TYPES)
+#: one pass over the text: an alternative per type, in vocabulary order (at one position the
+#: earlier type wins, as its alternative is tried first)
+_ABN_REGEX = re.compile(
+    r"(?<![\w-])(?:" + "|".join(f"(?P<a{i}>{'|'.join(ABNORMALITY_TYPES[k].patterns)})" for i, k in enumerate(_ABN_KEYS))
+    + r")(?!\w)", re.I)
 
 
 def find_abnormality_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, type) of every abnormality-type mention, in text order; earlier types of the
-    vocabulary win on overlapping characters."""
-    hits: list[tuple[int, int, str]] = []
-    taken: list[tuple[int, int]] = []
-    for key, pattern in _ABN_PATTERNS:
-        for m in pattern.finditer(text):
-            if any(m.start() < b and a < m.end() for a, b in taken):
-                continue
-            taken.append(m.span())
-            hits.append((m.start(), m.end(), key))
-    hits.sort()
-    return hits
+    """(start, end, type) of every abnormality-type mention, in text order."""
+    return [(m.start(), m.end(), _ABN_KEYS[int(m.lastgroup[1:])]) for m in _ABN_REGEX.finditer(text)]
+
+
+def abnormality_at(text: str, pos: int) -> tuple[int, str] | None:
+    """(end, type) of an abnormality-type mention that starts exactly at ``pos``, or None."""
+    m = _ABN_REGEX.match(text, pos)
+    return (m.end(), _ABN_KEYS[int(m.lastgroup[1:])]) if m else None
 
 
 def find_abnormalities(text: str) -> list[str]:
