@@ -145,6 +145,7 @@ def test_real_absence_of_organ_parts_is_an_anomaly(captions):
     ("SYNTHETIC: After repeat colonoscopy negative for malignancy, a colonic stent was considered.", "historical"),
     ("SYNTHETIC: The diagnosis can be suggested when a fat-containing mass is seen.", "hypothetical"),
     ("SYNTHETIC: Known history of pancreatic cancer.", "historical"),
+    ("SYNTHETIC: A 63-year-old man presented with abdominal pain, fever and weight loss.", "indication"),
 ])
 def test_history_outcome_and_conditionals_are_uncertain(text, modifier):
     f = one(text)
@@ -152,10 +153,13 @@ def test_history_outcome_and_conditionals_are_uncertain(text, modifier):
 
 
 def test_real_history_sentences(captions):
+    """A past procedure alone states no finding; an indication or outcome line is uncertain."""
     f = one(real(captions, "ROCO_59132", "She underwent cytoreductive nephrectomy, specimen 1850 g."))
-    assert f.status == "uncertain" and "historical" in f.modifiers
-    f = one(real(captions, "ROCO_37495", "The CT scan was obtained to evaluate abdominal pain."))
     assert (f.status, f.statement) == ("non_finding", "history")
+    f = one(real(captions, "ROCO_37495", "The CT scan was obtained to evaluate abdominal pain."))
+    assert f.status == "uncertain" and f.modifiers == ["indication"]
+    f = one(real(captions, "ROCO_59132", "She died in 3 months."))
+    assert f.status == "uncertain"
 
 
 # ----------------------------------------------------------------------------- unknown findings vs normal cues
@@ -179,7 +183,7 @@ def test_normal_cue_over_the_next_finding_word():
     ("SYNTHETIC: Findings were communicated to the referring physician by telephone.", "communication"),
     ("SYNTHETIC: Comparison is made with the prior CT.", "comparison"),
     ("SYNTHETIC: Follow-up CT in 3 months is recommended.", "recommendation"),
-    ("SYNTHETIC: A 63-year-old man presented with abdominal pain.", "history"),
+    ("SYNTHETIC: The patient underwent a right hemicolectomy in 2015.", "history"),
     ("SYNTHETIC: Axial images were acquired after intravenous contrast administration.", "technique"),
 ])
 def test_non_finding_statements(text, statement):

@@ -25,11 +25,16 @@ Unit status: ``abnormal`` when a target is affirmed (ConText's default: a findin
 mentioned is present) or an organ is absent; else ``uncertain`` when a target is
 possible, historical, hypothetical or an indication; else ``normal`` when targets are all
 negated. A unit with no target is ``normal`` on a normality or negation cue, ``uncertain``
-on a hedge, ``abnormal`` when it presents something ("showing", "note the", "presence of") or
+on a hedge or a history, indication or outcome cue (a complaint or an outcome the
+vocabulary does not name), ``abnormal`` when it presents something ("showing", "note the", "presence of") or
 gives a value beside a bracketed reference range,
 and otherwise states no finding: ``non_finding``, with its kind (communication,
 recommendation, comparison, history, technique or title). A communication ("Discussed with
-Dr. X") is ``non_finding`` whatever it names, and so is a recommendation that asserts nothing.
+Dr. X") or a figure reference ("See Figure 2") is ``non_finding`` whatever it names, and so
+are a recommendation that asserts nothing and a sentence that tells only of a past
+procedure ("She underwent nephrectomy"). An indication scope that holds a
+passive assertion ("a patient with effusion and consolidation are seen on CT") is void
+for an indication.
 """
 
 from __future__ import annotations
@@ -40,9 +45,9 @@ from keyslice.vocab import SCOPE_END_VERBS
 
 #: target modifier -> name in ``findings.modifiers``
 MODIFIER_NAMES = {"NEGATED_EXISTENCE": "negated", "ABSENCE": "negated", "NORMAL": "normal",
-                  "POSSIBLE_EXISTENCE": "possible",
+                  "POSSIBLE_EXISTENCE": "possible", "TIMING": "historical",
                   "HISTORICAL": "historical", "HYPOTHETICAL": "hypothetical", "INDICATION": "indication"}
-_NOT_IMAGE = ("HISTORICAL", "HYPOTHETICAL", "INDICATION")
+_NOT_IMAGE = ("HISTORICAL", "HYPOTHETICAL", "INDICATION", "TIMING")
 _NEG = ("NEGATED_EXISTENCE", "ABSENCE", "NORMAL")
 _SCOPED_DIRECTIONS = ("FORWARD", "BACKWARD", "BIDIRECTIONAL")
 _NEGATION_WORDS = frozenset({"no", "not", "without", "negative", "never", "nor", "nothing"})
@@ -99,8 +104,11 @@ def modifier_of(s: int, e: int, scopes) -> str | None:
 
 
 def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targets: list[tuple[int, int]],
-                 organs: list[tuple[int, int]], statements: list[tuple[int, int, str]]) -> UnitContext:
-    """ConText over the unit [s, e) (see the module docstring)."""
+                 organs: list[tuple[int, int]], statements: list[tuple[int, int, str]],
+                 procedures: list[tuple[int, int]] = ()) -> UnitContext:
+    """ConText over the unit [s, e) (see the module docstring). ``procedures``: the targets that
+    are procedures ("nephrectomy", "bypass")."""
+    passive = [a for a, _, k in statements if k == "passive"]
     brackets = bracket_ranges(lower, s, e) if ("(" in lower[s:e] or "[" in lower[s:e]) else []
     term_starts = [t.start for t in triggers if t.category == "TERMINATE"]
     term_ends = [t.end for t in triggers if t.category == "TERMINATE"]
@@ -140,6 +148,8 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
                 first = next((g for g in targets if t.end <= g[0] and g[1] <= end), None)
                 if first is not None:
                     end = next((i for i in range(first[1], end) if lower[i] in SCOPE_END_VERBS), end)
+            if t.category == "INDICATION" and any(t.end <= p < end for p in passive):
+                continue  # "a patient with effusion and consolidation are seen on CT": on the image after all
             if t.category == "ABSENCE":
                 k = t.end
                 while k < end and lower[k] in _SKIP_BEFORE_ORGAN:
@@ -159,6 +169,8 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
 
     mods = [modifier_of(a, b, scopes) for a, b in targets]
     used = {MODIFIER_NAMES[m] for m in mods if m}
+    if not targets:  # no finding word: the modifiers present describe the sentence itself
+        used = {MODIFIER_NAMES[c] for _, _, c in scopes if c in MODIFIER_NAMES}
     cats = {t.category for t in triggers}
     names = [n for n in ("pseudo_negation", "pseudo_normal", "pseudo_hedge") if n in pseudo]
     names += [n for n in ("negated", "normal", "possible", "historical", "hypothetical", "indication") if n in used]
@@ -169,7 +181,18 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
 
     if "communication" in stmt_kinds:
         return done("non_finding", "communication")
-    if None in mods or absent_organ:
+    if "title" in stmt_kinds:  # "See Figure 2 for ...", "In Table 2, case No. 9."
+        return done("non_finding", "title")
+    if absent_organ:
+        return done("abnormal")
+    findings = [m for g, m in zip(targets, mods) if g not in procedures]
+    if targets and not findings:
+        if normal_cue:  # "normal CT scans, 2 months after chemotherapy"
+            return done("normal")
+        if "INDICATION" not in cats and "assertion" not in stmt_kinds:
+            # "She underwent nephrectomy.", "CT after 5 cycles of chemotherapy": a procedure, no finding
+            return done("non_finding", "history")
+    if None in mods:
         return done("abnormal")
     if "recommendation" in stmt_kinds:
         return done("non_finding", "recommendation")
@@ -185,9 +208,9 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
         # "showing a huge urinary bladder": a finding the vocabulary does not name; a value given
         # beside its reference range ("anteversion of 12 degrees (normal > 22 degrees)") is one too
         return done("abnormal")
+    if cats & {"HISTORICAL", "HYPOTHETICAL", "INDICATION"}:
+        return done("uncertain")  # "presented with vocal cord immobility", "Histology TRCC 6p21."
     for kind in ("comparison", "history"):
         if kind in stmt_kinds:
             return done("non_finding", kind)
-    if cats & set(_NOT_IMAGE):
-        return done("non_finding", "history")
     return done("non_finding", "technique" if "technique" in stmt_kinds else "title")

@@ -78,7 +78,7 @@ class ReportConfig:
     min_chars: units with fewer letters/digits than this are dropped ("1.", "-").
     check_language: raise UnsupportedLanguageError on non-English text (rules only: the LLM
         segmenter takes any language and records it in ``Finding.language``).
-    infer_phase: derive phase hints from findings when no phase is named
+    infer_phase: derive phase hints from findings when no phase or contrast is named
         ("hypervascular" -> arterial, "calcification"/"stone" -> non_contrast).
     inherit_sentence_phase: the clauses of a split sentence share its named phase.
     max_chunk_chars: paragraphs longer than this are cut at sentence ends before spaCy

@@ -225,11 +225,14 @@ class TermMatcher:
             add(f"CX|{rule.category}/{rule.direction}", [rule.literal])
         add("TGT|", vocab.FINDING_TERMS)
         add("TGT|pseudo", vocab.PSEUDO_FINDING_TERMS)
+        add("TGT|procedure", vocab.PROCEDURE_TERMS)
         for kind, cues in vocab.STATEMENT_CUES.items():
             add("ST|" + kind, cues)
         add("ST|assertion", vocab.ASSERTION_CUES)
+        add("ST|passive", vocab.PASSIVE_ASSERTIONS)
         self._level = re.compile(vocab.VERTEBRAL_LEVEL_REGEX)
         self._suffix = re.compile(vocab.FINDING_SUFFIX_REGEX)
+        self._procedure = re.compile(vocab.PROCEDURE_SUFFIX_REGEX)
         self._shape_cache: dict[int, tuple[tuple[str, str], ...]] = {}
         self._cache: dict[int, tuple[str, str]] = {}
 
@@ -243,7 +246,9 @@ class TermMatcher:
             organs = vocab.word_organs(word)
             if organs:
                 found.append(("ORG", _organ_label(organs)))
-            if self._suffix.match(word):
+            if self._procedure.match(word):
+                found.append(("TGT", "procedure"))
+            elif self._suffix.match(word):
                 found.append(("TGT", ""))
             got = tuple(found)
             if len(self._shape_cache) < 200_000:
@@ -288,7 +293,7 @@ class TermMatcher:
         ks["laterality"] = longest_first(groups["LAT"])
         ks["phase"] = phases
         ks["triggers"] = longest_first(groups["CX"])
-        ks["targets"] = [m for m in longest_first(groups["TGT"]) if not m[2]]
+        ks["targets"] = [m for m in longest_first(groups["TGT"]) if m[2] != "pseudo"]
         ks["statements"] = longest_first(groups["ST"])
         return doc
 
@@ -436,7 +441,8 @@ def ks_context(doc: Doc) -> Doc:
     for k, (s, e, _) in enumerate(units):
         trig = [Trigger(a, b, *_split_kind(lab)) for a, b, lab in triggers[k]]
         contexts.append(unit_context(lower, s, e, trig, [(a, b) for a, b, _ in targets[k]],
-                                     [(a, b) for a, b, _ in organs[k]], statements[k]))
+                                     [(a, b) for a, b, _ in organs[k]], statements[k],
+                                     procedures=[(a, b) for a, b, lab in targets[k] if lab == "procedure"]))
     ks["context"] = contexts
     ks["status"] = [c.status for c in contexts]
     return doc

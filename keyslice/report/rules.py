@@ -139,15 +139,22 @@ class _DocInfo:
     def phase(self, s: int, e: int, infer: bool) -> tuple[str | None, int]:
         """(phase, tier) of tokens [s, e) by the policy of :mod:`keyslice.report`; (None, -1) when none.
 
-        With ``infer`` off, the finding-derived tiers (0 calcium, 2 hypervascular) are ignored.
+        With ``infer`` off, the finding-derived tiers (0 calcium, 1 hypervascular) are ignored.
+        A sentence that names two different phases ("CT pulmonary arteriography with venous
+        phase imaging") asks for none: (None, 3).
         """
         best = None  # (tier, -start, phase): highest tier, then first mention
+        named: set[str] = set()
         for ps, pe, phase, tier in self.phases:
-            if ps < s or pe > e or (not infer and tier in (0, 2)):
+            if ps < s or pe > e or (not infer and tier in (0, 1)):
                 continue
+            if tier == 3:
+                named.add(phase)
             key = (tier, -ps, phase)
             if best is None or key > best:
                 best = key
+        if len(named) > 1:
+            return None, 3
         return (None, -1) if best is None else (best[2], best[0])
 
 

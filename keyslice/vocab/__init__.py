@@ -167,6 +167,9 @@ class AbnormalityType:
 _FINDING_DATA = _load("findings.json")
 FINDING_TERMS: tuple[str, ...] = tuple(_FINDING_DATA["finding_terms"])
 FINDING_SUFFIX_REGEX: str = _FINDING_DATA["finding_suffix_regex"]
+#: procedures: finding words too, but a sentence that only tells of a past procedure states no finding
+PROCEDURE_TERMS: tuple[str, ...] = tuple(_FINDING_DATA["procedure_terms"])
+PROCEDURE_SUFFIX_REGEX: str = _FINDING_DATA["procedure_suffix_regex"]
 #: phrases that hold a finding word and state none ("narrow arrow" of a figure legend)
 PSEUDO_FINDING_TERMS: tuple[str, ...] = tuple(_FINDING_DATA["pseudo_finding_terms"])
 ABNORMALITY_TYPES: dict[str, AbnormalityType] = {
@@ -214,6 +217,8 @@ class ContextRule:
 _CONTEXT_DATA = _load("context.json")
 CONTEXT_RULES: tuple[ContextRule, ...] = tuple(ContextRule(**r) for r in _CONTEXT_DATA["rules"])
 SCOPE_END_VERBS = frozenset(_CONTEXT_DATA["scope_end_verbs"])
+#: passive assertions ("are seen"): inside a history or indication scope they show the finding is on the image
+PASSIVE_ASSERTIONS: tuple[str, ...] = tuple(_CONTEXT_DATA["passive_assertions"])
 #: statement kind -> cue phrases of sentences that state no finding
 STATEMENT_CUES: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _CONTEXT_DATA["statements"].items()}
 #: phrases that present something on the image ("showing", "note the", "presence of"): a sentence with
