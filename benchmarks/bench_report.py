@@ -4,7 +4,8 @@ Accuracy: against hand-labelled real ROCO caption sentences, from every ``--labe
 (repeatable; default: tests/fixtures/report_labels.json, plus
 tests/fixtures/report_labels_dev2.json when present). Every split of every file is scored:
 in report_labels.json "dev" was tuned on, "test" and "cues" (48 negation/hedge sentences)
-were held out; "dev2" (captions with index 0 or 2 mod 6) was tuned on. Status is scored on
+were held out; "dev2" (captions with index 0 or 2 mod 6) was tuned on, and the sentences
+it shares with a held-out split are left out of that split. Status is scored on
 items with a gold status, overall and on cue sentences (a negation/hedge word of the
 guidelines), each beside "always abnormal"; a gold status of null is a non-finding
 (precision/recall of the predicted "non_finding"); organ sets are compared on the organ
@@ -86,7 +87,8 @@ def main() -> int:
               f"{_f(a['status_cue_baseline'], 9)} {rec:>10} {nf:>20} {_f(a['phase_hint'])}")
     for split, a in acc.items():
         if split != "disagreements":
-            print(f"gold status counts ({split}): {a['gold_status_counts']}")
+            left = f"; {a['overlap_left_out']} sentences left out (also in a tuned split)" if a["overlap_left_out"] else ""
+            print(f"gold status counts ({split}): {a['gold_status_counts']}{left}")
     if seg["captions"]:
         print(f"\nSentence segmentation on the {seg['captions']} whole dev/test captions: caption exact "
               f"{seg['caption_exact']:.3f}, boundary P {seg['boundary_precision']:.3f} R {seg['boundary_recall']:.3f}")
