@@ -114,3 +114,34 @@ def test_sentence_segmentation_of_whole_captions(items):
     # measured: 0.966 of captions split exactly, boundary precision 1.000, recall 0.932 (the misses
     # are sentences glued without punctuation, e.g. "diagnosisIn the proximal...")
     assert seg["caption_exact"] >= 0.93 and seg["boundary_precision"] >= 0.97 and seg["boundary_recall"] >= 0.90
+
+
+def _other_labels(tmp_path: Path) -> Path:
+    dev2 = json.loads((FIXTURES / "report_labels_dev2.json").read_text())
+    items = [{**it, "split": "holdout"} for it in dev2["items"][:12]]
+    path = tmp_path / "other_labels.json"
+    path.write_text(json.dumps({"guidelines": dev2["guidelines"], "items": items}))
+    return path
+
+
+def test_evaluation_scores_any_labels_file(tmp_path):
+    """The integrator scores a labels file the project never saw: any split name, no tuned split in it."""
+    got = evaluate(load_labels([_other_labels(tmp_path)]), segment_report)
+    assert set(got) == {"holdout", "disagreements"} and got["holdout"]["sentences"] == 12
+    assert got["holdout"]["overlap_left_out"] == 0
+
+
+@pytest.mark.slow
+def test_benchmark_cli_takes_labels_files(tmp_path):
+    import subprocess
+    import sys
+
+    path = _other_labels(tmp_path)
+    bench = Path(__file__).resolve().parents[1] / "benchmarks/bench_report.py"
+    out = subprocess.run([sys.executable, str(bench), "--labels", str(path), "--no-throughput"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "\nholdout       12 " in out.stdout and "dev2" not in out.stdout.split("\n", 4)[-1]
+    missing = subprocess.run([sys.executable, str(bench), "--labels", str(tmp_path / "nope.json")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "labels file not found" in missing.stderr

@@ -26,10 +26,13 @@ install cleanly. They do not here: medspacy 1.3.1 (the latest) pins ``spacy<3.8`
 installing it would downgrade this project's spaCy 3.8 (and numpy) for every step.
 ``ks_sentencizer`` and ``ks_context`` therefore re-implement the parts used (PyRuSH-style
 clinical sentence rules; ConText, see :mod:`.context`) on spaCy 3.8 with no new dependency.
-negspacy 1.1 does install beside spaCy 3.8, but implements NegEx only (negation, no
-hedging/historical/hypothetical categories, no bidirectional or bracket-bounded scopes) and
-works on ``doc.ents``, which this pipeline does not create for speed; its idea of
-termsets-as-data is kept: the rules are the data file ``keyslice/vocab/context.json``. Likewise there is
+negspacy 1.1 does install beside spaCy 3.8, but implements NegEx only (negation; no
+hedging, historical, hypothetical or indication categories, no bidirectional or
+bracket-bounded scopes) and works on ``doc.ents``, which this pipeline does not create for
+speed. pyConTextNLP 0.7 (last release 2019) installs too, but matches with its own regular
+expressions on networkx graphs per sentence, outside spaCy. What both share with medspaCy is
+kept: the rules are data, in the shape of medspaCy's ConText rule files (literal,
+category, direction), in ``keyslice/vocab/context.json``. Likewise there is
 no trained parser: a model such as ``en_core_web_sm`` is a download, and the build must run
 offline, so ``ks_units`` splits compound sentences with a shallow clause rule (an organ and
 a verb on each side of the conjunction) instead of a dependency parse.
