@@ -339,6 +339,9 @@ def longest_first(matches: list[tuple[int, int, str]]) -> list[tuple[int, int, s
     """Non-overlapping matches, longer ones first (spaCy's ``filter_spans`` on tuples), in text order."""
     if len(matches) < 2:
         return list(matches)
+    ordered = sorted(matches)
+    if all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])):
+        return ordered  # nothing overlaps (the common case)
     taken: set[int] = set()
     out = []
     for m in sorted(matches, key=lambda m: (m[0] - m[1], m[0])):
