@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyslice.llm_client import chat_json, load_prompt, make_client, schema_errors
+from keyslice.vocab import ORGAN_TS_LABELS, ts_labels_for
 
 from .extract import image_refs, measurements_mm
 from .language import detect_language
-from keyslice.vocab import ORGAN_TS_LABELS, ts_labels_for
-
 from .model import LATERALITIES, PHASES, STATUSES, Finding, ReportConfig
 from .rules import LANGUAGE_SAMPLE_CHARS, require_text
 

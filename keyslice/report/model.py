@@ -23,7 +23,7 @@ class Finding:
     finding_index: int
     section: str                 # "findings" or "impression"
     text: str
-    organs: list[str]            # canonical organ names (lexicon.ORGAN_TS_LABELS keys), first mention first
+    organs: list[str]            # canonical organ names (keyslice.vocab.ORGAN_TS_LABELS keys), first mention first
     ts_labels: list[str]         # TotalSegmentator labels of those organs, laterality-aware
     status: str                  # "abnormal" | "normal" | "uncertain" | "non_finding"
     laterality: str | None       # "left" | "right" | "bilateral" | None
