@@ -39,7 +39,7 @@ for an indication.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from keyslice.vocab import SCOPE_END_VERBS
 
@@ -54,16 +54,14 @@ _NEGATION_WORDS = frozenset({"no", "not", "without", "negative", "never", "nor",
 _SKIP_BEFORE_ORGAN = frozenset({"the", "a", "an", "left", "right", "both", "of", "any", "normal"})
 
 
-@dataclass(frozen=True)
-class Trigger:
+class Trigger(NamedTuple):
     start: int
     end: int
     category: str
     direction: str
 
 
-@dataclass(frozen=True)
-class UnitContext:
+class UnitContext(NamedTuple):
     status: str                                  # abnormal | normal | uncertain | non_finding
     statement: str | None                        # kind of non_finding statement, else None
     modifiers: tuple[str, ...]                   # modifier names that applied, in a fixed order

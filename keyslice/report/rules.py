@@ -28,6 +28,10 @@ _LEAD_MARKER = re.compile(
     r"^\s*(?:[-*•·–—‣▪◦]+\s*|\(?\d{1,2}[.)](?=\s)\s*|\(?[A-Za-z]\)\s+|[A-Za-z]\.\s+(?=[A-Z(]))"
 )
 _WS = re.compile(r"\s+")
+#: words no abnormality-type pattern starts with (positions before a finding word that need no try)
+_NOT_PATTERN_START = frozenset({"a", "an", "the", "of", "in", "with", "and", "or", "no", "not", "is", "are", "was",
+                                "were", "to", "at", "on", "by", "for", "from", "small", "large", "left", "right",
+                                "mild", "severe", "multiple", "there", "this", "that", "its", "without"})
 _DIGIT = re.compile(r"\d")
 _ALPHA = re.compile(r"[^\W\d_]")
 _ALNUM = re.compile(r"[^\W_]")
@@ -171,8 +175,9 @@ def abnormality_types(info: _DocInfo, s: int, e: int, ctx: UnitContext, targets:
     negated: list[str] = []
     if ctx.status == "non_finding" or not targets:
         return asserted, negated
-    idx, text = info.idx, info.text
-    starts = sorted({k for g0, _ in targets for k in (g0 - 2, g0 - 1, g0) if s <= k < e})
+    idx, text, lower = info.idx, info.text, info.lower
+    starts = sorted({k for g0, _ in targets for k in (g0 - 2, g0 - 1, g0)
+                     if s <= k < e and (k == g0 or (lower[k].isalpha() and lower[k] not in _NOT_PATTERN_START))})
     done_until = -1
     for k in starts:
         pos = idx[k]
