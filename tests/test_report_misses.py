@@ -91,6 +91,19 @@ def test_real_cect_is_portal_venous(captions, roco_id, sentence, phase):
     assert one(real(captions, roco_id, sentence)).phase_hint == phase
 
 
+@pytest.mark.parametrize("text,phase", [
+    ("SYNTHETIC: CT with oral contrast medium shows a thickened jejunal loop.", None),
+    ("SYNTHETIC: CT with and without contrast shows a renal mass.", None),           # two phases named
+    ("SYNTHETIC: CT pulmonary arteriography with venous phase imaging.", None),     # two phases named
+    ("SYNTHETIC: Delayed diagnosis of splenic rupture.", None),
+    ("SYNTHETIC: The delayed phase shows washout of the liver lesion.", "delayed"),
+    ("SYNTHETIC: Plain axial CT shows a hematoma.", "non_contrast"),
+    ("SYNTHETIC: Contrast-enhanced CT shows an arterially enhancing mass.", "portal_venous"),  # named beats inferred
+])
+def test_phase_words_that_ask_for_no_or_another_phase(text, phase):
+    assert one(text).phase_hint == phase
+
+
 def test_noncontrasted_is_non_contrast():
     assert one("SYNTHETIC: Noncontrasted CT shows a stone in the left kidney.").phase_hint == "non_contrast"
 

@@ -224,6 +224,7 @@ class TermMatcher:
             add("LAT|" + side, [term])
         for term, phase, tier in vocab.PHASE_HINT_TERMS:
             add(f"PH|{phase}/{tier}", [term])
+        add("PH|", vocab.PHASE_BLOCKERS)
         for rule in vocab.CONTEXT_RULES:
             add(f"CX|{rule.category}/{rule.direction}", [rule.literal])
         add("TGT|", vocab.FINDING_TERMS)
@@ -286,6 +287,8 @@ class TermMatcher:
         organs = [m for m in longest_first(groups["ORG"]) if m[2] and not excluded_prefix(lower, m[0])]
         phases = []
         for m in longest_first(groups["PH"]):
+            if not m[2]:  # a blocker: "oral contrast", "delayed diagnosis"
+                continue
             # "portal venous" is a phase, "portal venous gas" is not
             if m[1] - m[0] <= 2 and " ".join(lower[m[0]:m[1]]) in ("portal venous", "portovenous") and m[1] < n:
                 if lower[m[1]] not in vocab.PORTAL_VENOUS_PHASE_NEXT:

@@ -239,5 +239,8 @@ PLANES: tuple[str, ...] = tuple(_PHASE_DATA["planes"])
 PHASE_HINT_TERMS: tuple[tuple[str, str, int], ...] = tuple(
     (t, h["phase"], h["tier"]) for h in _PHASE_DATA["sentence_hints"] for t in h["terms"])
 PORTAL_VENOUS_PHASE_NEXT = frozenset(_PHASE_DATA["portal_venous_phase_next"])
+#: phrases that hold a phase word and ask for no series phase ("oral contrast", "delayed diagnosis",
+#: "with and without contrast": two phases)
+PHASE_BLOCKERS: tuple[str, ...] = tuple(_PHASE_DATA["blockers"])
 #: spellings of a phase hint -> canonical phase (series assignment accepts these)
 PHASE_ALIASES: dict[str, str] = dict(_PHASE_DATA["aliases"])
