@@ -168,7 +168,8 @@ def unit_context(lower: list[str], s: int, e: int, triggers: list[Trigger], targ
     mods = [modifier_of(a, b, scopes) for a, b in targets]
     used = {MODIFIER_NAMES[m] for m in mods if m}
     if not targets:  # no finding word: the modifiers present describe the sentence itself
-        used = {MODIFIER_NAMES[c] for _, _, c in scopes if c in MODIFIER_NAMES}
+        used = {MODIFIER_NAMES[c] for _, _, c in scopes
+                if c in MODIFIER_NAMES and not (c == "ABSENCE" and absent_organ)}
     cats = {t.category for t in triggers}
     names = [n for n in ("pseudo_negation", "pseudo_normal", "pseudo_hedge") if n in pseudo]
     names += [n for n in ("negated", "normal", "possible", "historical", "hypothetical", "indication") if n in used]
