@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from keyslice.vocab import HINT_PHASES as PHASES, STATEMENTS
+from keyslice.vocab import HINT_PHASES, STATEMENTS
+
+#: phases a sentence can ask for (``Finding.phase_hint``)
+PHASES = HINT_PHASES
 
 #: "non_finding": the sentence states no finding (communication, technique, comparison,
 #: recommendation, clinical history without an imaging finding, title); never selected or asked about
