@@ -158,8 +158,8 @@ def write_fixture_corpus(root: Path, pseudonymize: Pseudonymizer, data_dir: Path
             findings.append({
                 "study_id": sid, "finding_id": f"{sid}:{i}", "finding_index": i, "section": "findings", "text": text,
                 "organ": organ, "organs": [organ], "ts_labels": [organ],
-                "status": "abnormal" if i % 2 == 0 else "normal",
-                "laterality": "left" if i == 1 else None, "measurements_mm": [12.5] if i == 0 else [],
+                "status": "abnormal" if i % 2 == 0 else "normal", "statement": None, "abnormalities": [],
+                "negated_abnormalities": [], "modifiers": [], "laterality": "left" if i == 1 else None, "measurements_mm": [12.5] if i == 0 else [],
                 "phase_hint": None, "image_refs": [], "language": "en", "segmenter": "fixture", "created_at": NOW})
         store.commit_stage("segment", sid, {"findings": findings}, run_id)
 

@@ -136,3 +136,17 @@ def test_kernel_family(kernel, desc, family):
                                        (None, None), ("banana", None)])
 def test_phase_hint_normalisation(hint, norm):
     assert normalise_phase_hint(hint) == norm
+
+
+@needs_data
+def test_non_finding_rows_get_no_series(multiphase_rows_built_from_real_siemens_row):
+    """A sentence that states no finding ("Discussed with Dr. X.") is never assigned a series, so it
+    never gets a key slice or questions; rows of findings schema v1 (no non_finding status) still are."""
+    rows = multiphase_rows_built_from_real_siemens_row
+    findings = [_finding("f0"), {**_finding("f1", organs=()), "status": "non_finding", "statement": "communication"},
+                _finding("f2", status="normal")]
+    got = assign_series(findings, rows)
+    assert [a["finding_id"] for a in got] == ["f0", "f2"]
+    assert assign_series([findings[1]], rows) == []
+    with pytest.raises(NoUsableSeriesError):  # an unusable study still fails, whatever its sentences
+        assign_series([findings[1]], [r for r in rows if not r.get("kept")])

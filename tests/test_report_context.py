@@ -59,13 +59,20 @@ def test_hedged_findings_are_uncertain(text):
 
 @pytest.mark.parametrize("text", [
     "History of colon cancer.",
-    "Status post cholecystectomy.",
-    "S/P right nephrectomy.",
-    "If symptoms persist, follow-up CT to evaluate for appendicitis is recommended.",
     "A patient who presented with abdominal pain.",
+    "If symptoms persist, appendicitis should be excluded.",
 ])
 def test_historical_or_hypothetical_only_is_uncertain(text):
     assert status(text) == ["uncertain"]
+
+
+@pytest.mark.parametrize("text", [
+    "Status post cholecystectomy.",
+    "S/P right nephrectomy.",
+])
+def test_a_past_procedure_alone_states_no_finding(text):
+    """Labelling decision of split dev2: procedure-only history -> no finding."""
+    assert [(f.status, f.statement) for f in segment_report(text)] == [("non_finding", "history")]
 
 
 @pytest.mark.parametrize("text", [

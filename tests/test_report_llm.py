@@ -137,7 +137,7 @@ def test_a_build_with_segmenter_llm_uses_the_endpoint_of_its_config(tmp_path):
     assert [r["finding_id"] for r in rows] == ["s1:0", "s1:1", "s1:2", "s1:3"]
     assert {r["segmenter"] for r in rows} == {"llm-v1:segment_report.v1:build-model"}
     rules_rows = segment_step(study, SimpleNamespace(config=BuildConfig(input_dir=tmp_path, out_dir=tmp_path)))
-    assert {r["segmenter"] for r in rules_rows["findings"]} == {"rules-v1"}
+    assert {r["segmenter"] for r in rules_rows["findings"]} == {"rules-v2"}
     with pytest.raises(ValueError, match="llm.base_url"):
         report_config_for_build("llm", LLMSettings())               # no endpoint configured
     with pytest.raises(ValueError, match="'rules' or 'llm'"):

@@ -23,9 +23,9 @@ def test_finding_row_matches_the_findings_schema():
     findings = segment_report("FINDINGS: 2.3 x 1.5 cm cyst in the left kidney (series 3, image 45).")
     assert len(findings) == 1
     f = findings[0]
-    assert isinstance(f, Finding) and f.segmenter == "rules-v1" and f.language == "en"
+    assert isinstance(f, Finding) and f.segmenter == "rules-v2" and f.language == "en"
     row = f.to_row()
-    spec = json.loads((REPO / "schemas/tables/findings.v1.json").read_text())
+    spec = json.loads((REPO / "schemas/tables/findings.v2.json").read_text())
     declared = {fld["name"] for fld in spec["fields"]} - {"study_id", "finding_id", "created_at"}
     assert set(row) == declared
     assert row["image_refs"] == [{"series_number": 3, "instance_number": 45}]
@@ -178,8 +178,8 @@ def test_pipeline_is_inspectable_as_spacy_spans():
     assert [(s.text, s.label_) for s in doc.spans["ks_organs"]] == [("kidney", "kidney"), ("liver", "liver")]
     assert [(s.text, s.label_) for s in doc.spans["ks_laterality"]] == [("left", "left")]
     assert [(s.text, s.label_) for s in doc.spans["ks_targets"]] == [
-        ("ascites", "NEGATED"), ("enlarged", "AFFIRMED"), ("cyst", "AFFIRMED")]
-    assert ("No", "NEG_PRE") in [(s.text, s.label_) for s in doc.spans["ks_triggers"]]
+        ("ascites", "negated"), ("enlarged", "affirmed"), ("cyst", "affirmed")]
+    assert ("No", "NEGATED_EXISTENCE/FORWARD") in [(s.text, s.label_) for s in doc.spans["ks_triggers"]]
 
 
 def test_glued_sentences_are_split():

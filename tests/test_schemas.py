@@ -53,7 +53,8 @@ def test_validate_table_rejects_foreign_schema():
 def _finding_row():
     return {"study_id": "s1", "finding_id": "s1:0", "finding_index": 0, "section": "findings",
             "text": "Hepatic cyst.", "organ": "liver", "organs": ["liver"], "ts_labels": ["liver"],
-            "status": "abnormal", "laterality": None, "measurements_mm": [], "phase_hint": None,
+            "status": "abnormal", "statement": None, "abnormalities": [], "negated_abnormalities": [],
+            "modifiers": [], "laterality": None, "measurements_mm": [], "phase_hint": None,
             "image_refs": [], "language": "en", "segmenter": "rules", "created_at": dt.datetime.now(dt.timezone.utc)}
 
 
@@ -74,17 +75,17 @@ def test_files_of_an_older_schema_version_read_as_the_newest(tmp_path, monkeypat
 
     root = tmp_path / "res"
     shutil.copytree(resources.resource_dir("schemas"), root / "schemas")
-    latest = max(int(p.name.split(".")[1][1:]) for p in (root / "schemas/tables").glob("findings.v*.json"))
-    spec = json.loads((root / f"schemas/tables/findings.v{latest}.json").read_text())
-    spec["version"] = latest + 1
+    newest = schemas.table_schema("findings").version
+    spec = json.loads((root / f"schemas/tables/findings.v{newest}.json").read_text())
+    spec["version"] = newest + 1
     spec["fields"].insert(5, {"name": "kind", "type": "string", "nullable": False, "default": "finding"})
     spec["fields"].append({"name": "note", "type": "string", "nullable": True})
-    (root / f"schemas/tables/findings.v{latest + 1}.json").write_text(json.dumps(spec))
+    (root / f"schemas/tables/findings.v{newest + 1}.json").write_text(json.dumps(spec))
     monkeypatch.setattr(schemas, "resource_dir", lambda name: root / name)
     schemas.table_schema.cache_clear()
     try:
         old = pq.read_table(store.table_path("findings", "s1"))
-        assert schemas.file_version(old) == latest
+        assert schemas.file_version(old) == newest
         row = store.read_rows("findings", "s1")[0]
         assert row["kind"] == "finding" and row["note"] is None
         assert list(row)[5] == "kind"

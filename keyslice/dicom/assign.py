@@ -12,6 +12,8 @@ Order of preference (a lexicographic score, highest wins):
 4. geometry: uniform spacing and no gantry tilt; more slices (coverage);
 5. ties: lowest series number, then series_id (deterministic).
 
+Findings with status ``non_finding`` are not assigned.
+
 Kernel families come from ConvolutionKernel (Siemens B/Br/I/Q/H + number, GE names,
 Philips letters, Canon FC numbers) and description words ('lung', 'bone', 'weichteil'...).
 """
@@ -22,6 +24,7 @@ import re
 from typing import Any
 
 from keyslice.errors import NoUsableSeriesError
+from keyslice.vocab import PHASE_ALIASES
 
 _LUNG_K = re.compile(r"(?<![a-z])(?:lung\w*|lunge\w*|pulmo\w*|chest|bl\d+|yc|yb|fc5\d|fc8\d|l|la|lb|lc|ld|le|detail\w*)(?![a-z])")
 _BONE_K = re.compile(r"(?<![a-z])(?:bone\w*|boneplus|knochen|osteo\w*|edge|sharp|ya|yd|ye|fc3\d|h[67]\d\w*|d|e|br?[6-9]\d\w*|i[6-9]\d\w*|ur[6-9]\d\w*|hr[6-9]\d\w*|qr[6-9]\d\w*)(?![a-z])")
@@ -51,22 +54,12 @@ def kernel_family(kernel: str | None, description: str | None = None) -> str:
     return "unknown"
 
 
-_HINTS = {
-    "non_contrast": "non_contrast", "native": "non_contrast", "noncontrast": "non_contrast", "unenhanced": "non_contrast",
-    "plain": "non_contrast", "nc": "non_contrast", "without_contrast": "non_contrast",
-    "arterial": "arterial", "arterial_early": "arterial_early", "arterial_late": "arterial_late",
-    "early_arterial": "arterial_early", "late_arterial": "arterial_late", "angio": "arterial", "cta": "arterial",
-    "portal_venous": "portal_venous", "portal": "portal_venous", "venous": "portal_venous", "pv": "portal_venous",
-    "portalvenous": "portal_venous",
-    "delayed": "delayed", "late": "delayed", "excretory": "delayed", "urographic": "delayed", "equilibrium": "delayed",
-}
-
-
 def normalise_phase_hint(hint: str | None) -> str | None:
+    """The canonical phase a finding's phase hint asks for (``keyslice.vocab.PHASE_ALIASES``), or None."""
     if not hint:
         return None
     key = re.sub(r"[\s\-]+", "_", str(hint).strip().lower())
-    return _HINTS.get(key, _HINTS.get(key.replace("_phase", ""), None))
+    return PHASE_ALIASES.get(key, PHASE_ALIASES.get(key.replace("_phase", ""), None))
 
 
 def _family(phase: str) -> str:
@@ -136,11 +129,16 @@ def _lost_on(theirs: tuple, ours: tuple, row: dict) -> str:
 
 
 def assign_series(findings: list[dict], series_rows: list[dict]) -> list[dict]:
-    """One assignments row (finding_id, series_id, phase, reason) per finding."""
+    """One assignments row (finding_id, series_id, phase, reason) per finding.
+
+    Rows with status ``non_finding`` (a sentence that states no finding: communication,
+    technique, comparison...) get no series, hence no key slice and no questions.
+    """
     kept = [r for r in series_rows if r.get("kept")]
     if not kept:
         why = "; ".join(f"{_label(r)}: {r.get('drop_reason') or 'dropped'}" for r in series_rows) or "no series at all"
         raise NoUsableSeriesError(f"no usable series in the study ({why})")
+    findings = [f for f in findings if f.get("status") != "non_finding"]
     available = sorted({r["phase"] for r in kept})
     out: list[dict[str, Any]] = []
     for f in findings:

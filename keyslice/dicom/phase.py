@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-PHASES = ("non_contrast", "arterial", "arterial_early", "arterial_late", "portal_venous", "delayed", "unknown")
+from keyslice.vocab import PHASES
 
 
 @dataclass

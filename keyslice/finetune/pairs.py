@@ -132,7 +132,7 @@ def load_source(src: SourceConfig) -> LoadedSource:
 
 def default_organs(sources: list[LoadedSource]) -> list[str]:
     """Canonical report organs (minus proxies) with at least one label in some source's masks."""
-    from keyslice.report import ORGAN_TS_LABELS
+    from keyslice.vocab import ORGAN_TS_LABELS
 
     out = []
     for organ, labels in ORGAN_TS_LABELS.items():

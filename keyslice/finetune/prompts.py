@@ -1,7 +1,7 @@
 """Organ vocabulary and text prompts for organ-level pairs.
 
 An *organ* in fine-tuning is either a canonical report organ (a key of
-:data:`keyslice.report.ORGAN_TS_LABELS`, e.g. ``"kidney"`` = left + right kidney) or a single
+:data:`keyslice.vocab.ORGAN_TS_LABELS`, e.g. ``"kidney"`` = left + right kidney) or a single
 TotalSegmentator label (``"vertebrae_T12"``). :func:`organ_ts_labels` resolves either to the
 TS labels whose masks define the organ's slices.
 
@@ -13,7 +13,7 @@ Prompt styles (issue 7):
 Evaluation always uses these canonical forms. Training may use *language augmentation* after
 PMC-MSA: the prompt varies by modality wording ("CT", "computed tomography"...), orientation
 ("axial", "transverse"...), body station (head/neck, chest, abdomen, pelvis, from the organ)
-and organ synonym, drawn with a seeded :class:`random.Random`.
+and organ synonym (stations and synonyms: :mod:`keyslice.vocab`), drawn with a seeded :class:`random.Random`.
 """
 
 from __future__ import annotations
@@ -21,57 +21,9 @@ from __future__ import annotations
 import random
 import re
 
+from keyslice.vocab import ORGAN_TS_LABELS, ORGANS, STATION_WORDS, TS_LABEL_STATIONS
+
 STYLES = ("word", "sentence")
-
-#: Body station of a canonical organ / TS label stem (None: spans several stations).
-_STATION: dict[str, str | None] = {
-    # head / neck
-    "brain": "head", "skull": "head", "thyroid gland": "neck", "thyroid_gland": "neck",
-    "carotid artery": "neck", "common_carotid_artery": "neck", "trachea": "neck",
-    # chest
-    "lung": "chest", "pleura": "chest", "heart": "chest", "esophagus": "chest", "sternum": "chest",
-    "superior vena cava": "chest", "superior_vena_cava": "chest", "pulmonary vein": "chest",
-    "pulmonary_vein": "chest", "pulmonary artery": "chest", "brachiocephalic trunk": "chest",
-    "brachiocephalic_trunk": "chest", "brachiocephalic vein": "chest", "brachiocephalic_vein": "chest",
-    "subclavian artery": "chest", "subclavian_artery": "chest", "clavicle": "chest", "clavicula": "chest",
-    "scapula": "chest", "humerus": "chest", "atrial_appendage": "chest", "costal_cartilages": "chest",
-    "rib": "chest",
-    # abdomen
-    "liver": "abdomen", "spleen": "abdomen", "kidney": "abdomen", "pancreas": "abdomen", "stomach": "abdomen",
-    "gallbladder": "abdomen", "adrenal gland": "abdomen", "adrenal_gland": "abdomen", "duodenum": "abdomen",
-    "small bowel": "abdomen", "small_bowel": "abdomen", "portal vein": "abdomen", "splenic vein": "abdomen",
-    "portal_vein_and_splenic_vein": "abdomen", "inferior vena cava": "abdomen", "inferior_vena_cava": "abdomen",
-    "bile duct": "abdomen", "kidney_cyst": "abdomen", "iliopsoas muscle": "abdomen", "iliopsoas": "abdomen",
-    "autochthon": "abdomen",
-    # pelvis
-    "urinary bladder": "pelvis", "urinary_bladder": "pelvis", "prostate": "pelvis", "sacrum": "pelvis",
-    "hip bone": "pelvis", "hip": "pelvis", "femur": "pelvis", "iliac artery": "pelvis", "iliac_artery": "pelvis",
-    "iliac vein": "pelvis", "iliac_vena": "pelvis", "gluteus_maximus": "pelvis", "gluteus_medius": "pelvis",
-    "gluteus_minimus": "pelvis",
-    # several stations
-    "aorta": None, "colon": None, "spine": None, "spinal cord": None, "spinal_cord": None, "bone": None,
-}
-
-_STATION_WORDS = {
-    "head": ("head", "brain"), "neck": ("neck", "head and neck"), "chest": ("chest", "thorax"),
-    "abdomen": ("abdomen", "upper abdomen"), "pelvis": ("pelvis", "lower abdomen and pelvis"),
-}
-
-_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "kidney": ("kidney", "kidneys"),
-    "urinary bladder": ("urinary bladder", "bladder"),
-    "gallbladder": ("gallbladder", "gall bladder"),
-    "small bowel": ("small bowel", "small intestine"),
-    "colon": ("colon", "large bowel"),
-    "adrenal gland": ("adrenal gland", "adrenal glands", "suprarenal gland"),
-    "inferior vena cava": ("inferior vena cava", "IVC"),
-    "spine": ("spine", "vertebral column"),
-    "lung": ("lung", "lungs"),
-    "rib": ("rib", "ribs"),
-    "hip bone": ("hip bone", "pelvic bone"),
-    "portal vein": ("portal vein",),
-    "iliopsoas muscle": ("iliopsoas muscle", "psoas muscle"),
-}
 
 _MODALITY = ("CT", "CT", "computed tomography", "CT scan", "computed tomography (CT)")
 _ORIENTATION = ("axial", "axial", "transverse", "transaxial", "cross-sectional")
@@ -98,8 +50,6 @@ _TEMPLATES = (
 
 def organ_ts_labels(organ: str) -> tuple[str, ...]:
     """TotalSegmentator labels of a canonical report organ, or ``(organ,)`` for a TS label name."""
-    from keyslice.report import ORGAN_TS_LABELS
-
     if organ in ORGAN_TS_LABELS:
         return tuple(ORGAN_TS_LABELS[organ])
     return (organ,)
@@ -145,8 +95,10 @@ def organ_display_name(organ: str) -> str:
 
 def organ_station(organ: str) -> str | None:
     """Body station (head, neck, chest, abdomen, pelvis) of an organ, None when it spans several."""
-    if organ in _STATION:
-        return _STATION[organ]
+    if organ in ORGANS:
+        return ORGANS[organ].station
+    if organ in TS_LABEL_STATIONS:
+        return TS_LABEL_STATIONS[organ]
     if re.fullmatch(r"vertebrae_C\d", organ):
         return "neck"
     if re.fullmatch(r"vertebrae_T\d+", organ):
@@ -155,7 +107,10 @@ def organ_station(organ: str) -> str | None:
         return "abdomen" if organ[-2] == "L" and int(organ[-1]) <= 3 else "pelvis"
     stem = re.sub(r"_(left|right)(_\d+)?$", "", organ)
     stem = re.sub(r"_(upper|middle|lower)_lobe$", "", stem)
-    return _STATION.get(stem, _STATION.get(stem.replace("_", " ")))
+    if stem in TS_LABEL_STATIONS:
+        return TS_LABEL_STATIONS[stem]
+    organ_rec = ORGANS.get(stem.replace("_", " "))
+    return organ_rec.station if organ_rec else None
 
 
 def canonical_prompt(organ: str, style: str) -> str:
@@ -180,17 +135,18 @@ def augmented_prompt(organ: str, rng: random.Random, styles: tuple[str, ...] = S
     if rng.random() < 1 / 3:
         return canonical_prompt(organ, style)
     name = organ_display_name(organ)
-    name = rng.choice(_SYNONYMS.get(organ, (name,)))
+    synonyms = ORGANS[organ].synonyms if organ in ORGANS else ()
+    name = rng.choice(synonyms or (name,))
     if style == "word":
         station = organ_station(organ)
         if station and rng.random() < 0.5:
-            return f"{name} ({rng.choice(_STATION_WORDS[station])} {rng.choice(('CT', 'computed tomography'))})"
+            return f"{name} ({rng.choice(STATION_WORDS[station])} {rng.choice(('CT', 'computed tomography'))})"
         return name
     station = organ_station(organ)
     o, m = rng.choice(_ORIENTATION), rng.choice(_MODALITY)
     if station and rng.random() < 0.6:
         tpl = rng.choice(_TEMPLATES_STATION)
-        s = rng.choice(_STATION_WORDS[station])
+        s = rng.choice(STATION_WORDS[station])
     else:
         tpl = rng.choice(_TEMPLATES)
         s = ""

@@ -17,28 +17,36 @@ How the rules work (modules):
 * :mod:`.pipeline` - ``spacy.blank("en")`` with tokenizer special cases for
   abbreviations and four own components: ``ks_sentencizer`` (clinical sentence rules),
   ``ks_terms`` (one ``PhraseMatcher`` on LOWER for organs, laterality, phases, ConText
-  triggers and finding words), ``ks_units`` (compound-sentence split) and ``ks_context``
-  (ConText-style status). Built once per process (``lru_cache``); texts go through
+  triggers, finding words and non-finding cues, plus word-shape rules), ``ks_units``
+  (compound-sentence split) and ``ks_context`` (ConText status, :mod:`.context`). Built
+  once per process (``lru_cache``); texts go through
   ``nlp.pipe`` paragraph by paragraph (paragraphs over 20,000 characters are cut at
   sentence ends), so 100k-character reports stay cheap.
-* :mod:`.lexicon` - all word lists, ``ORGAN_TS_LABELS`` and ``ts_labels_for``.
+* :mod:`keyslice.vocab` - the medical vocabulary as data (organs with synonyms, derived
+  words, compounds and TotalSegmentator labels; finding words and abnormality types;
+  ConText rules; phase words), shared with series assignment, VQA and fine-tuning.
+* :mod:`.lexicon` - the English-text lists (laterality, clause verbs, abbreviations).
+* :mod:`.context` - ConText over one unit.
 * :mod:`.extract` - measurements (mm) and image references.
 * :mod:`.language` - the English check (stopword shares; documented there).
 
-Status (one per unit): ``abnormal`` when a finding is asserted present (ConText's
-default), ``normal`` when everything mentioned is negated or stated normal,
+Status (one per unit, :mod:`.context`): ``abnormal`` when a finding is asserted present
+(ConText's default), ``normal`` when everything mentioned is negated or stated normal,
 ``uncertain`` when the findings are only hedged ("possible", "cannot exclude", "likely",
-"suspicious for", "versus") or only historical/hypothetical ("history of", "status
-post", "if ..."). A sentence that asserts nothing (a title such as "Axial CT of the
-abdomen.") gets ``abnormal`` too: the schema has no "no finding" value.
+"suspicious for", "versus") or only historical, hypothetical or an indication ("history
+of", "biopsy revealed", "if ...", "presented with"), ``non_finding`` when the sentence
+states no finding; ``statement`` then says what it is (communication, technique,
+comparison, recommendation, history, title). Each unit also lists the abnormality types it
+asserts and negates and the ConText modifiers that applied (findings schema v2).
 
-Phase hint policy (per unit; the highest tier present wins, then the first mention):
-3 a named phase ("arterial phase", "late arterial", CTA/angiogram -> arterial;
-"portal venous", "venous phase", nephrographic -> portal_venous; "delayed",
-"excretory" -> delayed; "non-contrast", "unenhanced", "without contrast" ->
-non_contrast); 2 an arterial finding word ("hypervascular", "arterially enhancing",
-"active extravasation") -> arterial; 1 generic contrast ("CECT", "contrast-enhanced",
-"with IV contrast", "enhancing") -> portal_venous, the routine phase; 0 "calcification",
+Phase hint policy (per unit; the highest tier present wins, then the first mention;
+words in ``keyslice/vocab/phases.json``): 3 a named phase ("arterial phase", "late
+arterial", CTA/angiogram -> arterial; "portal venous", "venous phase", nephrographic ->
+portal_venous; "delayed", "excretory" -> delayed; "non-contrast", "unenhanced", "plain
+CT", "without contrast" -> non_contrast), and two different named phases give none;
+2 generic contrast ("CECT", "contrast-enhanced", "with IV contrast", "enhancing") ->
+portal_venous, the routine phase; 1 an arterial finding word ("hypervascular",
+"arterially enhancing", "active extravasation") -> arterial; 0 "calcification",
 "calculus", "stone" -> non_contrast, ONLY when nothing above is present: calcium is best
 judged on the unenhanced series, but a named phase always wins. The clauses of a split
 compound sentence inherit the sentence's named phase.
@@ -48,7 +56,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .lexicon import ORGAN_TS_LABELS, ts_labels_for
+from keyslice.vocab import ORGAN_TS_LABELS, ts_labels_for
+
 from .model import Finding, ReportConfig
 
 

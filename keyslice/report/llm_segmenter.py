@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyslice.llm_client import chat_json, load_prompt, make_client, schema_errors
+from keyslice.vocab import ORGAN_TS_LABELS, ts_labels_for
 
 from .extract import image_refs, measurements_mm
 from .language import detect_language
-from .lexicon import ORGAN_TS_LABELS, ts_labels_for
 from .model import LATERALITIES, PHASES, STATUSES, Finding, ReportConfig
 from .rules import LANGUAGE_SAMPLE_CHARS, require_text
 
@@ -53,7 +53,7 @@ ANSWER_SCHEMA: dict[str, Any] = {
                     "section": {"enum": ["findings", "impression"]},
                     "text": {"type": "string", "minLength": 1},
                     "organs": {"type": "array", "items": {"type": "string"}},
-                    "status": {"enum": list(STATUSES)},
+                    "status": {"enum": [s for s in STATUSES if s != "non_finding"]},
                     "laterality": {"enum": [*LATERALITIES, None]},
                     "phase_hint": {"enum": [*PHASES, None]},
                 },

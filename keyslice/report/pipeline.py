@@ -5,15 +5,16 @@ component               what it adds (``doc.user_data["ks"]``, plain tuples of t
 ======================  =====================================================================
 ``ks_sentencizer``      sentence starts (``token.is_sent_start``, so ``doc.sents`` works) and
                         ``"sents"``: (start, end) ranges, robust to clinical text
-``ks_terms``            one ``PhraseMatcher`` (attr LOWER) pass over every word list of
-                        :mod:`.lexicon`: ``"organs"`` (label = canonical organs joined by
-                        ``+``), ``"laterality"``, ``"phase"`` (label ``phase/tier``),
-                        ``"triggers"`` (ConText kind) and ``"targets"`` (finding words);
-                        longest match wins inside each group
+``ks_terms``            one ``PhraseMatcher`` (attr LOWER) pass over :mod:`keyslice.vocab`
+                        and the laterality words, plus word-shape rules: ``"organs"``
+                        (label = canonical organs joined by ``+``), ``"laterality"``,
+                        ``"phase"`` (label ``phase/tier``), ``"triggers"`` (ConText
+                        ``category/direction``), ``"targets"`` (finding words) and
+                        ``"statements"`` (non-finding cues); longest match wins in a group
 ``ks_units``            ``"units"``: finding units = sentences, with compound sentences about
                         two organs split at their conjunction
-``ks_context``          ``"status"`` per unit (abnormal / normal / uncertain) from ConText-style
-                        scopes, and ``"target_mods"`` (AFFIRMED / NEGATED / UNCERTAIN)
+``ks_context``          ``"context"`` per unit (:mod:`.context`: status, statement kind,
+                        modifiers, scopes) and ``"status"``
 ======================  =====================================================================
 
 Results are tuples rather than ``doc.spans`` because creating a ``Span`` per match
@@ -24,8 +25,14 @@ Why not medspaCy: the brief asks for medspaCy's clinical sentence rules where th
 install cleanly. They do not here: medspacy 1.3.1 (the latest) pins ``spacy<3.8``, and
 installing it would downgrade this project's spaCy 3.8 (and numpy) for every step.
 ``ks_sentencizer`` and ``ks_context`` therefore re-implement the parts used (PyRuSH-style
-clinical sentence rules, ConText-style modifiers with pre/post/bidirectional scopes,
-pseudo-triggers and terminators) on spaCy 3.8 with no new dependency. Likewise there is
+clinical sentence rules; ConText, see :mod:`.context`) on spaCy 3.8 with no new dependency.
+negspacy 1.1 does install beside spaCy 3.8, but implements NegEx only (negation; no
+hedging, historical, hypothetical or indication categories, no bidirectional or
+bracket-bounded scopes) and works on ``doc.ents``, which this pipeline does not create for
+speed. pyConTextNLP 0.7 (last release 2019) installs too, but matches with its own regular
+expressions on networkx graphs per sentence, outside spaCy. What both share with medspaCy is
+kept: the rules are data, in the shape of medspaCy's ConText rule files (literal,
+category, direction), in ``keyslice/vocab/context.json``. Likewise there is
 no trained parser: a model such as ``en_core_web_sm`` is a download, and the build must run
 offline, so ``ks_units`` splits compound sentences with a shallow clause rule (an organ and
 a verb on each side of the conjunction) instead of a dependency parse.
@@ -46,7 +53,10 @@ from spacy.attrs import IDX, LOWER, ORTH, SPACY
 from spacy.tokens import Doc, Span
 from spacy.util import compile_infix_regex
 
+from keyslice import vocab
+
 from . import lexicon as lx
+from .context import MODIFIER_NAMES, Trigger, UnitContext, modifier_of, unit_context
 
 #: characters that mark a bullet at the start of a line (or anywhere for "•")
 BULLETS = frozenset({"-", "*", "•", "·", "–", "—", "‣", "▪", "◦"})
@@ -189,7 +199,15 @@ def ks_sentencizer(doc: Doc) -> Doc:
 
 # --------------------------------------------------------------------------- term matcher
 class TermMatcher:
-    """One PhraseMatcher (attr LOWER) over all the lexicon's categories, plus cached word-shape regexes."""
+    """One PhraseMatcher (attr LOWER) over the vocabulary's phrases, plus cached word-shape rules.
+
+    Groups: ``ORG`` (organ phrases of :mod:`keyslice.vocab`; label = tagged organs joined by
+    ``+``, empty for blockers and for structures step 1 does not tag, which are matched only
+    so that "hepatic vein" is not read as the liver), ``LAT``, ``PH`` (phase/tier), ``CX``
+    (ConText category/direction), ``TGT`` (finding words) and ``ST`` (non-finding statement
+    cues). Word-shape rules, evaluated once per distinct word: vertebral levels, derived and
+    compound organ words (:func:`keyslice.vocab.word_organs`), disease-shaped words.
+    """
 
     def __init__(self, nlp: Language):
         self.vocab = nlp.vocab
@@ -199,21 +217,26 @@ class TermMatcher:
         def add(key: str, terms) -> None:
             self.phrases.add(key, [make(t) for t in terms])
 
-        for term, organs in lx.ORGAN_TERMS.items():
-            add("ORG|" + "+".join(organs), [term])
-        add("ORG|", lx.ORGAN_BLOCKERS)
+        for term, organs in vocab.organ_terms().items():
+            add("ORG|" + _organ_label(organs), [term])
+        add("ORG|", vocab.ORGAN_BLOCKERS)
         for term, side in lx.LATERALITY_TERMS.items():
             add("LAT|" + side, [term])
-        for term, phase, tier in lx.PHASE_TERMS:
+        for term, phase, tier in vocab.PHASE_HINT_TERMS:
             add(f"PH|{phase}/{tier}", [term])
-        for kind, terms in lx.CONTEXT_TERMS.items():
-            add("CX|" + kind, terms)
-        add("TGT|", lx.TARGET_TERMS)
-        # word-shape rules (vertebral levels "L4", disease-shaped words "-itis", "-oma"...):
-        # the same regexes a Matcher {"LOWER": {"REGEX": ...}} pattern would run, but
-        # evaluated once per distinct word (cached by its LOWER hash) instead of per token.
-        self._shape_rules = [(re.compile(lx.VERTEBRAL_LEVEL_REGEX), "ORG", "spine"),
-                             (re.compile(lx.TARGET_SUFFIX_REGEX), "TGT", "")]
+        add("PH|", vocab.PHASE_BLOCKERS)
+        for rule in vocab.CONTEXT_RULES:
+            add(f"CX|{rule.category}/{rule.direction}", [rule.literal])
+        add("TGT|", vocab.FINDING_TERMS)
+        add("TGT|pseudo", vocab.PSEUDO_FINDING_TERMS)
+        add("TGT|procedure", vocab.PROCEDURE_TERMS)
+        for kind, cues in vocab.STATEMENT_CUES.items():
+            add("ST|" + kind, cues)
+        add("ST|assertion", vocab.ASSERTION_CUES)
+        add("ST|passive", vocab.PASSIVE_ASSERTIONS)
+        self._level = re.compile(vocab.VERTEBRAL_LEVEL_REGEX)
+        self._suffix = re.compile(vocab.FINDING_SUFFIX_REGEX)
+        self._procedure = re.compile(vocab.PROCEDURE_SUFFIX_REGEX)
         self._shape_cache: dict[int, tuple[tuple[str, str], ...]] = {}
         self._cache: dict[int, tuple[str, str]] = {}
 
@@ -221,7 +244,17 @@ class TermMatcher:
         got = self._shape_cache.get(lower_hash)
         if got is None:
             word = self.vocab.strings[lower_hash]
-            got = tuple((cat, label) for rx, cat, label in self._shape_rules if rx.match(word))
+            found = []
+            if self._level.match(word):
+                found.append(("LEVEL", "spine"))
+            organs = vocab.word_organs(word)
+            if organs:
+                found.append(("ORG", _organ_label(organs)))
+            if self._procedure.match(word):
+                found.append(("TGT", "procedure"))
+            elif self._suffix.match(word):
+                found.append(("TGT", ""))
+            got = tuple(found)
             if len(self._shape_cache) < 200_000:
                 self._shape_cache[lower_hash] = got
         return got
@@ -234,7 +267,8 @@ class TermMatcher:
         return got
 
     def __call__(self, doc: Doc) -> Doc:
-        groups: dict[str, list[tuple[int, int, str]]] = {"ORG": [], "LAT": [], "PH": [], "CX": [], "TGT": []}
+        groups: dict[str, list[tuple[int, int, str]]] = {"ORG": [], "LAT": [], "PH": [], "CX": [], "TGT": [],
+                                                         "ST": [], "LEVEL": []}
         key = self._key
         for match_id, s, e in self.phrases(doc):
             cat, label = key(match_id)
@@ -247,14 +281,17 @@ class TermMatcher:
                     groups[cat].append((i, i + 1, label))
         lower = token_lower(doc)
         n = len(lower)
-        # blockers ("lung window") win as the longer match and are then dropped; "T2-weighted" is MRI
-        organs = [m for m in longest_first(groups["ORG"]) if m[2]
-                  and not (m[2] == "spine" and m[1] + 1 < n and lower[m[1]] == "-" and lower[m[1] + 1].startswith("weight"))]
+        groups["ORG"].extend(m for m in groups["LEVEL"] if spinal_level(lower, m[0]))
+        # blockers and untagged structures win as the longer match and are then dropped;
+        # "para-aortic", "retroperitoneal"-style locations do not name the organ
+        organs = [m for m in longest_first(groups["ORG"]) if m[2] and not excluded_prefix(lower, m[0])]
         phases = []
         for m in longest_first(groups["PH"]):
+            if not m[2]:  # a blocker: "oral contrast", "delayed diagnosis"
+                continue
             # "portal venous" is a phase, "portal venous gas" is not
             if m[1] - m[0] <= 2 and " ".join(lower[m[0]:m[1]]) in ("portal venous", "portovenous") and m[1] < n:
-                if lower[m[1]] not in lx.PORTAL_VENOUS_PHASE_NEXT:
+                if lower[m[1]] not in vocab.PORTAL_VENOUS_PHASE_NEXT:
                     continue
             phases.append(m)
         ks = doc.user_data.setdefault("ks", {})
@@ -262,14 +299,52 @@ class TermMatcher:
         ks["laterality"] = longest_first(groups["LAT"])
         ks["phase"] = phases
         ks["triggers"] = longest_first(groups["CX"])
-        ks["targets"] = longest_first(groups["TGT"])
+        ks["targets"] = [m for m in longest_first(groups["TGT"]) if m[2] != "pseudo"]
+        ks["statements"] = longest_first(groups["ST"])
         return doc
+
+
+@lru_cache(maxsize=1024)
+def _organ_label(organs: tuple[str, ...]) -> str:
+    """``+``-joined tagged organs of a match (empty: the match names no organ step 1 reports)."""
+    return "+".join(o for o in organs if vocab.ORGANS[o].tagged)
+
+
+def excluded_prefix(lower: list[str], i: int) -> bool:
+    """Token i follows a location prefix that does not name the organ: "para-aortic", "retro aortic"."""
+    if i >= 2 and lower[i - 1] == "-" and lower[i - 2] in vocab.EXCLUDED_PREFIXES:
+        return True
+    return i >= 1 and lower[i - 1] in vocab.EXCLUDED_PREFIXES
+
+
+_LEVEL_JOIN = frozenset({"-", "–", "/", "to", "through", "and"})
+
+
+def spinal_level(lower: list[str], i: int) -> bool:
+    """A level token ("T2", "L4") names the spine only in a spinal context within 8 tokens, or
+    joined to another level ("T12-L1"), and never beside MRI or tumour-stage words ("T2-weighted",
+    "T2 hyperintense", "T2N0M0")."""
+    n = len(lower)
+    window = lower[max(0, i - 8): i + 9]
+    if i + 2 < n and lower[i + 1] == "-" and lower[i + 2].startswith("weight"):
+        return False
+    if any(w in vocab.NOT_SPINAL_CONTEXT for w in window):
+        return False
+    if any(w in vocab.SPINAL_CONTEXT for w in window):
+        return True
+    for j in (i - 2, i + 2):
+        if 0 <= j < n and lower[(i + j) // 2] in _LEVEL_JOIN and re.match(vocab.VERTEBRAL_LEVEL_REGEX, lower[j]):
+            return True
+    return False
 
 
 def longest_first(matches: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     """Non-overlapping matches, longer ones first (spaCy's ``filter_spans`` on tuples), in text order."""
     if len(matches) < 2:
         return list(matches)
+    ordered = sorted(matches)
+    if all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])):
+        return ordered  # nothing overlaps (the common case)
     taken: set[int] = set()
     out = []
     for m in sorted(matches, key=lambda m: (m[0] - m[1], m[0])):
@@ -346,70 +421,6 @@ def make_ks_units(nlp: Language, name: str, split_compound: bool):
 
 
 # --------------------------------------------------------------------------- ConText
-_PRE = {"NEG_PRE": "NEG", "ABSENT_PRE": "ABSENT", "UNC_PRE": "UNC", "HIST_PRE": "UNC"}
-_POST = {"NEG_POST": "NEG", "ABSENT_POST": "ABSENT", "UNC_POST": "UNC"}
-_NEG_KINDS = frozenset({"NEG_PRE", "NEG_POST", "ABSENT_PRE", "ABSENT_POST"})
-_UNC_KINDS = frozenset({"UNC_PRE", "UNC_POST", "UNC_BI", "HIST_PRE"})
-
-
-def unit_status(s: int, e: int, triggers, targets, organs) -> tuple[str, list[str]]:
-    """ConText over one unit [s, e). Returns (status, per-target modifier).
-
-    ``triggers``, ``targets``, ``organs``: (start, end, label) tuples inside the unit;
-    PSEUDO triggers already removed. Pre-triggers scope forward to the next
-    terminator (TERM: "but", "however", "which"...) or the unit's end; post-triggers
-    backward to the previous terminator or the unit's start.
-
-    status: ``abnormal`` if any target is affirmed (ConText's default: a finding that
-    is mentioned is present); else ``uncertain`` if any target is hedged, historical or
-    hypothetical; else ``normal`` if targets exist and are all negated. With no target:
-    ``abnormal`` when an absence word covers an organ itself ("absence of the IVC" is an
-    anomaly) and no normality cue is present; ``normal`` on a normality or negation cue
-    ("The liver is unremarkable"); ``uncertain`` on a hedge/history cue; else
-    ``abnormal``.
-    """
-    term_starts = [t[0] for t in triggers if t[2] == "TERM"]
-    term_ends = [t[1] for t in triggers if t[2] == "TERM"]
-    scopes: list[tuple[int, int, str]] = []
-    kinds = set()
-    for ts, te, kind in triggers:
-        kinds.add(kind)
-        # a scope includes the trigger's own tokens: "not enlarged" negates "enlarged"
-        if kind in _PRE:
-            end = min([x for x in term_starts if x >= te], default=e)
-            scopes.append((ts, end, _PRE[kind]))
-        elif kind in _POST:
-            begin = max([x for x in term_ends if x <= ts], default=s)
-            scopes.append((begin, te, _POST[kind]))
-        elif kind == "UNC_BI":
-            begin = max([x for x in term_ends if x <= ts], default=s)
-            end = min([x for x in term_starts if x >= te], default=e)
-            scopes.append((begin, end, "UNC"))
-    mods = []
-    for gs, ge, _ in targets:
-        mod = "AFFIRMED"
-        for a, b, m in scopes:
-            if a <= gs and ge <= b:
-                if m == "NEG" or m == "ABSENT":
-                    mod = "NEGATED"
-                    break
-                mod = "UNCERTAIN"
-        mods.append(mod)
-    if targets:
-        if "AFFIRMED" in mods:
-            return "abnormal", mods
-        if "UNCERTAIN" in mods:
-            return "uncertain", mods
-        return "normal", mods
-    if "NORMAL" not in kinds and any(a <= o[0] and o[1] <= b for o in organs for a, b, m in scopes if m == "ABSENT"):
-        return "abnormal", mods
-    if "NORMAL" in kinds or kinds & _NEG_KINDS:
-        return "normal", mods
-    if kinds & _UNC_KINDS:
-        return "uncertain", mods
-    return "abnormal", mods
-
-
 def bucket(units, items) -> list[list]:
     """For each unit (sorted, disjoint token ranges), the items (sorted by start) that lie inside it."""
     out: list[list] = [[] for _ in units]
@@ -426,23 +437,30 @@ def bucket(units, items) -> list[list]:
 
 @Language.component("ks_context")
 def ks_context(doc: Doc) -> Doc:
-    """Status of each unit: ``doc.user_data["ks"]["status"]`` (parallel to units), target modifiers in
-    ``["target_mods"]`` (parallel to targets: AFFIRMED / NEGATED / UNCERTAIN)."""
+    """ConText per unit (:func:`keyslice.report.context.unit_context`): ``doc.user_data["ks"]["context"]``,
+    one :class:`~keyslice.report.context.UnitContext` per unit, and ``["status"]`` (their statuses)."""
     ks = doc.user_data["ks"]
     units = ks["units"]
-    triggers = bucket(units, [t for t in ks["triggers"] if t[2] != "PSEUDO"])
+    lower = token_lower(doc)
+    triggers = bucket(units, ks["triggers"])
     targets = bucket(units, ks["targets"])
     organs = bucket(units, ks["organs"])
-    statuses = []
-    mods_all: dict[tuple[int, int], str] = {}
+    statements = bucket(units, ks["statements"])
+    contexts: list[UnitContext] = []
     for k, (s, e, _) in enumerate(units):
-        tg = targets[k]
-        status, mods = unit_status(s, e, triggers[k], tg, organs[k])
-        statuses.append(status)
-        mods_all.update(((t[0], t[1]), m) for t, m in zip(tg, mods))
-    ks["status"] = statuses
-    ks["target_mods"] = [mods_all.get((t[0], t[1]), "AFFIRMED") for t in ks["targets"]]
+        trig = [Trigger(a, b, *_split_kind(lab)) for a, b, lab in triggers[k]]
+        contexts.append(unit_context(lower, s, e, trig, [(a, b) for a, b, _ in targets[k]],
+                                     [(a, b) for a, b, _ in organs[k]], statements[k],
+                                     procedures=[(a, b) for a, b, lab in targets[k] if lab == "procedure"]))
+    ks["context"] = contexts
+    ks["status"] = [c.status for c in contexts]
     return doc
+
+
+@lru_cache(maxsize=64)
+def _split_kind(label: str) -> tuple[str, str]:
+    category, _, direction = label.partition("/")
+    return category, direction
 
 
 # --------------------------------------------------------------------------- inspection
@@ -457,9 +475,23 @@ def to_spans(doc: Doc) -> Doc:
     doc.spans["ks_laterality"] = [Span(doc, s, e, label=lab) for s, e, lab in ks["laterality"]]
     doc.spans["ks_phase"] = [Span(doc, s, e, label=lab) for s, e, lab in ks["phase"]]
     doc.spans["ks_triggers"] = [Span(doc, s, e, label=lab) for s, e, lab in ks["triggers"]]
-    doc.spans["ks_targets"] = [Span(doc, s, e, label=m) for (s, e, _), m in zip(ks["targets"], ks["target_mods"])]
+    target_labels = []
+    for (s, e, _), ctxs in zip(ks["targets"], _unit_of(ks, ks["targets"])):
+        mod = modifier_of(s, e, ctxs.scopes) if ctxs else None
+        target_labels.append(MODIFIER_NAMES[mod] if mod else "affirmed")
+    doc.spans["ks_targets"] = [Span(doc, s, e, label=lab) for (s, e, _), lab in zip(ks["targets"], target_labels)]
+    doc.spans["ks_statements"] = [Span(doc, s, e, label=lab) for s, e, lab in ks["statements"]]
     doc.spans["ks_units"] = [Span(doc, s, e, label=st) for (s, e, _), st in zip(ks["units"], ks["status"])]
     return doc
+
+
+def _unit_of(ks: dict, items) -> list[UnitContext | None]:
+    """The context of the unit each item (sorted token ranges) lies in, or None."""
+    out: list[UnitContext | None] = []
+    for s, e, _ in items:
+        k = next((k for k, u in enumerate(ks["units"]) if u[0] <= s and e <= u[1]), None)
+        out.append(ks["context"][k] if k is not None else None)
+    return out
 
 
 # --------------------------------------------------------------------------- build
@@ -468,7 +500,8 @@ def _add_special_cases(nlp: Language) -> None:
     for abbr in lx.ABBREVIATIONS + lx.SLASH_ABBREVIATIONS:
         nlp.tokenizer.add_special_case(abbr, [{ORTH: abbr}])
     # "mass.Regions": a period glued between two words is a sentence end with a missing space
-    infixes = list(nlp.Defaults.infixes) + [r"(?<=[a-z]{2})\.(?=[A-Z][a-z])"]
+    # "kidney(K)", "nodes(L)": a bracket glued to a word is a token of its own
+    infixes = list(nlp.Defaults.infixes) + [r"(?<=[a-z]{2})\.(?=[A-Z][a-z])", r"(?<=[A-Za-z])[(\[]", r"[)\]]"]
     nlp.tokenizer.infix_finditer = compile_infix_regex(infixes).finditer
 
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from spacy.tokens import Doc
 
 from ..errors import EmptyReportError, UnsupportedLanguageError
+from keyslice import vocab
+
 from . import lexicon as lx
+from .context import MODIFIER_NAMES, UnitContext, modifier_of
 from .extract import image_refs, measurements_mm
 from .language import detect_language
 from .model import Finding, ReportConfig
-from .pipeline import get_nlp, token_arrays, token_lower
+from .pipeline import bucket, get_nlp, token_arrays, token_lower
 from .sections import split_sections
 
-SEGMENTER_ID = "rules-v1"
+SEGMENTER_ID = "rules-v2"
 #: the language check reads the first this many characters (enough words, bounded cost on huge reports)
 LANGUAGE_SAMPLE_CHARS = 5_000
 
@@ -24,6 +28,10 @@ _LEAD_MARKER = re.compile(
     r"^\s*(?:[-*•·–—‣▪◦]+\s*|\(?\d{1,2}[.)](?=\s)\s*|\(?[A-Za-z]\)\s+|[A-Za-z]\.\s+(?=[A-Z(]))"
 )
 _WS = re.compile(r"\s+")
+#: words no abnormality-type pattern starts with (positions before a finding word that need no try)
+_NOT_PATTERN_START = frozenset({"a", "an", "the", "of", "in", "with", "and", "or", "no", "not", "is", "are", "was",
+                                "were", "to", "at", "on", "by", "for", "from", "small", "large", "left", "right",
+                                "mild", "severe", "multiple", "there", "this", "that", "its", "without"})
 _DIGIT = re.compile(r"\d")
 _ALPHA = re.compile(r"[^\W\d_]")
 _ALNUM = re.compile(r"[^\W_]")
@@ -135,20 +143,62 @@ class _DocInfo:
     def phase(self, s: int, e: int, infer: bool) -> tuple[str | None, int]:
         """(phase, tier) of tokens [s, e) by the policy of :mod:`keyslice.report`; (None, -1) when none.
 
-        With ``infer`` off, the finding-derived tiers (0 calcium, 2 hypervascular) are ignored.
+        With ``infer`` off, the finding-derived tiers (0 calcium, 1 hypervascular) are ignored.
+        A sentence that names two different phases ("CT pulmonary arteriography with venous
+        phase imaging") asks for none: (None, 3).
         """
         best = None  # (tier, -start, phase): highest tier, then first mention
+        named: set[str] = set()
         for ps, pe, phase, tier in self.phases:
-            if ps < s or pe > e or (not infer and tier in (0, 2)):
+            if ps < s or pe > e or (not infer and tier in (0, 1)):
                 continue
+            if tier == 3:
+                named.add(phase)
             key = (tier, -ps, phase)
             if best is None or key > best:
                 best = key
+        if len(named) > 1:
+            return None, 3
         return (None, -1) if best is None else (best[2], best[0])
 
 
-def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int], status: str, index: int,
-                    section: str, config: ReportConfig) -> Finding | None:
+def abnormality_types(info: _DocInfo, s: int, e: int, ctx: UnitContext, targets: list[tuple[int, int]]
+                      ) -> tuple[list[str], list[str]]:
+    """(asserted, negated) abnormality types of tokens [s, e): each mention of a type in the
+    vocabulary takes the ConText modifier of the scope it lies in.
+
+    A mention starts at a finding word or at most two words before one ("free intraperitoneal
+    air", "enlarged lymph nodes"), so only those positions are tried: the type patterns are
+    matched where they can start instead of being searched through the whole sentence.
+    """
+    asserted: list[str] = []
+    negated: list[str] = []
+    if ctx.status == "non_finding" or not targets:
+        return asserted, negated
+    idx, text, lower = info.idx, info.text, info.lower
+    starts = sorted({k for g0, _ in targets for k in (g0 - 2, g0 - 1, g0)
+                     if s <= k < e and (k == g0 or (lower[k].isalpha() and lower[k] not in _NOT_PATTERN_START))})
+    done_until = -1
+    for k in starts:
+        pos = idx[k]
+        if pos < done_until:
+            continue
+        hit = vocab.abnormality_at(text, pos)
+        if hit is None:
+            continue
+        end, key = hit
+        done_until = end
+        tb = bisect.bisect_left(idx, end, k, e)
+        mod = modifier_of(k, tb, ctx.scopes)
+        name = MODIFIER_NAMES.get(mod) if mod else None
+        out = asserted if name is None else negated if name == "negated" else None
+        if out is not None and key not in out:
+            out.append(key)
+    return asserted, [k for k in negated if k not in asserted]
+
+
+def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int], ctx: UnitContext, index: int,
+                    section: str, config: ReportConfig, targets: list[tuple[int, int]]) -> Finding | None:
     """The Finding of one unit, or None when it is only a marker or punctuation.
 
     A laterality word applies to the organ it stands next to ("cyst in the left kidney
@@ -183,9 +233,9 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
     ts: list[str] = []
     for organ in organs:
         side = _combine(organ_sides.get(organ, ()))
-        if side is None and organ in lx.PAIRED_ORGANS:
+        if side is None and organ in vocab.PAIRED_ORGANS:
             side = unit_lat
-        for lab in lx.ts_labels_for(organ, side):
+        for lab in vocab.ts_labels_for(organ, side):
             if lab not in ts:
                 ts.append(lab)
     phase, tier = info.phase(s, e, config.infer_phase)
@@ -194,13 +244,18 @@ def unit_to_finding(info: _DocInfo, unit: tuple[int, int], sent: tuple[int, int]
         if stier == 3:
             phase = sphase
     has_digit = _DIGIT.search(raw) is not None
+    asserted, negated = abnormality_types(info, s, e, ctx, targets)
     return Finding(
         finding_index=index,
         section=section,
         text=text,
         organs=organs,
         ts_labels=ts,
-        status=status,
+        status=ctx.status,
+        statement=ctx.statement,
+        abnormalities=asserted,
+        negated_abnormalities=negated,
+        modifiers=list(ctx.modifiers),
         laterality=unit_lat,
         measurements_mm=measurements_mm(raw) if has_digit else [],
         phase_hint=phase,
@@ -230,8 +285,10 @@ def segment_report_rules(text: str, config: ReportConfig | None = None) -> list[
         info = _DocInfo(doc)
         ks = doc.user_data["ks"]
         sents = ks["sents"]
-        for (s, e, si), status in zip(ks["units"], ks["status"]):
-            f = unit_to_finding(info, (s, e), sents[si], status, len(findings), section, config)
+        targets = bucket(ks["units"], ks["targets"])
+        for (s, e, si), ctx, tg in zip(ks["units"], ks["context"], targets):
+            f = unit_to_finding(info, (s, e), sents[si], ctx, len(findings), section, config,
+                                [(a, b) for a, b, _ in tg])
             if f is not None:
                 findings.append(f)
     return findings

@@ -78,17 +78,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from keyslice.vqa.lexicon import (
-    ABNORMALITY_GROUP,
-    ORGANS,
-    PHASE_CHOICES,
-    PHASE_WORDS,
-    PLANES,
-    find_organ_spans,
-    organ_display,
-    regions_of,
-    split_side,
-)
+from keyslice.vocab import ABNORMALITY_GROUP, ORGANS, PHASE_CHOICES, PHASE_WORDS, PLANES
+from keyslice.vqa.lexicon import find_organ_spans, organ_display, regions_of, split_side
 from keyslice.vqa.rows import make_row, slice_ref
 
 GENERATOR = "rule"
