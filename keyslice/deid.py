@@ -163,12 +163,12 @@ def vocabulary() -> tuple[frozenset[str], frozenset[str]]:
 
 @lru_cache(maxsize=1)
 def _medical_words() -> frozenset[str]:
-    from keyslice.report import lexicon
+    from keyslice import vocab
 
     medical = set(MEDICAL_WORDS)
-    for terms in lexicon.ORGAN_TERMS.values():
+    for terms in vocab.organ_terms().values():
         medical |= {w.lower() for term in terms for w in term.split()}
-    medical |= {w.lower() for term in lexicon.TARGET_TERMS for w in term.split()}
+    medical |= {w.lower() for term in vocab.FINDING_TERMS for w in term.split()}
     return frozenset(medical)
 
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from keyslice import sql
-from keyslice.checkpoints import CheckpointStore
-from keyslice.schemas import table_schema, to_table, utcnow
+from keyslice.corpus import sql
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.schemas import table_schema, to_table, utcnow
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = ("FINDINGS: No ascites. 3 cm mass in the pancreatic tail without signs of pancreatitis.\n"
@@ -20,9 +20,11 @@ REPORT = ("FINDINGS: No ascites. 3 cm mass in the pancreatic tail without signs 
 
 def _segment_rows(study_id: str) -> list[dict]:
     from keyslice.config import BuildConfig
-    from keyslice.steps import segment_step
+    from keyslice.pipeline.stage_functions import segment_step
 
-    study = SimpleNamespace(study_id=study_id, read_report=lambda: REPORT)
+    from keyslice.deid import deidentify
+
+    study = SimpleNamespace(study_id=study_id, read_report_deid=lambda: deidentify(REPORT))
     cfg = BuildConfig(input_dir=REPO, out_dir=REPO)
     return segment_step(study, SimpleNamespace(config=cfg))["findings"]
 
@@ -33,7 +35,8 @@ def test_v2_adds_the_new_fields_with_defaults_and_keeps_v1():
     assert table_schema("findings").version == 2
     names1 = [f["name"] for f in v1["fields"]]
     added = [f for f in v2["fields"] if f["name"] not in names1]
-    assert [f["name"] for f in added] == ["statement", "abnormalities", "negated_abnormalities", "modifiers"]
+    assert [f["name"] for f in added] == ["statement", "abnormalities", "negated_abnormalities", "modifiers",
+                                          "deid_version", "report_phi_masked"]
     assert all(f["nullable"] or "default" in f for f in added)
     assert [f["name"] for f in v2["fields"] if f["name"] in names1] == names1
 
@@ -46,7 +49,7 @@ def test_segment_step_rows_round_trip_through_the_store(tmp_path):
     assert (mass["status"], mass["abnormalities"], mass["negated_abnormalities"]) == (
         "abnormal", ["mass"], ["inflammation"])
     assert "negated" in mass["modifiers"] and mass["statement"] is None
-    talk = got["Discussed with Dr. Miller on 03/04/2021."]
+    talk = got["Discussed with [NAME] on [DATE]."]  # de-identified as it was read
     assert (talk["status"], talk["statement"], talk["organ"]) == ("non_finding", "communication", None)
     store = CheckpointStore(tmp_path / "corpus")
     store.commit_stage("segment", "s1", {"findings": rows}, "run1")

@@ -26,7 +26,9 @@ def test_finding_row_matches_the_findings_schema():
     assert isinstance(f, Finding) and f.segmenter == "rules-v2" and f.language == "en"
     row = f.to_row()
     spec = json.loads((REPO / "schemas/tables/findings.v2.json").read_text())
-    declared = {fld["name"] for fld in spec["fields"]} - {"study_id", "finding_id", "created_at"}
+    # the stage adds the study's keys, the time and what de-identification masked in the whole report
+    declared = {fld["name"] for fld in spec["fields"]} - {"study_id", "finding_id", "created_at", "deid_version",
+                                                          "report_phi_masked"}
     assert set(row) == declared
     assert row["image_refs"] == [{"series_number": 3, "instance_number": 45}]
     assert row["measurements_mm"] == [23.0, 15.0] and all(isinstance(m, float) for m in row["measurements_mm"])

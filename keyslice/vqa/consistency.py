@@ -51,7 +51,7 @@ from typing import Iterable
 import duckdb
 import pyarrow as pa
 
-from keyslice.vqa.lexicon import ORGANS
+from keyslice.vocab import ORGANS
 
 KINDS = (
     "question_on_non_finding",
@@ -183,7 +183,7 @@ found AS (
           list_transform(regexp_extract_all(qe.answer, '\\d+(?:\\.\\d+)?'),
                          lambda x: round(CAST(x AS DOUBLE) * CASE WHEN qe.answer ILIKE '%cm%' THEN 10 ELSE 1 END, 1)),
           lambda x: NOT list_contains(
-            list_transform(coalesce(qe.e_measurements, []::FLOAT[]), lambda m: round(m, 1)), x)
+            list_transform(coalesce(qe.e_measurements, []::FLOAT[]), lambda m: round(CAST(m AS DOUBLE), 1)), x)
         )) > 0
 )
 SELECT kind, study_id, finding_id, qa_id, generator, question, answer, detail

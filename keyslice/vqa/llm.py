@@ -44,7 +44,8 @@ from keyslice.llm_client import (
     make_client,
     schema_errors,
 )
-from keyslice.vqa.lexicon import ABNORMALITY_GROUP, ORGANS, find_abnormalities, find_organs, numbers_in
+from keyslice.vocab import ABNORMALITY_GROUP, ORGANS, find_abnormalities
+from keyslice.vqa.lexicon import find_organs, numbers_in
 from keyslice.vqa.rows import make_row, slice_ref
 from keyslice.vqa.rules import ASKED_STATUSES
 

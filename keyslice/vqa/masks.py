@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from keyslice.vqa.lexicon import ORGANS
+from keyslice.vocab import ORGANS
 
 SliceKey = tuple[str, int]
 
