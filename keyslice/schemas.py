@@ -18,7 +18,7 @@ import pyarrow as pa
 from keyslice.resources import resource_dir
 
 TABLES = ("studies", "series", "findings", "assignments", "selections", "vqa", "failures", "runs",
-          "finetune_runs", "finetune_metrics")
+          "finetune_runs", "finetune_metrics", "reviews")
 
 
 class SchemaError(ValueError):
