@@ -285,14 +285,22 @@ def finetune(
     prefect: bool = typer.Option(False, "--prefect", help="run as the Prefect flow flows/finetune.py"),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="record the run's metrics in this corpus "
                                                                  "(default: the config's metrics_corpus)"),
+    reviews: Optional[Path] = typer.Option(None, "--reviews", help="also train on this corpus' reviews (keyslice "
+                                                                   "review): accepted/chosen slices positive, "
+                                                                   "rejected ones negative; needs --reviews-input"),
+    reviews_input: Optional[Path] = typer.Option(None, "--reviews-input", help="the studies folder the reviewed "
+                                                                               "corpus was built from"),
 ) -> None:
     """Fine-tune the key-slice selector on organ/lesion pairs (resumable), then evaluate before vs after."""
+    review_overrides = {"pairs.reviews": str(reviews) if reviews else None,
+                        "pairs.reviews_input": str(reviews_input) if reviews_input else None}
     if prefect:
         _quiet_prefect()
         from flows.finetune import finetune_flow
 
         overrides = {k: v for k, v in {"out_dir": str(out) if out else None, "train.device": device,
-                                       "metrics_corpus": str(corpus) if corpus else None}.items() if v}
+                                       "metrics_corpus": str(corpus) if corpus else None,
+                                       **review_overrides}.items() if v}
         result = finetune_flow(str(config), overrides=overrides, max_steps=max_steps, restart=restart,
                                evaluate=not no_eval)
         console.print(f"trained to step {result['train']['step']}/{result['train']['total_steps']}; "
@@ -308,7 +316,7 @@ def finetune(
     from keyslice.errors import InputError
     from keyslice.finetune.evaluate import run_finetune
 
-    cfg = _finetune_config(config, out, device, metrics_corpus=str(corpus) if corpus else None)
+    cfg = _finetune_config(config, out, device, metrics_corpus=str(corpus) if corpus else None, **review_overrides)
     try:
         result = run_finetune(cfg, max_steps=max_steps, restart=restart, evaluate=not no_eval,
                               progress=console.print)
