@@ -227,6 +227,7 @@ def test_remote_host_needs_the_token_on_every_request(corpus):
     assert http.get("/api/queue", params={"token": "nope"}).status_code == 403
 
 
+@pytest.mark.slow
 def test_rebuilt_selections_keep_every_review_and_say_which_they_judged(corpus, sample_studies, tmp_path):
     """--force-stage keyslice with other weights: reviews stay, and each still names the selection it judged."""
     from keyslice.selector import save_tiny_checkpoint
@@ -236,6 +237,7 @@ def test_rebuilt_selections_keep_every_review_and_say_which_they_judged(corpus, 
     before = selections(corpus)
     for fid in list(before)[:6]:
         assert c.decide(fid, "accept").status_code == 201
+    open_page = c.finding(list(before)[7])          # a page left open across the rebuild
     other_model = tmp_path / "other_model"
     save_tiny_checkpoint(other_model, seed=1)
     from keyslice.checkpoints import CheckpointStore
@@ -253,6 +255,12 @@ def test_rebuilt_selections_keep_every_review_and_say_which_they_judged(corpus, 
         assert r["selection_sha256"] == selection_sha256(before[r["finding_id"]])
     judged = query(corpus, "select finding_id, judged_current from review_judgements").to_pylist()
     assert len(judged) == 6 and not any(r["judged_current"] for r in judged)
+    # the app that stayed open notices the rebuild instead of recording a judgement of other slices
+    stale = c.post("/api/decision", {"reviewer": c.reviewer, "finding_id": open_page["finding_id"],
+                                     "series_id": open_page["series_id"], "decision": "accept",
+                                     "selection_sha256": open_page["selection_sha256"]})
+    assert stale.status_code == 409 and len(reviews(corpus)) == 6
+    assert c.finding(open_page["finding_id"])["weights_sha256"] == after[open_page["finding_id"]]["weights_sha256"]
     # the app shows the rebuilt selections as not yet reviewed
     c2 = Client(corpus, sample_studies)
     assert len(c2.queue()) == len(after)

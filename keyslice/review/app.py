@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -169,8 +170,6 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
         item = item_or_404(request.query_params.get("id"))
         if state.slices is None or not state.slices.has_study(item["study_id"]):
             return _error(404, "slices are not available: start keyslice review with --input STUDIES_DIR")
-        from starlette.concurrency import run_in_threadpool
-
         from keyslice.review.slices import SeriesMismatchError
 
         try:
@@ -189,8 +188,6 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
             return _error(404, f"slice {index} is outside the series (0..{item['n_slices'] - 1})")
         if state.slices is None or not state.slices.has_study(item["study_id"]):
             return _error(404, "slices are not available: start keyslice review with --input STUDIES_DIR")
-        from starlette.concurrency import run_in_threadpool
-
         from keyslice.review.slices import SeriesMismatchError
 
         try:
@@ -222,8 +219,10 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
         if body.get("series_id") != item["series_id"]:
             return _error(400, f"finding {item['finding_id']} was selected on series {item['series_id']}, "
                                f"not {body.get('series_id')!r}")
-        if body.get("selection_sha256") != item["selection_sha256"]:
-            return _error(409, "this selection has changed since the page loaded it (rebuilt?): reload")
+        current = await run_in_threadpool(state.corpus.current_sha256, item["finding_id"])
+        if current is None or body.get("selection_sha256") != current:
+            return _error(409, "this selection has changed since the page loaded it (the corpus was rebuilt): "
+                               "reload the page")
         row = {"study_id": item["study_id"], "finding_id": item["finding_id"], "series_id": item["series_id"],
                "model_id": item["model_id"], "weights_sha256": item["weights_sha256"],
                "selection_top1_index": item["top1_index"], "selection_top1_z_mm": item["top1_z_mm"],
@@ -241,8 +240,6 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
             row["chosen_index"] = chosen
             row["chosen_z_mm"] = state.corpus.z_of(item["finding_id"], chosen)
             if row["chosen_z_mm"] is None and can_see:
-                from starlette.concurrency import run_in_threadpool
-
                 z = await run_in_threadpool(state.slices.z_mm, item["study_id"], item["series_id"], item["n_slices"])
                 row["chosen_z_mm"] = z[chosen]
         elif kind == "undo":
@@ -254,8 +251,6 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
             if any(r["decision"] == "undo" and r["undoes"] == target["review_id"] for r in state.store.rows()):
                 return _error(409, "that decision is already undone")
             row["undoes"] = target["review_id"]
-        from starlette.concurrency import run_in_threadpool
-
         stored = await run_in_threadpool(state.store.append, row)
         return JSONResponse({"review_id": stored["review_id"], "decision": kind,
                              "progress": progress_of(reviewer)}, status_code=201)

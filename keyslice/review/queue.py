@@ -52,6 +52,26 @@ class Corpus:
             items[r["finding_id"]] = r
         return cls(Path(root), items)
 
+    def current_sha256(self, finding_id: str) -> str | None:
+        """The finding's selection as the corpus holds it at this instant (its study's file re-read), so
+        a rebuild that ran while the app was open is noticed before a decision is recorded; the item
+        is refreshed from it."""
+        from keyslice.checkpoints import CheckpointStore
+
+        item = self.items[finding_id]
+        try:
+            rows = CheckpointStore(self.root).read_rows("selections", item["study_id"])
+        except FileNotFoundError:
+            return None
+        for row in rows:
+            if row["finding_id"] == finding_id:
+                sha = selection_sha256(row)
+                if sha != item["selection_sha256"]:
+                    item.update({k: v for k, v in row.items() if k != "curve"}, selection_sha256=sha)
+                    item["z_step_mm"] = _uniform_step(item)
+                return sha
+        return None
+
     def curve(self, finding_id: str) -> list[float] | None:
         """The stored similarity curve (selections v2), read when the finding is shown."""
         from keyslice.checkpoints import CheckpointStore
