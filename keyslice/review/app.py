@@ -244,6 +244,9 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
                 row["chosen_z_mm"] = z[chosen]
         elif kind == "undo":
             target = state.store.get(str(body.get("undoes")))
+            if target is None:  # perhaps made through another server on the same corpus
+                await run_in_threadpool(state.store.refresh)
+                target = state.store.get(str(body.get("undoes")))
             if target is None or target["reviewer"] != reviewer or target["finding_id"] != item["finding_id"]:
                 return _error(400, "undo must name an earlier decision of the same reviewer on the same finding")
             if target["decision"] not in JUDGEMENTS + ("skip",):
