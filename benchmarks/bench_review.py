@@ -134,7 +134,8 @@ def main() -> int:
     from tests.review_utils import free_port
 
     lines = [f"bench_review: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; SYNTHETIC corpus"]
+             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()[0]:.1f} at "
+             f"start; SYNTHETIC corpus"]
     work = Path(tempfile.mkdtemp(prefix="keyslice-bench-review-"))
     try:
         os.environ.pop("KEYSLICE_PSEUDONYM_KEY", None)
