@@ -10,6 +10,6 @@ review next), :mod:`.slices` (slices of a series rendered on demand from the stu
 :mod:`.cli` (the ``review`` command and ``eval --reviews``).
 """
 
-from keyslice.review.store import DECISIONS, JUDGEMENTS, ReviewStore, effective_decisions, selection_sha256
+from keyslice.review.store import DECISIONS, JUDGEMENTS, ReviewStore, selection_sha256
 
-__all__ = ["DECISIONS", "JUDGEMENTS", "ReviewStore", "effective_decisions", "selection_sha256"]
+__all__ = ["DECISIONS", "JUDGEMENTS", "ReviewStore", "selection_sha256"]

@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 
 from keyslice import __version__
 from keyslice.review.queue import ORDERS, Corpus, order_items, queue_entry
-from keyslice.review.store import DECISIONS, JUDGEMENTS, ReviewStore, effective_decisions
+from keyslice.review.store import DECISIONS, JUDGEMENTS, ReviewStore
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_HEADER = "x-keyslice-token"
@@ -127,9 +127,9 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
     def standing(reviewer: str) -> dict[str, dict]:
         """finding_id -> this reviewer's standing judgement of the finding's current selection."""
         out = {}
-        for (rev, fid, sha), row in effective_decisions(state.store.rows()).items():
+        for (fid, sha), row in state.store.standing(reviewer).items():
             item = state.corpus.items.get(fid)
-            if rev == reviewer and item is not None and item["selection_sha256"] == sha:
+            if item is not None and item["selection_sha256"] == sha:
                 out[fid] = row
         return out
 
@@ -251,7 +251,7 @@ def create_app(state: ReviewState, allowed_hosts: list[str] | None = None) -> St
                 return _error(400, "undo must name an earlier decision of the same reviewer on the same finding")
             if target["decision"] not in JUDGEMENTS + ("skip",):
                 return _error(400, "an undo cannot be undone; decide again instead")
-            if any(r["decision"] == "undo" and r["undoes"] == target["review_id"] for r in state.store.rows()):
+            if state.store.is_undone(target["review_id"]):
                 return _error(409, "that decision is already undone")
             row["undoes"] = target["review_id"]
         stored = await run_in_threadpool(state.store.append, row)

@@ -20,7 +20,7 @@ import json
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import pyarrow.parquet as pq
 
@@ -46,19 +46,6 @@ def selection_sha256(selection: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def effective_decisions(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict]:
-    """The standing judgement per (reviewer, finding_id, selection_sha256): the latest row that is a
-    judgement (see :data:`JUDGEMENTS`) and has not been undone, so undoing the latest judgement lets
-    an earlier one stand again (an undo stack). Skips and undos never stand."""
-    rows = sorted(rows, key=lambda r: (r["decided_at"], r["review_id"]))
-    undone = {r["undoes"] for r in rows if r["decision"] == "undo" and r.get("undoes")}
-    out: dict[tuple[str, str, str], dict] = {}
-    for r in rows:
-        if r["decision"] in JUDGEMENTS and r["review_id"] not in undone:
-            out[(r["reviewer"], r["finding_id"], r["selection_sha256"])] = dict(r)
-    return out
-
-
 class ReviewStore:
     """The ``reviews`` table of one corpus, with an in-memory copy for the app's lookups."""
 
@@ -68,6 +55,44 @@ class ReviewStore:
         self._lock = threading.Lock()
         self._rows: dict[str, dict] = {}
         self._seen: set[str] = set()
+        # standing judgements, kept up to date row by row so that a decision costs the same with
+        # 10 or 10,000 rows: reviewer -> (finding_id, selection_sha256) -> row
+        self._history: dict[tuple[str, str, str], list[dict]] = {}
+        self._undone: set[str] = set()
+        self._standing: dict[str, dict[tuple[str, str], dict]] = {}
+
+    def _index(self, row: dict) -> None:
+        """Fold one row into the standing judgements: the latest judgement per (reviewer, finding,
+        selection) that was not undone, so undoing the latest lets an earlier one stand again (an
+        undo stack). Skips and undos never stand."""
+        if row["decision"] in JUDGEMENTS:
+            key = (row["reviewer"], row["finding_id"], row["selection_sha256"])
+            history = self._history.setdefault(key, [])
+            history.append(row)
+            history.sort(key=lambda r: (r["decided_at"], r["review_id"]))
+            self._restand(key)
+        elif row["decision"] == "undo" and row.get("undoes"):
+            self._undone.add(row["undoes"])
+            target = self._rows.get(row["undoes"])
+            if target is not None and target["decision"] in JUDGEMENTS:
+                self._restand((target["reviewer"], target["finding_id"], target["selection_sha256"]))
+
+    def _restand(self, key: tuple[str, str, str]) -> None:
+        live = [r for r in self._history.get(key, []) if r["review_id"] not in self._undone]
+        per = self._standing.setdefault(key[0], {})
+        if live:
+            per[(key[1], key[2])] = live[-1]
+        else:
+            per.pop((key[1], key[2]), None)
+
+    def is_undone(self, review_id: str) -> bool:
+        with self._lock:
+            return review_id in self._undone
+
+    def standing(self, reviewer: str) -> dict[tuple[str, str], dict]:
+        """(finding_id, selection_sha256) -> the reviewer's standing judgement."""
+        with self._lock:
+            return dict(self._standing.get(reviewer, {}))
 
     def refresh(self) -> list[dict]:
         """Read every decision file not seen yet (another server on the same corpus may add some)."""
@@ -79,6 +104,7 @@ class ReviewStore:
                 table = validate_table("reviews", pq.read_table(path))
                 for row in table.to_pylist():
                     self._rows[row["review_id"]] = row
+                    self._index(row)
                 self._seen.add(path.name)
             return list(self._rows.values())
 
@@ -104,4 +130,5 @@ class ReviewStore:
         with self._lock:
             self._rows[row["review_id"]] = row
             self._seen.add(name)
+            self._index(row)
         return row
