@@ -453,14 +453,22 @@ def finetune(
     prefect: bool = typer.Option(False, "--prefect", help="run as the Prefect flow flows/finetune.py"),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="record the run's metrics in this corpus "
                                                                  "(default: the config's metrics_corpus)"),
+    reviews: Optional[Path] = typer.Option(None, "--reviews", help="also train on this corpus' reviews (keyslice "
+                                                                   "review): accepted/chosen slices positive, "
+                                                                   "rejected ones negative; needs --reviews-input"),
+    reviews_input: Optional[Path] = typer.Option(None, "--reviews-input", help="the studies folder the reviewed "
+                                                                               "corpus was built from"),
 ) -> None:
     """Fine-tune the key-slice selector on organ/lesion pairs (resumable), then evaluate before vs after."""
+    review_overrides = {"pairs.reviews": str(reviews) if reviews else None,
+                        "pairs.reviews_input": str(reviews_input) if reviews_input else None}
     if prefect:
         _quiet_prefect()
         from flows.finetune import finetune_flow
 
         overrides = {k: v for k, v in {"out_dir": str(out) if out else None, "train.device": device,
-                                       "metrics_corpus": str(corpus) if corpus else None}.items() if v}
+                                       "metrics_corpus": str(corpus) if corpus else None,
+                                       **review_overrides}.items() if v}
         result = finetune_flow(str(config), overrides=overrides, max_steps=max_steps, restart=restart,
                                evaluate=not no_eval)
         console.print(f"trained to step {result['train']['step']}/{result['train']['total_steps']}; "
@@ -476,7 +484,7 @@ def finetune(
     from keyslice.errors import InputError
     from keyslice.finetune.evaluate import run_finetune
 
-    cfg = _finetune_config(config, out, device, metrics_corpus=str(corpus) if corpus else None)
+    cfg = _finetune_config(config, out, device, metrics_corpus=str(corpus) if corpus else None, **review_overrides)
     try:
         result = run_finetune(cfg, max_steps=max_steps, restart=restart, evaluate=not no_eval,
                               progress=console.print)
@@ -495,8 +503,8 @@ def finetune(
 
 @app.command("eval")
 def evaluate(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False,
-                                  help="fine-tuning YAML: its CTs, masks, organs and eval settings"),
+    config: Optional[Path] = typer.Argument(None, exists=True, dir_okay=False,
+                                            help="fine-tuning YAML: its CTs, masks, organs and eval settings"),
     model: list[str] = typer.Option([], "--model", help="TAG=SPEC to evaluate (repeatable; SPEC: preset, hf-hub id "
                                                         "or checkpoint folder); default: the run's before/after"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the config's out_dir)"),
@@ -508,8 +516,20 @@ def evaluate(
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="record the run's metrics in this corpus "
                                                                  "(default: the config's metrics_corpus; only for "
                                                                  "the run's own before/after in OUT/eval)"),
+    reviews: Optional[Path] = typer.Option(None, "--reviews", help="instead: acceptance of the key slices reviewed "
+                                                                    "in this corpus (keyslice review), per model and "
+                                                                    "weights, and reader agreement"),
 ) -> None:
-    """Slice-level MAE / Acc@k and per-organ accuracy/F1 (Youden threshold), before vs after, with plots."""
+    """Slice-level MAE / Acc@k and per-organ accuracy/F1 (Youden threshold), before vs after, with plots;
+    or, with --reviews CORPUS, the acceptance of reviewed key slices and reader agreement."""
+    if reviews is not None:
+        from keyslice.review.cli import print_review_metrics
+
+        _require_corpus(reviews)
+        print_review_metrics(reviews, tolerance_mm if tolerance_mm is not None else 10.0)
+        return
+    if config is None:
+        raise typer.BadParameter("give a fine-tuning CONFIG, or --reviews CORPUS")
     from keyslice.finetune.evaluate import evaluate_run
 
     cfg = _finetune_config(config, out, device, **{"eval.threshold_on": threshold_on,
@@ -595,6 +615,11 @@ def compact(
 
         counts = sync_corpus(out, sync_to)
         console.print(f"mirrored to {sync_to}: {counts['uploaded']} files uploaded, {counts['deleted']} deleted")
+
+
+from keyslice.review.cli import review as _review  # noqa: E402  (its heavy imports are lazy)
+
+app.command("review")(_review)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ class BuildConfig:
     use_masks: bool = True
     save_curves: bool = False
     vqa_mask_negatives: bool = False       # "no" for mask-visible organs the report never mentions (marked rows)
+    uncertain_margin: float = 0.01         # a selection whose margin is below this is flagged `uncertain`
+    confidence_tolerance_mm: float = 10.0  # the margin compares with slices farther than this from the top-1
     segmenter: str = "rules"
     llm: LLMSettings = field(default_factory=LLMSettings)
     max_workers: int = 4                   # studies processed concurrently

@@ -70,3 +70,12 @@ def reference_corpus(tmp_path_factory, sample_studies, tiny_model_dir, prefect_h
     result = run_build(build_config(sample_studies, out, tiny_model_dir))
     assert result["n_studies"] == 4 and result["n_done"] > 0
     return out
+
+
+@pytest.fixture(scope="session")
+def review_corpus(tmp_path_factory, sample_studies, tiny_model_dir) -> Path:
+    """The sample corpus built without Prefect (keyslice.stages.process_study) for the review tests,
+    which copy it before recording decisions."""
+    from tests.review_utils import build_sample_corpus
+
+    return build_sample_corpus(sample_studies, tmp_path_factory.mktemp("review") / "corpus", tiny_model_dir)

@@ -63,6 +63,9 @@ def connect(corpus_dir: Path | str) -> duckdb.DuckDBPyConnection:
             con.execute(view_sql(table, pattern))
         else:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}")
+    from keyslice.review.metrics import create_views
+
+    create_views(con)  # review_judgements, review_acceptance_by_* (see keyslice.review.metrics)
     return con
 
 

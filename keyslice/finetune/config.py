@@ -44,6 +44,8 @@ class PairConfig:
     lesion_csv: str | None = None    # CSV: study, slice | instance_number, sentence [, series, organ]
     corpus: str | None = None        # corpus folder: findings.image_refs -> lesion pairs
     reviewed_selections: str | None = None  # CSV/Parquet: study_id, finding_id, slice (reviewed key slices)
+    reviews: str | None = None       # corpus folder: its `reviews` (keyslice review) -> lesion pairs +/-
+    reviews_input: str | None = None  # the studies folder that corpus was built from (the reviewed series' CTs)
     lesion_weight: float = 1.0       # relative sampling weight of lesion rows vs organ rows
 
 
@@ -148,7 +150,11 @@ class FinetuneConfig:
             raise ValueError(f"source names must be unique, got {names}")
         pairs = _sub(PairConfig, data.pop("pairs", None))
         pairs = dataclasses.replace(pairs, lesion_csv=ctx.path(pairs.lesion_csv), corpus=ctx.path(pairs.corpus),
-                                    reviewed_selections=ctx.path(pairs.reviewed_selections))
+                                    reviewed_selections=ctx.path(pairs.reviewed_selections),
+                                    reviews=ctx.path(pairs.reviews), reviews_input=ctx.path(pairs.reviews_input))
+        if bool(pairs.reviews) != bool(pairs.reviews_input):
+            raise ValueError("pairs.reviews (a reviewed corpus) and pairs.reviews_input (the studies folder it was "
+                             "built from) go together")
         cfg = cls(
             seed=int(data.pop("seed")), out_dir=ctx.path(str(data.pop("out_dir"))),
             metrics_corpus=ctx.path(data.pop("metrics_corpus", None)),

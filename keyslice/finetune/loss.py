@@ -7,8 +7,9 @@ z-range; and normal sentences repeat ("The liver is normal."), so two rows with 
 sentence are not negatives of each other. The target matrix ``T[i, j]`` is therefore
 
 * organ text j (organ o): 1 when slice i lies inside o's z-range (from the masks), else 0;
-* lesion text j: 1 when image i is the same slice of the same CT, or row i is a lesion row whose
-  sentence falls in the same normalised group (repeated sentences), else 0;
+* lesion text j: 1 when image i is the same slice of the same CT as a positive row j, or row i is
+  a positive lesion row whose sentence falls in the same normalised group (repeated sentences),
+  else 0; a negative lesion row (a slice a reviewer rejected for the sentence) is never a target;
 * ``T[i, i] = label_i`` (1 for positive rows, 0 for the negative rows of the organ pairs).
 
 Image->text: each row with any target is a cross-entropy against its targets spread evenly
@@ -38,8 +39,8 @@ def target_matrix(rows, inside_lookup, soft: bool = True) -> np.ndarray:
                 t[i, j] = 1.0 if inside_lookup(ri.source, ri.slice, rj.organ) else 0.0
         else:
             for i, ri in enumerate(rows):
-                same_image = ri.source == rj.source and ri.slice == rj.slice
-                same_group = ri.kind == "lesion" and ri.group == rj.group
+                same_image = ri.source == rj.source and ri.slice == rj.slice and rj.label == 1
+                same_group = ri.kind == "lesion" and ri.label == 1 and ri.group == rj.group
                 t[i, j] = 1.0 if (same_image or same_group) else 0.0
     for i, r in enumerate(rows):
         t[i, i] = float(r.label)

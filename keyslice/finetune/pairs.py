@@ -29,6 +29,16 @@ Lesion pairs
     the text); reviewed key-slice selections (``study_id``, ``finding_id``, ``slice``; text from the
     corpus findings or a ``sentence`` column; rows with ``reviewed`` false are dropped). ``study``
     is matched against source names.
+
+Reviews (``pairs.reviews``: a corpus reviewed with ``keyslice review``; ``pairs.reviews_input``: the
+studies folder it was built from)
+    Each reviewed series becomes a training CT named ``<study_id>/<series_id>`` (re-indexed from the
+    studies with the corpus key, as the review app does; its masks used when they overlap). Every
+    standing judgement (``review_judgements``: latest, not undone, per reviewer) gives rows for its
+    finding's sentence: accept -> the top-1 slice positive; choose -> the chosen slice positive and
+    the top-1 slice negative; reject or "not visible" -> the top-1 slice negative. A negative row
+    (label 0) is never a target of its sentence nor of any sentence (see
+    :func:`keyslice.finetune.loss.target_matrix`).
 """
 
 from __future__ import annotations
@@ -216,6 +226,7 @@ class LesionLabel:
     slice: int
     sentence: str
     organ: str | None = None
+    label: int = 1          # 0: a reviewer rejected this slice for this sentence
 
 
 def _slice_from_instance(src: LoadedSource, instance_number: int) -> int | None:
@@ -329,6 +340,79 @@ def lesion_labels_from_selections(path: Path, sources: list[LoadedSource], corpu
     return out
 
 
+def review_source_name(study_id: str, series_id: str) -> str:
+    return f"{study_id}/{series_id}"
+
+
+def _standing_reviews(corpus: Path) -> list[dict]:
+    from keyslice.sql import connect
+
+    return connect(Path(corpus)).sql(
+        "SELECT j.*, f.text FROM review_judgements j JOIN findings f ON f.study_id = j.study_id "
+        "AND f.finding_id = j.finding_id ORDER BY j.decided_at").to_arrow_table().to_pylist()
+
+
+def review_sources(corpus: Path, studies_dir: Path) -> list[LoadedSource]:
+    """The series the corpus' reviews judged, read from the studies folder (see the module docstring)."""
+    from keyslice.dicom import index_study
+    from keyslice.errors import MaskError
+    from keyslice.pseudonym import load_pseudonymizer
+    from keyslice.selector.masks import find_masks
+    from keyslice.selector.volume import load_volume
+    from keyslice.studies import discover_studies
+
+    wanted: dict[str, set[str]] = {}
+    for r in _standing_reviews(corpus):
+        wanted.setdefault(r["study_id"], set()).add(r["series_id"])
+    if not wanted:
+        return []
+    pseudonymize = load_pseudonymizer(Path(corpus), create=False)
+    studies = {s.study_id: s for s in discover_studies(Path(studies_dir), pseudonymize) if s.study_id in wanted}
+    missing = sorted(set(wanted) - set(studies))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} reviewed stud(ies) not found in {studies_dir} with the corpus key "
+                                f"(e.g. {missing[0]}): give the studies folder the corpus was built from")
+    out = []
+    for sid, study in sorted(studies.items()):
+        files = {rec.row["series_id"]: rec.files for rec in index_study(study.path, pseudonymize, image_phase=False).series}
+        masks = find_masks(study.path)
+        for series_id in sorted(wanted[sid]):
+            if series_id not in files:
+                raise FileNotFoundError(f"series {series_id} of study {sid} is not in {study.path} any more")
+            volume = load_volume(files[series_id], decode="eager")
+            use = masks
+            if masks is not None:
+                try:
+                    masks.check_overlap(volume)
+                except MaskError:
+                    use = None
+            name = review_source_name(sid, series_id)
+            out.append(LoadedSource(name, volume, use, SourceConfig(name=name, ct=str(study.path))))
+    return out
+
+
+def lesion_labels_from_reviews(corpus: Path, sources: list[LoadedSource]) -> list[LesionLabel]:
+    """Positive and negative rows from the standing review judgements (see the module docstring)."""
+    by_name = {s.name: s for s in sources}
+    out = []
+    for r in _standing_reviews(corpus):
+        src = by_name.get(review_source_name(r["study_id"], r["series_id"]))
+        if src is None:
+            continue
+        organ = None
+        rows = []
+        if r["decision"] == "accept":
+            rows.append((r["selection_top1_index"], 1))
+        elif r["decision"] == "choose":
+            rows += [(r["chosen_index"], 1), (r["selection_top1_index"], 0)]
+        else:  # reject, not_visible
+            rows.append((r["selection_top1_index"], 0))
+        for k, label in rows:
+            if k is not None and 0 <= int(k) < src.n_slices:
+                out.append(LesionLabel(src.name, int(k), r["text"], organ, label))
+    return out
+
+
 def collect_lesion_labels(pair_cfg, sources: list[LoadedSource]) -> list[LesionLabel]:
     labels: list[LesionLabel] = []
     if pair_cfg.lesion_csv:
@@ -338,12 +422,14 @@ def collect_lesion_labels(pair_cfg, sources: list[LoadedSource]) -> list[LesionL
     if pair_cfg.reviewed_selections:
         labels += lesion_labels_from_selections(Path(pair_cfg.reviewed_selections), sources,
                                                 Path(pair_cfg.corpus) if pair_cfg.corpus else None)
+    if getattr(pair_cfg, "reviews", None):
+        labels += lesion_labels_from_reviews(Path(pair_cfg.reviews), sources)
     return labels
 
 
 def lesion_pairs(labels: list[LesionLabel]) -> list[Pair]:
-    return [Pair("lesion", lb.source, lb.slice, 1, lb.organ, lb.sentence, "s:" + normalize_sentence(lb.sentence))
-            for lb in labels]
+    return [Pair("lesion", lb.source, lb.slice, lb.label, lb.organ, lb.sentence,
+                 "s:" + normalize_sentence(lb.sentence)) for lb in labels]
 
 
 def pairs_table(pairs: list[Pair]):

@@ -250,6 +250,10 @@ class _Run:
         self.model = copy.deepcopy(self.encoder.model).to(self.device).train()
 
         self.sources = [load_source(s) for s in cfg.train_sources]
+        if cfg.pairs.reviews:  # the series judged in `keyslice review`, read from the studies
+            from keyslice.finetune.pairs import review_sources
+
+            self.sources += review_sources(Path(cfg.pairs.reviews), Path(cfg.pairs.reviews_input))
         self.by_name = {s.name: s for s in self.sources}
         organs = list(cfg.pairs.organs) or default_organs(self.sources)
         organ_pairs, self.stats = build_organ_pairs(self.sources, organs, pairs_per_organ=cfg.pairs.pairs_per_organ,
@@ -280,7 +284,9 @@ class _Run:
         self.train_seconds = 0.0
         self.resumed_from: int | None = None
         self.setup_seconds = time.perf_counter() - t0
-        progress(f"{len(self.pairs)} training rows ({len(organ_pairs)} organ, {len(lesion)} lesion) over "
+        n_neg = sum(1 for p in lesion if p.label == 0)
+        progress(f"{len(self.pairs)} training rows ({len(organ_pairs)} organ, {len(lesion)} lesion of which {n_neg} "
+                 f"negative) over "
                  f"{len(self.organs)} organs from {len(self.sources)} CT(s); model {self.init_spec} on "
                  f"{self.device} ({self.precision})")
 

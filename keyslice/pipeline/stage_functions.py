@@ -92,7 +92,9 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     # file lists only (paths are never checkpointed); the phase was settled in step 2
     records = {rec.row["series_id"]: rec
                for rec in index_study(study.path, ctx.pseudonymize, image_phase=False).series}
-    selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks)
+    selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks,
+                                  uncertain_margin=cfg.uncertain_margin,
+                                  confidence_tolerance_mm=cfg.confidence_tolerance_mm)
     cache = EmbeddingCache(ctx.cache_dir / "embeddings")
     rows: Rows = []
     missing = sorted(set(by_series) - set(records))

@@ -50,6 +50,10 @@ class SelectorConfig:
     # "ignore" = select unrestricted (restricted_to None) and log a warning; "raise" = MaskError.
     on_mask_mismatch: str = "ignore"
     prefetch_batches: int = 2           # batches prepared (decoded, pinned) ahead of the encoder
+    # Confidence: the margin compares the top-1 score with the best slice farther than this from it
+    # (the same tolerance as Acc@1), and a margin below ``uncertain_margin`` flags the selection.
+    confidence_tolerance_mm: float = 10.0
+    uncertain_margin: float = 0.01
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -58,6 +62,8 @@ class SelectorConfig:
             get_window(self.window)
         if self.on_mask_mismatch not in ("raise", "ignore"):
             raise ValueError("on_mask_mismatch must be 'raise' or 'ignore'")
+        if self.confidence_tolerance_mm < 0:
+            raise ValueError("confidence_tolerance_mm must be >= 0")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):
             raise ValueError("batch_size must be 'auto' or a positive int")
 
@@ -86,6 +92,9 @@ class SliceChoice:
     model_id: str = ""
     weights_sha256: str = ""
     curve: tuple[float, ...] = field(default=(), repr=False, compare=False)  # scores of every slice
+    margin: float | None = None
+    peakedness: float | None = None
+    uncertain: bool | None = None
 
     def record(self) -> dict:
         """The fields of a ``selections`` row that the selector knows (the caller adds study_id,
@@ -97,6 +106,8 @@ class SliceChoice:
             "top1_score": self.top1_score, "topk_indices": list(self.topk_indices),
             "topk_scores": list(self.topk_scores), "restricted_to": self.restricted_to,
             "z_range_mm": list(self.z_range_mm) if self.z_range_mm is not None else None,
+            "margin": self.margin, "peakedness": self.peakedness, "uncertain": self.uncertain,
+            "curve": list(self.curve) if self.curve else None,
         }
 
 
@@ -254,6 +265,34 @@ def gaussian_smooth(scores: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.nn.functional.conv1d(padded, k.view(1, 1, -1)).squeeze(1)
 
 
+@dataclass(frozen=True)
+class Confidence:
+    margin: float | None       # top-1 minus the best allowed slice outside the tolerance window
+    peakedness: float | None   # z-score of the top-1 score among the allowed slices
+    uncertain: bool | None     # margin < threshold; None when there is no margin
+
+
+def selection_confidence(curve, allowed, z_mm, top: int, tolerance_mm: float, threshold: float) -> Confidence:
+    """How clearly a curve singles out its top-1 slice.
+
+    A second peak far from the top-1 slice (a different level of the body) means the model could
+    as well have chosen elsewhere, whereas neighbours of the top-1 slice score alike in any smooth
+    curve; so the margin is taken against the best *allowed* slice more than ``tolerance_mm`` away
+    (the tolerance of Acc@1: a slice within it counts as the same answer). Peakedness says how far
+    the top-1 stands above the bulk of the curve, in standard deviations.
+    """
+    scores = np.asarray(curve, dtype=np.float64)
+    ok = np.asarray(allowed, dtype=bool)
+    z = np.asarray(z_mm, dtype=np.float64)
+    far = ok & (np.abs(z - z[top]) > tolerance_mm + 1e-6)
+    margin = float(scores[top] - scores[far].max()) if far.any() else None
+    peakedness = None
+    if ok.sum() >= 2:
+        std = float(scores[ok].std())
+        peakedness = float((scores[top] - scores[ok].mean()) / std) if std > 0 else 0.0
+    return Confidence(margin, peakedness, None if margin is None else bool(margin < threshold))
+
+
 def window_for_query(query: Query, config: SelectorConfig, encoder: ClipEncoder) -> str:
     if config.window != "auto":
         return config.window
@@ -320,10 +359,13 @@ def _choose(volume, query: Query, window_name: str, curve: torch.Tensor, valid: 
     scores, idx = torch.topk(masked, k)
     top = int(idx[0])
     inst = volume.instance_numbers[top] if volume.instance_numbers else None
+    conf = selection_confidence(curve.numpy(), allowed.numpy(), volume.z_mm, top,
+                                config.confidence_tolerance_mm, config.uncertain_margin)
     return SliceChoice(
         finding_id=query.finding_id, window=window_name, n_slices=volume.n_slices, top1_index=top,
         top1_score=float(scores[0]), topk_indices=tuple(int(i) for i in idx),
         topk_scores=tuple(float(s) for s in scores), restricted_to=restricted_to, z_range_mm=z_range,
         top1_instance_number=inst, top1_z_mm=float(volume.z_mm[top]), model_id=encoder.model_id,
         weights_sha256=encoder.weights_sha256, curve=tuple(float(c) for c in curve),
+        margin=conf.margin, peakedness=conf.peakedness, uncertain=conf.uncertain,
     )
