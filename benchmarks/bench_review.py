@@ -39,10 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from keyslice.checkpoints import CheckpointStore  # noqa: E402
+from keyslice.corpus.checkpoints import CheckpointStore  # noqa: E402
 from keyslice.pseudonym import load_pseudonymizer  # noqa: E402
-from keyslice.schemas import to_table  # noqa: E402
-from keyslice.atomic import write_parquet_atomic  # noqa: E402
+from keyslice.corpus.schemas import to_table  # noqa: E402
+from keyslice.corpus.atomic import write_parquet_atomic  # noqa: E402
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 ORGANS = ["liver", "kidney", "spleen", "pancreas", "lung", "aorta", "gallbladder", "stomach"]

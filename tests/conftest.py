@@ -74,7 +74,7 @@ def reference_corpus(tmp_path_factory, sample_studies, tiny_model_dir, prefect_h
 
 @pytest.fixture(scope="session")
 def review_corpus(tmp_path_factory, sample_studies, tiny_model_dir) -> Path:
-    """The sample corpus built without Prefect (keyslice.stages.process_study) for the review tests,
+    """The sample corpus built without Prefect (keyslice.pipeline.run.process_study) for the review tests,
     which copy it before recording decisions."""
     from tests.review_utils import build_sample_corpus
 

@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_sample_corpus(samples: Path, out: Path, model: Path, **kw) -> Path:
-    """The sample corpus through keyslice.stages.process_study (the build's own stage code, no Prefect)."""
-    from keyslice.context import make_context
-    from keyslice.stages import process_study
-    from keyslice.studies import discover_studies
+    """The sample corpus through keyslice.pipeline.run.process_study (the build's own stage code, no Prefect)."""
+    from keyslice.pipeline.context import make_context
+    from keyslice.pipeline.run import process_study
+    from keyslice.pipeline.studies import discover_studies
 
     os.environ["KEYSLICE_PSEUDONYM_KEY"] = BUILD_KEY
     cfg = build_config(samples, out, model, device="cpu", **kw)

@@ -90,7 +90,8 @@ def _corpus_with_findings(tmp_path):
     store = CheckpointStore(tmp_path / "corpus")
     row = {"study_id": "s1", "finding_id": "s1:0", "finding_index": 0, "section": "findings",
            "text": 'Cyst, "simple".', "organ": "liver", "organs": ["liver", "kidney"], "ts_labels": ["liver"],
-           "status": "abnormal", "laterality": None, "measurements_mm": [12.0], "phase_hint": None,
+           "status": "abnormal", "abnormalities": ["cyst"], "negated_abnormalities": [], "modifiers": [],
+           "laterality": None, "measurements_mm": [12.0], "phase_hint": None,
            "image_refs": [], "language": "en", "segmenter": "rules", "created_at": dt.datetime.now(dt.timezone.utc)}
     store.commit_stage("segment", "s1", {"findings": [row]}, "run1")
     return store.root

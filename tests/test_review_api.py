@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from keyslice.review.app import create_app, open_state
 from keyslice.review.queue import order_items
 from keyslice.review.store import selection_sha256
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 from tests.corpus_utils import BUILD_KEY
 from tests.review_utils import copy_corpus
 
@@ -240,7 +240,7 @@ def test_rebuilt_selections_keep_every_review_and_say_which_they_judged(corpus, 
     open_page = c.finding(list(before)[7])          # a page left open across the rebuild
     other_model = tmp_path / "other_model"
     save_tiny_checkpoint(other_model, seed=1)
-    from keyslice.checkpoints import CheckpointStore
+    from keyslice.corpus.checkpoints import CheckpointStore
 
     store = CheckpointStore(corpus)
     for sid in store.done_studies("keyslice"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 from tests.corpus_utils import BUILD_KEY
 from tests.review_utils import REPO, ReviewServer, copy_corpus
 

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from keyslice.cli import app
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 from tests.corpus_utils import BUILD_KEY
 from tests.real_data import DATA
 from tests.review_utils import REPO, build_sample_corpus, copy_corpus
@@ -76,7 +76,7 @@ def test_build_review_finetune_rebuild_review(review_corpus, sample_studies, tin
     model_dir = tmp_path / "run" / "model"
     assert model_dir.is_dir()
 
-    from keyslice.checkpoints import CheckpointStore
+    from keyslice.corpus.checkpoints import CheckpointStore
 
     store = CheckpointStore(corpus)
     for sid in store.done_studies("keyslice"):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from keyslice.cli import app
 from keyslice.review.metrics import cohen_kappa, reader_agreement
 from keyslice.review.store import ReviewStore, selection_sha256
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 from tests.corpus_utils import BUILD_KEY
 from tests.review_utils import copy_corpus
 

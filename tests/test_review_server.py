@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 from tests.corpus_utils import BUILD_KEY
 from tests.review_utils import ReviewServer, copy_corpus
 

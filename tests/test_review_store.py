@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from keyslice.review.store import ReviewStore
-from keyslice.schemas import SchemaError
+from keyslice.corpus.schemas import SchemaError
 
 T0 = dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.timezone.utc)
 

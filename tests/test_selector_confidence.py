@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from keyslice.checkpoints import CheckpointStore
-from keyslice.schemas import table_schema, to_table
+from keyslice.corpus.checkpoints import CheckpointStore
+from keyslice.corpus.schemas import table_schema, to_table
 from keyslice.selector.select import SelectorConfig, selection_confidence
-from keyslice.sql import query
+from keyslice.corpus.sql import query
 
 Z = np.arange(10, dtype=float) * 5.0          # 10 slices, 5 mm apart
 

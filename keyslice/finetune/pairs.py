@@ -345,7 +345,7 @@ def review_source_name(study_id: str, series_id: str) -> str:
 
 
 def _standing_reviews(corpus: Path) -> list[dict]:
-    from keyslice.sql import connect
+    from keyslice.corpus.sql import connect
 
     return connect(Path(corpus)).sql(
         "SELECT j.*, f.text FROM review_judgements j JOIN findings f ON f.study_id = j.study_id "
@@ -359,7 +359,7 @@ def review_sources(corpus: Path, studies_dir: Path) -> list[LoadedSource]:
     from keyslice.pseudonym import load_pseudonymizer
     from keyslice.selector.masks import find_masks
     from keyslice.selector.volume import load_volume
-    from keyslice.studies import discover_studies
+    from keyslice.pipeline.studies import discover_studies
 
     wanted: dict[str, set[str]] = {}
     for r in _standing_reviews(corpus):

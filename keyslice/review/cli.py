@@ -67,7 +67,7 @@ def print_review_metrics(corpus: Path, tolerance_mm: float = 10.0) -> dict:
     """The acceptance table (per model and weights, in the order reviewed), acceptance per organ and
     phase, and reader agreement; returns them as data as well."""
     from keyslice.review.metrics import acceptance_table, reader_agreement
-    from keyslice.sql import connect
+    from keyslice.corpus.sql import connect
 
     con = connect(corpus)
     models = acceptance_table(con)

@@ -41,7 +41,7 @@ class Corpus:
 
     @classmethod
     def load(cls, root: Path) -> "Corpus":
-        from keyslice.sql import connect
+        from keyslice.corpus.sql import connect
 
         con = connect(root)
         rows = con.sql(_ITEMS_SQL).to_arrow_table().to_pylist()
@@ -56,7 +56,7 @@ class Corpus:
         """The finding's selection as the corpus holds it at this instant (its study's file re-read), so
         a rebuild that ran while the app was open is noticed before a decision is recorded; the item
         is refreshed from it."""
-        from keyslice.checkpoints import CheckpointStore
+        from keyslice.corpus.checkpoints import CheckpointStore
 
         item = self.items[finding_id]
         try:
@@ -74,7 +74,7 @@ class Corpus:
 
     def curve(self, finding_id: str) -> list[float] | None:
         """The stored similarity curve (selections v2), read when the finding is shown."""
-        from keyslice.checkpoints import CheckpointStore
+        from keyslice.corpus.checkpoints import CheckpointStore
 
         item = self.items[finding_id]
         table = CheckpointStore(self.root).read("selections", item["study_id"])

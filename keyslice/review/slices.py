@@ -3,7 +3,7 @@
 The corpus keeps only each finding's key-slice PNG and never a file path, so to show the slices
 around the key slice (and to let the reader choose any slice) ``keyslice review --input STUDIES``
 re-indexes the studies the way the build does: study folders are matched by their pseudonym
-(:func:`keyslice.studies.discover_studies` with the corpus key), series by theirs
+(:func:`keyslice.pipeline.studies.discover_studies` with the corpus key), series by theirs
 (:func:`keyslice.dicom.index_study`), and a slice is served only for a (study, series) pair that
 the corpus' selections name and only when the series still has the slice count the selection was
 made on. Rendered PNGs (the selection's window, no metadata chunks) are cached under
@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from keyslice.atomic import write_bytes_atomic
+from keyslice.corpus.atomic import write_bytes_atomic
 
 
 class SeriesMismatchError(ValueError):
@@ -25,7 +25,7 @@ class SeriesMismatchError(ValueError):
 
 class SliceSource:
     def __init__(self, corpus: Path, input_dir: Path, pseudonymize, *, max_volumes: int = 3) -> None:
-        from keyslice.studies import discover_studies
+        from keyslice.pipeline.studies import discover_studies
 
         self.cache = Path(corpus) / "cache" / "review"
         self.pseudonymize = pseudonymize

@@ -1,7 +1,7 @@
 """Reviewer decisions: append-only, one atomically written Parquet file per decision.
 
 ``CORPUS/tables/reviews/<decided_at>-<review_id>.parquet`` is written to a temporary name, fsynced
-and renamed (:func:`keyslice.atomic.write_parquet_atomic`) before the app acknowledges the
+and renamed (:func:`keyslice.corpus.atomic.write_parquet_atomic`) before the app acknowledges the
 decision, so an acknowledged decision survives ``kill -9`` and a power cut, and a killed server
 loses at most the decision it had not yet acknowledged. Names are unique (time + uuid4): two
 reviewers, or two servers on one corpus, never write the same file. Nothing is ever rewritten:
@@ -24,8 +24,8 @@ from typing import Any, Mapping
 
 import pyarrow.parquet as pq
 
-from keyslice.atomic import write_parquet_atomic
-from keyslice.schemas import to_table, utcnow, validate_table
+from keyslice.corpus.atomic import write_parquet_atomic
+from keyslice.corpus.schemas import to_table, utcnow, validate_table
 
 #: every value of ``reviews.decision``
 DECISIONS = ("accept", "reject", "choose", "not_visible", "skip", "undo")
