@@ -21,6 +21,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Turn CT studies and their reports into a Medical VQA dataset.")
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _quiet_prefect() -> None:
@@ -102,6 +103,8 @@ def build(
 
 
 def _print_status(out: Path) -> None:
+    from rich.markup import escape
+
     from keyslice.corpus.status import corpus_status
 
     status = corpus_status(out)
@@ -115,8 +118,17 @@ def _print_status(out: Path) -> None:
     rows.add_column("table")
     rows.add_column("rows", justify="right")
     for name, n in status.table_rows.items():
-        rows.add_row(name, str(n))
+        rows.add_row(name, "unreadable" if n is None else str(n))
     console.print(rows)
+    for name, error in status.table_errors.items():
+        console.print(f"[red]table {name} cannot be read:[/red] {escape(error)}", highlight=False, soft_wrap=True)
+    if status.damaged:
+        damaged = Table(title="damaged files (the next `keyslice build` recomputes their stages)")
+        for col in ("study_id", "stage", "file", "problem"):
+            damaged.add_column(col, overflow="fold")
+        for d in status.damaged:
+            damaged.add_row(d.study_id, d.stage, d.file, d.problem)
+        console.print(damaged)
     if status.open_failures:
         failed = Table(title="failed studies (latest error per stage)")
         for col in ("study_id", "stage", "error_type", "message", "attempt"):
@@ -156,15 +168,20 @@ def sql(
     """Query the corpus with DuckDB."""
     import duckdb
 
-    from keyslice.corpus.sql import query as run_query
+    from rich.markup import escape
+
+    from keyslice.corpus.sql import QueryRefusedError, query as run_query
     from keyslice.corpus.storage import is_url, normalize
 
     if not is_url(normalize(out)):  # a corpus URL is checked by DuckDB when it reads it
         _require_corpus(out)
     try:
         result = run_query(out, query)
+    except QueryRefusedError as exc:
+        err_console.print(f"[red]query refused:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=2) from exc
     except duckdb.Error as exc:
-        console.print(f"[red]query failed:[/red] {exc}")
+        err_console.print(f"[red]query failed:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=2) from exc
     if fmt is OutFormat.table:
         console.print(_rich_table(result))

@@ -80,6 +80,9 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
     for stage in select_stages(cfg.force_stages) if cfg.force_stages else []:
         for study in studies:
             ctx.store.invalidate(stage, study.study_id)
+    for study in studies:
+        for damage in ctx.store.repair(study.study_id):
+            logger.warning("damaged corpus file %s", damage)
     if incremental:
         complete = len(studies)
         studies = [s for s in studies if not all(ctx.store.is_done(stage, s.study_id) for stage in selected)]
