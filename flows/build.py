@@ -37,7 +37,15 @@ def build_flow(config: dict[str, Any], studies_filter: list[str] | None = None,
     with corpus_lock(cfg.out_dir):
         return execute(ctx, lambda studies, names, c: _run_studies(studies, names, c, window),
                        studies_filter=studies_filter, incremental=incremental, stages=stages,
-                       logger=get_run_logger())
+                       logger=get_run_logger(), preflight_model=not _on_dask())
+
+
+def _on_dask() -> bool:
+    """Whether this flow run's tasks go to a Dask cluster (their workers load the model, not the flow)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and type(ctx.task_runner).__name__ == "DaskTaskRunner"
 
 
 def _run_studies(studies: list, stages: list[str], ctx: BuildContext, window: int) -> list:

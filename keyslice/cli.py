@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 import yaml
@@ -41,7 +42,13 @@ class OutFormat(str, Enum):
 
 def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[str], force_stage: list[str],
            workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None) -> dict:
+    from rich.markup import escape
+
     from keyslice.config import BuildConfig
+    from keyslice.corpus.lock import CorpusLockedError, corpus_lock
+    from keyslice.errors import ModelWeightsMissingError
+    from keyslice.pipeline.studies import ManifestError
+    from keyslice.pseudonym import KeyMismatchError
 
     try:
         cfg = BuildConfig.from_settings(config, input_dir=str(input_dir), out_dir=str(out), model=model,
@@ -53,15 +60,55 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
     if not Path(cfg.input_dir).is_dir():  # before the build creates or locks anything under OUT
         raise typer.BadParameter(f"input folder {cfg.input_dir} does not exist; --input (or input_dir in the "
                                  "config) must be a folder of studies, see the README's input contract")
-    with console.status(f"building corpus in {out} ..."):
-        if runner == "local":
-            from keyslice.pipeline.api import build as build_corpus
+    try:
+        with corpus_lock(cfg.out_dir):  # asked here first: a locked corpus is a message, not a flow-run traceback
+            pass
+        with _stop_on_sigterm(), console.status(f"building corpus in {out} ..."):
+            if runner == "local":
+                from keyslice.pipeline.api import build as build_corpus
 
-            return build_corpus(config=cfg, runner="threads")
-        _quiet_prefect()
-        from flows.build import run_build
+                return build_corpus(config=cfg, runner="threads")
+            _quiet_prefect()
+            from flows.build import run_build
+            from flows.server import build_api_server
 
-        return run_build(cfg, task_runner=runner, dask_address=dask_address)
+            with build_api_server():
+                return run_build(cfg, task_runner=runner, dask_address=dask_address)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]build stopped; every committed stage is kept: rerun `keyslice build` to resume"
+                          "[/yellow]")
+        raise typer.Exit(code=130) from None
+    except (KeyMismatchError, ManifestError, ModelWeightsMissingError) as exc:  # refused before any study ran
+        err_console.print(f"[red]build refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except CorpusLockedError as exc:
+        err_console.print(f"[red]build refused:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except PermissionError as exc:
+        err_console.print(f"[red]cannot write the corpus:[/red] {exc.strerror or exc} ({exc.filename}); "
+                          f"build into a folder you can write, or fix its permissions", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, systemd, a container stop) ends the build like Ctrl-C: KeyboardInterrupt
+    unwinds the flow, committed stages stay, the Prefect API server this build started is stopped."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _require_corpus(out: Path) -> None:
@@ -91,15 +138,30 @@ def build(
     dask_address: Optional[str] = typer.Option(None, help="with --runner dask: an existing scheduler, e.g. "
                                                           "tcp://host:8786 (default $KEYSLICE_DASK_ADDRESS, "
                                                           "else a temporary local cluster)"),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="exit 0 even when some studies failed "
+                                                                      "(their errors are in `keyslice status`)"),
 ) -> None:
     """Build the studies of INPUT into the corpus OUT (a Prefect flow unless --runner local); reruns
-    resume (done stages are skipped)."""
+    resume (done stages are skipped).
+
+    Exit status: 0 every study complete; 1 some study failed (0 with --allow-partial) or no study was
+    found; 2 refused before building (options, a locked corpus, another pseudonym key, a bad manifest,
+    missing model weights); 130 stopped by Ctrl-C or SIGTERM (rerun to resume).
+    """
     result = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address)
     _print_run(result)
     _print_status(out)
-    if result["n_failed"]:
-        console.print("[yellow]some studies failed: `keyslice status --out ...` lists them; "
-                      "fix the input and rerun `keyslice build` to retry them[/yellow]")
+    failed = sorted({o["study_id"] for o in result.get("outcomes", []) if o["status"] in ("failed", "blocked")})
+    if result["n_studies"] == 0:
+        err_console.print(f"[yellow]no study found under {input_dir}: a study is a folder with a report.txt "
+                          "(or a manifest.csv row); see the README's input contract[/yellow]")
+        raise typer.Exit(code=1)
+    if failed or result["n_failed"]:
+        err_console.print(f"[yellow]{len(failed) or 'some'} of {result['n_studies']} studies did not complete: "
+                          "`keyslice status --out ...` lists their errors; fix the input and rerun "
+                          "`keyslice build` to retry them[/yellow]")
+        if not allow_partial:
+            raise typer.Exit(code=1)
 
 
 def _print_status(out: Path) -> None:

@@ -28,6 +28,7 @@ from keyslice.pipeline.registry import select_stages
 from keyslice.pipeline.run import StageOutcome, process_study
 from keyslice.pipeline.runs import record_run
 from keyslice.pipeline.studies import Study, discover_studies
+from keyslice.pseudonym import check_corpus_key
 
 log = logging.getLogger("keyslice.build")
 
@@ -60,16 +61,24 @@ class ThreadRunner:
 
 def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | None = None,
             incremental: bool = False, stages: list[str] | tuple[str, ...] | None = None,
-            logger: logging.Logger | logging.LoggerAdapter = log) -> dict[str, Any]:
+            logger: logging.Logger | logging.LoggerAdapter = log, preflight_model: bool = True) -> dict[str, Any]:
     """The corpus build over ``ctx`` with ``runner``; the caller holds the corpus lock.
 
     ``incremental``: only studies that are not complete get run at all (new studies, failed or
     forced ones), which keeps a scheduled build over a large, mostly built corpus cheap.
     ``stages``: only these stages (default all), e.g. the GPU stage on a GPU machine; a stage whose
     upstream stage is not done reports ``blocked``.
+    ``preflight_model``: load the selector model here once before any study runs, so missing weights
+    stop the build with one :class:`ModelWeightsMissingError` instead of failing every study (the
+    in-process runners reuse the loaded model; a Dask build passes False).
+
+    Refused before any study runs: a pseudonym key other than the corpus' (:class:`KeyMismatchError`)
+    and an unusable manifest (:class:`ManifestError`). Damaged files of done stages (see
+    :meth:`CheckpointStore.repair`) are moved aside and their stages redone.
     """
     cfg = ctx.config
     selected = select_stages(stages)
+    check_corpus_key(cfg.out_dir, ctx.pseudonymize)
     swept = sweep_temporaries(cfg.out_dir)
     if swept:
         logger.info("removed %d half-written temporary file(s) left by an interrupted build", swept)
@@ -88,6 +97,9 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
         studies = [s for s in studies if not all(ctx.store.is_done(stage, s.study_id) for stage in selected)]
         logger.info("incremental: %d complete studies skipped without tasks", complete - len(studies))
     logger.info("building %d studies into %s (run %s)", len(studies), cfg.out_dir, ctx.run_id)
+    if preflight_model and "keyslice" in selected and any(not ctx.store.is_done("keyslice", s.study_id)
+                                                          for s in studies):
+        _check_model(cfg)
 
     outcomes = runner(studies, selected, ctx)
     run = record_run(ctx, started, len(studies), outcomes)
@@ -97,6 +109,12 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
     return {"run_id": ctx.run_id, "n_studies": len(studies),
             **{k: run[k] for k in ("n_done", "n_skipped", "n_failed", "n_blocked")},
             "outcomes": [o.__dict__ for o in outcomes]}
+
+
+def _check_model(cfg: BuildConfig) -> None:
+    from keyslice.selector import load_model
+
+    load_model(cfg.model, device=cfg.device, precision=cfg.precision)
 
 
 RUNNERS: dict[str, Callable[[BuildConfig], Runner]] = {

@@ -11,6 +11,7 @@ its keyed-hash pseudonym ever reaches the corpus.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 
 from keyslice.errors import InputError
 from keyslice.pseudonym import Pseudonymizer
+from keyslice.report.reading import MAX_REPORT_BYTES, read_report_text
 
 REPORT_NAME = "report.txt"
 
@@ -30,21 +32,48 @@ class Study:
     path: Path
     report_text: str | None  # from the manifest; None means read report.txt
 
-    def read_report(self) -> str:
+    def read_report(self, max_bytes: int = MAX_REPORT_BYTES) -> str:
         if self.report_text is not None:
             return self.report_text
         report = self.path / REPORT_NAME
         if not report.exists():
             raise InputError(f"study has no {REPORT_NAME}; add one or list the study in a manifest")
-        return report.read_text(encoding="utf-8", errors="replace")
+        return read_report_text(report, max_bytes)
+
+
+class ManifestError(InputError, ValueError):
+    """The manifest itself is unusable (columns, paths outside the input folder, duplicate rows):
+    the whole build is refused before anything is written, since a half-built manifest would be
+    a corpus nobody asked for."""
 
 
 def _read_manifest(path: Path) -> list[tuple[str, str]]:
     table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
     missing = {"study", "report"} - set(table.column_names)
     if missing:
-        raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs 'study' and 'report'")
+        raise ManifestError(f"manifest {path.name} lacks column(s) {sorted(missing)}; it needs 'study' and 'report'")
     return list(zip(table.column("study").to_pylist(), table.column("report").to_pylist()))
+
+
+def manifest_folder(rel: object, row: int) -> str:
+    """A manifest's ``study`` value as a clean relative folder; refuses paths that leave the input folder.
+
+    Checked on the text, not on the resolved path: a study folder may be a symbolic link the operator
+    placed inside the input folder (to data elsewhere), but a manifest row may not name ``..``, an
+    absolute path or a home folder.
+    """
+    text = "" if rel is None else str(rel).strip()
+    if not text:
+        raise ManifestError(f"manifest row {row}: empty 'study'; give the study folder relative to the input folder")
+    posix = text.replace("\\", "/")
+    if posix.startswith(("/", "~")) or (len(posix) > 1 and posix[1] == ":"):
+        raise ManifestError(f"manifest row {row}: 'study' must be a folder relative to the input folder, "
+                            f"not an absolute path")
+    norm = posixpath.normpath(posix)
+    if norm == ".." or norm.startswith("../"):
+        raise ManifestError(f"manifest row {row}: 'study' leaves the input folder ('..'); "
+                            f"studies must lie inside the input folder")
+    return norm
 
 
 def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Path | None = None) -> list[Study]:
@@ -58,12 +87,22 @@ def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Pat
                 manifest = input_dir / name
     studies: list[Study] = []
     if manifest is not None:
-        for rel, text in _read_manifest(Path(manifest)):
-            folder = (input_dir / rel)
-            studies.append(Study(pseudonymize("study", Path(rel).as_posix()), Path(rel).as_posix(), folder,
-                                 text if text is not None else ""))
+        seen: dict[str, int] = {}
+        for row, (rel, text) in enumerate(_read_manifest(Path(manifest)), start=1):
+            key = manifest_folder(rel, row)
+            if key in seen:
+                raise ManifestError(f"manifest rows {seen[key]} and {row} name the same study folder; "
+                                    f"list each study once (one report per study)")
+            seen[key] = row
+            studies.append(Study(pseudonymize("study", key), key, input_dir / key, text if text is not None else ""))
     else:
+        visited: set[tuple[int, int]] = set()  # real folders already walked: symbolic links never loop
         for root, dirs, files in os.walk(input_dir, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in visited:
+                dirs[:] = []
+                continue
+            visited.add((st.st_dev, st.st_ino))
             if REPORT_NAME in files:
                 rel = Path(root).relative_to(input_dir).as_posix()
                 studies.append(Study(pseudonymize("study", rel), rel, Path(root), None))
