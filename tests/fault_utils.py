@@ -53,7 +53,7 @@ def failures(out: Path) -> list[dict]:
 
 
 def duplicate_keys(out: Path) -> dict[str, int]:
-    keys = {"studies": "study_id", "series": "series_id", "findings": "finding_id", "assignments": "finding_id",
+    keys = {"studies": "study_id", "series": "study_id, series_id", "findings": "finding_id", "assignments": "finding_id",
             "selections": "finding_id, series_id", "vqa": "qa_id"}
     found = {}
     for table, key in keys.items():
