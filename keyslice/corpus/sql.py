@@ -73,7 +73,10 @@ def lock_down(con: duckdb.DuckDBPyConnection, root: Path | str) -> None:
     from keyslice.corpus import storage
 
     tables = storage.join(root, "tables") + "/"
-    con.execute(f"SET allowed_directories = [{sql_literal(tables)}]")
+    allowed = [tables]
+    if storage.is_url(tables):  # fsspec filesystems report their files as scheme:///path
+        allowed.append(tables.replace("://", ":///", 1))
+    con.execute(f"SET allowed_directories = [{', '.join(sql_literal(a) for a in allowed)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")

@@ -93,7 +93,7 @@ def split_sections(text: str) -> list[tuple[str, str]]:
         n_title = 0
         while n_title < len(lines) and (not lines[n_title].strip() or TITLE_RE.match(lines[n_title])):
             n_title += 1
-        if n_title and any(line.strip() for line in lines[:n_title]):
+        if n_title < len(lines) and any(line.strip() for line in lines[:n_title]):
             return [("technique", "".join(lines[:n_title])), ("findings", "".join(lines[n_title:]))]
         return [("findings", text)]
     parts: list[tuple[str, str]] = []
