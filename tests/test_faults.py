@@ -370,3 +370,20 @@ def test_cli_status_lists_damaged_files(fault_build, tmp_path):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.replace("│", " ").split())
     assert "damaged files" in text and "checksum mismatch" in text and "table vqa cannot be read" in text
+
+
+def test_cli_unwritable_corpus_is_a_message_not_a_traceback(tmp_path):
+    """/sys refuses new folders even to root: the closest thing to a read-only corpus location here."""
+    try:
+        os.mkdir("/sys/keyslice-probe")
+    except PermissionError:
+        pass
+    else:  # pragma: no cover - a writable /sys
+        os.rmdir("/sys/keyslice-probe")
+        pytest.skip("/sys is writable on this machine")
+    except OSError as exc:  # pragma: no cover
+        pytest.skip(f"/sys gives {type(exc).__name__} here, not a permission error")
+    (tmp_path / "studies").mkdir()
+    result = _cli("build", "--input", tmp_path / "studies", "--out", "/sys/keyslice-corpus", "--runner", "local")
+    assert result.exit_code == 2
+    assert "cannot write the corpus" in result.output and "Traceback" not in result.output
