@@ -54,9 +54,15 @@ class ThreadRunner:
     max_workers: int = 4
 
     def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext) -> list[StageOutcome]:
-        with ThreadPoolExecutor(max_workers=max(self.max_workers, 1), thread_name_prefix="keyslice") as pool:
+        pool = ThreadPoolExecutor(max_workers=max(self.max_workers, 1), thread_name_prefix="keyslice")
+        try:
             per_study = pool.map(lambda study: process_study(study, ctx, stages), studies)
             return [o for outcomes in per_study for o in outcomes]
+        except BaseException:  # Ctrl-C / SIGTERM: studies not started yet never start; running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
 
 def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | None = None,
