@@ -387,3 +387,23 @@ def test_cli_unwritable_corpus_is_a_message_not_a_traceback(tmp_path):
     result = _cli("build", "--input", tmp_path / "studies", "--out", "/sys/keyslice-corpus", "--runner", "local")
     assert result.exit_code == 2
     assert "cannot write the corpus" in result.output and "Traceback" not in result.output
+
+
+# -- report bytes: encodings and what counts as language ------------------------------------------------
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "cp1252", "latin-1"])
+def test_report_encodings_are_detected(encoding):
+    from keyslice.report.reading import decode_report
+
+    text = "FINDINGS: A 3 \u00d7 2 cm lesion. Caf\u00e9-au-lait spots. The spleen is normal.\n"
+    assert decode_report(text.encode(encoding)) == text
+
+
+@pytest.mark.parametrize("text", [
+    "Liver: unremarkable. Spleen: unremarkable. Pancreas: unremarkable. Kidneys: unremarkable. " * 5,
+    "FINDINGS:\nLiver 12 cm. Spleen 11 cm. CBD 4 mm. LAD: none.\n",
+    "\u809d\u810f\u5de6\u53f6\u89c1\u4e00\u4f4e\u5bc6\u5ea6\u7076\u3002",   # Chinese: the segmenter's language check decides
+])
+def test_real_report_styles_are_language(text):
+    from keyslice.report.reading import check_language_like
+
+    check_language_like(text)

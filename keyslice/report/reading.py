@@ -12,7 +12,7 @@ and random bytes into "findings"; here:
    the Western single-byte encodings only, where a short Latin-1 report cannot be mistaken for
    Shift-JIS. Nothing decodes cleanly: :class:`UndecodableReportError`, never replacement marks;
 3. :func:`check_language_like` refuses text that is not language (control characters, no
-   words, symbol soup, no function word in a long text) with :class:`NotLanguageError`.
+   words, symbol soup, letter runs that are no words) with :class:`NotLanguageError`.
 """
 
 from __future__ import annotations
@@ -90,18 +90,15 @@ _WORD = re.compile(r"[^\W\d_]{2,}")
 _VOWELS = set("aeiouyàáâãäåæèéêëìíîïòóôõöøùúûüýÿœ")
 
 
-def check_language_like(text: str, min_words_for_function_words: int = 30) -> None:
+def check_language_like(text: str) -> None:
     """Refuse text that is not written language, with the reason (:class:`NotLanguageError`).
 
-    Rules (a report is short prose or telegraphic notes; both pass): at most 1 % control or
-    replacement characters; letters make at least 40 % of the non-space characters; at least
-    60 % of the words (runs of two or more letters) look like words (at most 25 letters, with a
-    vowel, or an abbreviation of at most 5 capitals); and a text of ``min_words_for_function_words``
-    words or more holds at least one function word of a supported language. Non-Latin scripts are
-    left to the language check of the segmenter.
+    Rules (a report is short prose or telegraphic notes such as "Liver: unremarkable. Spleen:
+    unremarkable."; both pass): at most 1 % control or replacement characters; letters make at least
+    40 % of the non-space characters; at least 60 % of the words (runs of two or more letters) look
+    like words (at most 25 letters, with a vowel, or an abbreviation of at most 5 capitals).
+    Non-Latin scripts are left to the language check of the segmenter.
     """
-    from keyslice.report.language import EN_STOP, FOREIGN_STOPWORDS
-
     chars = [c for c in text if not c.isspace()]
     if not chars:
         return  # empty: the segmenter's EmptyReportError says so
@@ -122,11 +119,6 @@ def check_language_like(text: str, min_words_for_function_words: int = 30) -> No
     if wordlike / len(words) < 0.60:
         raise NotLanguageError(f"only {wordlike / len(words):.0%} of the report's words look like words: "
                                "it is not written language")
-    if len(words) >= min_words_for_function_words:
-        function_words = EN_STOP.union(*FOREIGN_STOPWORDS.values())
-        if not any(w.lower() in function_words for w in words):
-            raise NotLanguageError(f"{len(words)} words and not one function word ('the', 'of', 'no', ...): "
-                                   "the report is not written language")
 
 
 def _mostly_non_latin(text: str) -> bool:
