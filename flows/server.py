@@ -67,7 +67,21 @@ def build_api_server(timeout_s: int = 120) -> Iterator[str | None]:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        _drain_prefect_workers()
         server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events Prefect still holds while its API is up (at exit it would find the server gone
+    and print "Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort: the build itself is over
+            pass
 
 
 def _free_port() -> int:

@@ -62,7 +62,9 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
                                  "config) must be a folder of studies, see the README's input contract")
     try:
         with corpus_lock(cfg.out_dir):  # asked here first: a locked corpus is a message, not a flow-run traceback
-            pass
+            from keyslice.pipeline.api import preflight
+
+            preflight(cfg)
         with _stop_on_sigterm(), console.status(f"building corpus in {out} ..."):
             if runner == "local":
                 from keyslice.pipeline.api import build as build_corpus

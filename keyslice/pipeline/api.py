@@ -123,6 +123,21 @@ def _check_model(cfg: BuildConfig) -> None:
     load_model(cfg.model, device=cfg.device, precision=cfg.precision)
 
 
+def preflight(cfg: BuildConfig, stages: list[str] | tuple[str, ...] | None = None) -> None:
+    """The refusals of :func:`execute`, made before an orchestrator starts (the CLI calls this first, so
+    a refused build is one message instead of a failed flow run): another pseudonym key, an unusable
+    manifest, missing model weights (loaded once here; an in-process build reuses the loaded model)."""
+    from keyslice.corpus.checkpoints import CheckpointStore
+    from keyslice.pseudonym import load_pseudonymizer
+
+    pseudonymize = load_pseudonymizer(Path(cfg.out_dir))
+    check_corpus_key(cfg.out_dir, pseudonymize)
+    studies = discover_studies(cfg.input_dir, pseudonymize, cfg.manifest)
+    store = CheckpointStore(Path(cfg.out_dir))
+    if "keyslice" in select_stages(stages) and any(not store.is_done("keyslice", s.study_id) for s in studies):
+        _check_model(cfg)
+
+
 RUNNERS: dict[str, Callable[[BuildConfig], Runner]] = {
     "sequential": lambda cfg: SequentialRunner(),
     "threads": lambda cfg: ThreadRunner(cfg.max_workers),
