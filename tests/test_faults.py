@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 
