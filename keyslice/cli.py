@@ -166,12 +166,12 @@ def build(
             raise typer.Exit(code=1)
 
 
-def _print_status(out: Path) -> None:
+def _print_status(out: Path, verify: bool = False) -> None:
     from rich.markup import escape
 
     from keyslice.corpus.status import corpus_status
 
-    status = corpus_status(out)
+    status = corpus_status(out, verify)
     table = Table(title=f"corpus {out}")
     table.add_column("stage")
     table.add_column("studies done", justify="right")
@@ -203,10 +203,14 @@ def _print_status(out: Path) -> None:
 
 
 @app.command()
-def status(out: Path = typer.Option(..., "--out", help="corpus folder")) -> None:
-    """Per-stage counts, rows per table, and the studies whose last attempt failed (with the error)."""
+def status(out: Path = typer.Option(..., "--out", help="corpus folder"),
+           verify: bool = typer.Option(False, "--verify", help="hash every table file against its stage marker "
+                                                               "(default: only files whose size or time changed)"),
+           ) -> None:
+    """Per-stage counts, rows per table, the studies whose last attempt failed (with the error), and
+    damaged files (missing, changed or corrupt since their stage's marker)."""
     _require_corpus(out)
-    _print_status(out)
+    _print_status(out, verify)
 
 
 def _rich_table(result, title: Optional[str] = None) -> Table:

@@ -406,3 +406,22 @@ def test_real_report_styles_are_language(text):
     from keyslice.report.reading import check_language_like
 
     check_language_like(text)
+
+
+def test_a_bit_flip_that_keeps_size_and_time_is_found_by_status_verify(fault_build, tmp_path):
+    """Builds check size and time (cheap, every night); `keyslice status --verify` hashes every file."""
+    from keyslice.corpus.status import corpus_status
+
+    out = tmp_path / "corpus"
+    shutil.copytree(fault_build["out"], out, symlinks=True)
+    path = CheckpointStore(out).table_path("findings", fault_build["ids"]["good"])
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert corpus_status(out).damaged == []
+    [damage] = corpus_status(out, verify=True).damaged
+    assert damage.table == "findings" and "checksum" in damage.problem
+    result = _cli("status", "--out", out, "--verify")
+    assert "checksum mismatch" in " ".join(result.output.replace("│", " ").split())

@@ -98,7 +98,9 @@ class CheckpointStore:
         for name, table in built.items():
             path = self.table_path(name, study_id)
             write_parquet_atomic(path, table)
-            files[name] = {"file": path.name, "rows": table.num_rows, "sha256": file_sha256(path)}
+            st = path.stat()
+            files[name] = {"file": path.name, "rows": table.num_rows, "sha256": file_sha256(path),
+                           "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
         counts = {name: table.num_rows for name, table in built.items()}
         marker = {"stage": stage, "study_id": study_id, "run_id": run_id,
                   "rows": counts, "files": files, "finished_at": utcnow().isoformat()}
@@ -106,13 +108,16 @@ class CheckpointStore:
         return counts
 
     # -- damage -----------------------------------------------------------------
-    def verify(self, stage: str, study_id: str) -> list[Damage]:
+    def verify(self, stage: str, study_id: str, deep: bool = False) -> list[Damage]:
         """What is wrong with a done stage's files (empty when intact or not done).
 
         Per table of the marker: the per-study file must exist, hash to the recorded SHA-256 and
-        hold the recorded rows. After compaction a per-study file is legitimately gone (its rows
-        live in a shard); markers written before checksums were recorded are checked for
-        presence, readability and row count only.
+        hold the recorded rows. A file whose size and modification time are those recorded is
+        taken as intact without reading it, unless ``deep`` (``keyslice status --verify``): every
+        build checks every done study, and hashing a large corpus each night would cost more
+        than the build. After compaction a per-study file is legitimately gone (its rows live in
+        a shard); markers written before checksums were recorded are checked for presence,
+        readability and row count only.
         """
         try:
             marker = json.loads(self.marker_path(stage, study_id).read_bytes())
@@ -132,6 +137,9 @@ class CheckpointStore:
                     damage.append(Damage(study_id, stage, table, rel, "missing"))
                 continue
             if want.get("sha256"):
+                st = path.stat()
+                if not deep and (st.st_size, st.st_mtime_ns) == (want.get("bytes"), want.get("mtime_ns")):
+                    continue
                 if file_sha256(path) != want["sha256"]:
                     damage.append(Damage(study_id, stage, table, rel, "checksum mismatch (changed or corrupt)"))
                 continue
@@ -144,13 +152,13 @@ class CheckpointStore:
                 damage.append(Damage(study_id, stage, table, rel, f"{rows} rows, marker says {want['rows']}"))
         return damage
 
-    def damaged(self, study_ids: Iterable[str] | None = None) -> list[Damage]:
+    def damaged(self, study_ids: Iterable[str] | None = None, deep: bool = False) -> list[Damage]:
         """Every damaged file of every done stage (of ``study_ids``, default all studies with a marker)."""
         from keyslice.pipeline.registry import STAGES
 
         if study_ids is None:
             study_ids = sorted(set().union(*(self.done_studies(s) for s in STAGES)))
-        return [d for sid in study_ids for stage in STAGES for d in self.verify(stage, sid)]
+        return [d for sid in study_ids for stage in STAGES for d in self.verify(stage, sid, deep)]
 
     def quarantine(self, damage: Damage) -> Path | None:
         """Move a damaged table file out of the views to ``CORPUS/damaged/`` (kept for inspection)."""

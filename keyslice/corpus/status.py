@@ -24,7 +24,8 @@ class CorpusStatus:
     table_errors: dict[str, str] = field(default_factory=dict)
 
 
-def corpus_status(corpus_dir: Path) -> CorpusStatus:
+def corpus_status(corpus_dir: Path, verify: bool = False) -> CorpusStatus:
+    """``verify``: hash every file of every done stage (default: only files whose size or time changed)."""
     store = CheckpointStore(Path(corpus_dir))
     con = connect(corpus_dir)
     stage_done = {stage: len(store.done_studies(stage)) for stage in STAGES}
@@ -46,4 +47,4 @@ def corpus_status(corpus_dir: Path) -> CorpusStatus:
     con.close()
     open_failures = [f for f in latest
                      if f["stage"] not in STAGES or not store.is_done(f["stage"], f["study_id"])]
-    return CorpusStatus(stage_done, table_rows, open_failures, store.damaged(), errors)
+    return CorpusStatus(stage_done, table_rows, open_failures, store.damaged(deep=verify), errors)
