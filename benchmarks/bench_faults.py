@@ -18,6 +18,17 @@ production, the server outlives the killed builds). Steps:
    temporary file left; then ``keyslice compact`` and the same comparison again.
 
 Exit status 1 when any check fails. Output: one line per kill and a summary.
+
+``--hostile`` runs the signal and hang cases instead, with the real command line and no Prefect server
+of its own (each build starts the one it needs, as a user's does), on real DICOM from ../shared/data:
+
+1. a study holding a named pipe ``x.dcm`` and two links to its own folder (``a -> .``, ``b -> .``)
+   beside a good one: the build must end (within ``--hang-timeout`` s) with both studies complete
+   and the unread files recorded with their reason;
+2. SIGTERM to a running build: it must exit with 130 within 60 s and leave no Prefect server behind;
+3. ``kill -9`` of a running build (the process only, not its group): its Prefect server must be
+   gone within 15 s;
+4. a last rerun completes every study once (no duplicate rows).
 """
 
 from __future__ import annotations
@@ -97,6 +108,143 @@ def build_cmd(inp: Path, out: Path, model: Path, workers: int) -> list[str]:
             "--model", str(model), "--workers", str(workers), "--device", "cpu"]
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _servers_of(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        try:
+            if b"uvicorn" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+def _start_and_wait(cmd: list[str], corpus: Path, markers: int, timeout: float = 300.0):
+    """Start a build; return (process, its Prefect server pids) once ``markers`` stage markers exist."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    servers: set[int] = set()
+    t = time.perf_counter()
+    while proc.poll() is None and n_markers(corpus) < markers and time.perf_counter() - t < timeout:
+        servers.update(_servers_of(proc.pid))
+        time.sleep(0.05)
+    servers.update(_servers_of(proc.pid))
+    return proc, servers
+
+
+def hostile(args) -> int:
+    from keyslice.sample import data_dir
+    from keyslice.selector import save_tiny_checkpoint
+    from tests.fault_utils import REPORT, add_study, duplicate_keys as study_duplicates
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-hostile-"))
+    (work / "prefect-home").mkdir(parents=True, exist_ok=True)
+    os.environ.update({"PREFECT_HOME": str(work / "prefect-home"), "DO_NOT_TRACK": "1",
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+                       "KEYSLICE_PSEUDONYM_KEY": KEY, "PYTHONPATH": str(ROOT)})
+    os.environ.pop("PREFECT_API_URL", None)
+    data = data_dir()
+    model = save_tiny_checkpoint(work / "tiny-model", seed=0)
+    lines = [f"bench_faults --hostile: real DICOM (dcmqi 3-slice CT), tiny model, `keyslice build` (Prefect, threads), "
+             f"python {platform.python_version()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"]
+    print(lines[0], flush=True)
+    problems: list[str] = []
+
+    def note(line: str, ok: bool = True, problem: str = "") -> None:
+        lines.append(("ok   " if ok else "FAIL ") + line)
+        print(lines[-1], flush=True)
+        if not ok:
+            problems.append(problem or line)
+
+    # 1. a pipe and symlink loops
+    inp, out = work / "hang" / "studies", work / "hang" / "corpus"
+    add_study(inp, "good", data, REPORT)
+    bad = add_study(inp, "pipe_and_loops", data, REPORT)
+    os.mkfifo(bad / "x.dcm")
+    (bad / "a").symlink_to(".")
+    (bad / "b").symlink_to(".")
+    t = time.perf_counter()
+    try:
+        run = subprocess.run(build_cmd(inp, out, model, args.workers), capture_output=True, text=True,
+                             timeout=args.hang_timeout)
+        code = run.returncode
+    except subprocess.TimeoutExpired:
+        code = None
+    from keyslice.corpus.sql import query
+
+    done = query(out, "select count(*) as n from studies").to_pylist()[0]["n"] if out.exists() else 0
+    reasons = query(out, "select message from failures where stage = 'series-files'").to_pylist() if out.exists() else []
+    note(f"pipe x.dcm + links a -> ., b -> .: exit {code} after {time.perf_counter() - t:.1f} s, "
+         f"{done} of 2 studies complete, recorded: {reasons[0]['message'] if reasons else 'nothing'}",
+         code == 0 and done == 2 and bool(reasons))
+
+    # 2. SIGTERM, 3. kill -9, on a build of several studies
+    inp, out = work / "signals" / "studies", work / "signals" / "corpus"
+    for i in range(args.studies):
+        add_study(inp, f"study{i:03d}", data, REPORT)
+    cmd = build_cmd(inp, out, model, args.workers)
+    proc, servers = _start_and_wait(cmd, out, markers=n_markers(out) + 2)
+    t = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = None
+    time.sleep(1.0)
+    left = [p for p in servers if _alive(p)]
+    note(f"SIGTERM after {n_markers(out)} markers: exit {code} in {time.perf_counter() - t:.1f} s; Prefect server(s) "
+         f"{sorted(servers) or 'none seen'}, left running: {left or 'none'}",
+         code == 130 and bool(servers) and not left)
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+
+    proc, servers = _start_and_wait(cmd, out, markers=n_markers(out) + 2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t = time.perf_counter()
+    while any(_alive(p) for p in servers) and time.perf_counter() - t < 15:
+        time.sleep(0.1)
+    left = [p for p in servers if _alive(p)]
+    note(f"kill -9 of the build (not its group): Prefect server(s) {sorted(servers) or 'none seen'} "
+         f"gone after {time.perf_counter() - t:.1f} s; left running: {left or 'none'}", bool(servers) and not left)
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+
+    final = subprocess.run(cmd, capture_output=True, text=True)
+    dups = study_duplicates(out)  # the studies share one real series: its series_id repeats across studies
+    done = query(out, "select count(*) as n from studies").to_pylist()[0]["n"]
+    note(f"rerun: exit {final.returncode}, {done} of {args.studies} studies, duplicate keys: {dups or 'none'}",
+         final.returncode == 0 and done == args.studies and not dups)
+    lines.append("RESULT: " + ("PASS" if not problems else "FAIL: " + "; ".join(problems)))
+    print(lines[-1])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0 if not problems else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", type=int, default=30)
@@ -105,7 +253,11 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="folder for studies and corpora (default: temp)")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--hostile", action="store_true", help="the signal and hang cases (see above) instead")
+    ap.add_argument("--hang-timeout", type=float, default=300.0, help="--hostile: seconds before a build counts as hung")
     args = ap.parse_args()
+    if args.hostile:
+        return hostile(args)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-faults-"))
     (work / "prefect-home").mkdir(parents=True, exist_ok=True)

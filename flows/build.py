@@ -53,13 +53,21 @@ def build_flow(config: dict[str, Any], studies_filter: list[str] | None = None,
         result = execute(ctx, lambda studies, names, c, on_outcome=None:
                          _run_studies(studies, names, c, window, on_outcome),
                          studies_filter=studies_filter, incremental=incremental, stages=stages,
-                         logger=logger, observer=observer)
+                         logger=logger, observer=observer, preflight_model=not _on_dask())
     try:
         publish_summary(cfg.out_dir, result)
     except Exception as exc:  # noqa: BLE001 - the corpus is built and recorded; only its report is missing
         logger.warning("the run's summary artifacts were not published (%s: %s); the build itself is complete, "
                        "`keyslice status` and the runs table show its result", type(exc).__name__, exc)
     return result
+
+
+def _on_dask() -> bool:
+    """Whether this flow run's tasks go to a Dask cluster (their workers load the model, not the flow)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and type(ctx.task_runner).__name__ == "DaskTaskRunner"
 
 
 def publish_summary(out_dir: Path | str, result: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 import yaml
@@ -21,6 +22,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Turn CT studies and their reports into a Medical VQA dataset.")
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _quiet_prefect() -> None:
@@ -54,7 +56,13 @@ def _progress_observer(quiet: bool):
 def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[str], force_stage: list[str],
            workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None,
            quiet: bool = False) -> dict:
+    from rich.markup import escape
+
     from keyslice.config import BuildConfig
+    from keyslice.corpus.lock import CorpusLockedError, corpus_lock
+    from keyslice.errors import ModelWeightsMissingError
+    from keyslice.pipeline.studies import ManifestError
+    from keyslice.pseudonym import KeyMismatchError
 
     try:
         cfg = BuildConfig.from_settings(config, input_dir=str(input_dir), out_dir=str(out), model=model,
@@ -66,15 +74,58 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
     if not Path(cfg.input_dir).is_dir():  # before the build creates or locks anything under OUT
         raise typer.BadParameter(f"input folder {cfg.input_dir} does not exist; --input (or input_dir in the "
                                  "config) must be a folder of studies, see the README's input contract")
-    observer = _progress_observer(quiet)
-    if runner == "local":
-        from keyslice.pipeline.api import build as build_corpus
+    try:
+        with corpus_lock(cfg.out_dir):  # asked here first: a locked corpus is a message, not a flow-run traceback
+            from keyslice.pipeline.api import preflight
 
-        return build_corpus(config=cfg, runner="threads", observer=observer)
-    _quiet_prefect()
-    from flows.build import run_build
+            preflight(cfg)
+        observer = _progress_observer(quiet)
+        with _stop_on_sigterm():
+            if runner == "local":
+                from keyslice.pipeline.api import build as build_corpus
 
-    return run_build(cfg, task_runner=runner, dask_address=dask_address, observer=observer)
+                return build_corpus(config=cfg, runner="threads", observer=observer)
+            _quiet_prefect()
+            from flows.build import run_build
+            from flows.server import build_api_server
+
+            with build_api_server():
+                return run_build(cfg, task_runner=runner, dask_address=dask_address, observer=observer)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]build stopped; every committed stage is kept: rerun `keyslice build` to resume"
+                          "[/yellow]")
+        raise typer.Exit(code=130) from None
+    except (KeyMismatchError, ManifestError, ModelWeightsMissingError) as exc:  # refused before any study ran
+        err_console.print(f"[red]build refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except CorpusLockedError as exc:
+        err_console.print(f"[red]build refused:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except PermissionError as exc:
+        err_console.print(f"[red]cannot write the corpus:[/red] {exc.strerror or exc} ({exc.filename}); "
+                          f"build into a folder you can write, or fix its permissions", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, systemd, a container stop) ends the build like Ctrl-C: KeyboardInterrupt
+    unwinds the flow, committed stages stay, the Prefect API server this build started is stopped."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _require_corpus(out: Path) -> None:
@@ -110,28 +161,47 @@ def build(
                                                           "else a temporary local cluster)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display (on a terminal) or progress "
                                                             "lines (otherwise) on standard error"),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="exit 0 even when some studies failed "
+                                                                      "(their errors are in `keyslice status`)"),
 ) -> None:
     """Build the studies of INPUT into the corpus OUT (a Prefect flow unless --runner local); reruns
     resume (done stages are skipped). Progress goes to standard error: a live display per stage on a
-    terminal, else one line per finished study."""
+    terminal, else one line per finished study.
+
+    Exit status: 0 every study complete; 1 some study failed (0 with --allow-partial) or no study was
+    found; 2 refused before building (options, a locked corpus, another pseudonym key, a bad manifest,
+    missing model weights); 130 stopped by Ctrl-C or SIGTERM (rerun to resume).
+    """
     result = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address, quiet)
     _print_run(result)
     _print_status(out, input_dir)
-    if result["n_failed"]:
-        console.print("[yellow]some studies failed: `keyslice status --out ...` lists them; "
-                      "fix the input and rerun `keyslice build` to retry them[/yellow]")
+    failed = sorted({o["study_id"] for o in result.get("outcomes", []) if o["status"] in ("failed", "blocked")})
+    if result["n_studies"] == 0:
+        err_console.print(f"[yellow]no study found under {input_dir}: a study is a folder with a report.txt "
+                          "(or a manifest.csv row); see the README's input contract[/yellow]")
+        raise typer.Exit(code=1)
+    if failed or result["n_failed"]:
+        err_console.print(f"[yellow]{len(failed) or 'some'} of {result['n_studies']} studies did not complete: "
+                          "`keyslice status --out ...` lists their errors; fix the input and rerun "
+                          "`keyslice build` to retry them[/yellow]")
+        if not allow_partial:
+            raise typer.Exit(code=1)
 
 
-def _print_status(out: Path, input_dir: Optional[Path] = None) -> None:
+def _print_status(out: Path, input_dir: Optional[Path] = None, verify: bool = False) -> None:
     from keyslice.corpus.status import corpus_status
 
-    status = corpus_status(out)
+    status = corpus_status(out, verify)
     for renderable in _status_tables(out, status, input_dir):
         console.print(renderable)
 
 
 def _status_tables(out: Path, status, input_dir: Optional[Path] = None) -> list:
-    """The status as rich tables: per stage, per table, failed studies, skipped input folders."""
+    """The status as rich renderables: per stage, per table, unreadable tables, damaged files, failed
+    studies, skipped input folders."""
+    from rich.markup import escape
+    from rich.text import Text
+
     tables = []
     table = Table(title=f"corpus {out}")
     table.add_column("stage")
@@ -143,8 +213,17 @@ def _status_tables(out: Path, status, input_dir: Optional[Path] = None) -> list:
     rows.add_column("table")
     rows.add_column("rows", justify="right")
     for name, n in status.table_rows.items():
-        rows.add_row(name, str(n))
+        rows.add_row(name, "unreadable" if n is None else str(n))
     tables.append(rows)
+    for name, error in status.table_errors.items():
+        tables.append(Text.from_markup(f"[red]table {name} cannot be read:[/red] {escape(error)}"))
+    if status.damaged:
+        damaged = Table(title="damaged files (the next `keyslice build` recomputes their stages)")
+        for col in ("study_id", "stage", "file", "problem"):
+            damaged.add_column(col, overflow="fold")
+        for d in status.damaged:
+            damaged.add_row(d.study_id, d.stage, d.file, d.problem)
+        tables.append(damaged)
     if status.open_failures:
         failed = Table(title="failed studies (latest error per stage)")
         for col in ("study_id", "stage", "error_type", "message", "attempt"):
@@ -190,15 +269,18 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="follow a running build of this corpus until it records "
                                                       "its run (Ctrl-C stops watching, not the build)"),
     interval: float = typer.Option(2.0, help="seconds between refreshes with --watch"),
+    verify: bool = typer.Option(False, "--verify", help="hash every table file against its stage marker "
+                                                        "(default: only files whose size or time changed)"),
 ) -> None:
-    """Per-stage counts, rows per table, the studies whose last attempt failed (with the error), and the
-    input folders the last build did not take as studies (with the reason)."""
+    """Per-stage counts, rows per table, the studies whose last attempt failed (with the error), damaged
+    files (missing, changed or corrupt since their stage's marker), and the input folders the last build
+    did not take as studies (with the reason)."""
     _require_corpus(out)
     if watch:
         _watch_status(out, interval)
         if console.is_terminal:   # the live tables stay on screen
             return
-    _print_status(out, input_dir)
+    _print_status(out, input_dir, verify)
 
 
 def _watch_status(out: Path, interval: float) -> None:
@@ -268,15 +350,20 @@ def sql(
     """Query the corpus with DuckDB."""
     import duckdb
 
-    from keyslice.corpus.sql import query as run_query
+    from rich.markup import escape
+
+    from keyslice.corpus.sql import QueryRefusedError, query as run_query
     from keyslice.corpus.storage import is_url, normalize
 
     if not is_url(normalize(out)):  # a corpus URL is checked by DuckDB when it reads it
         _require_corpus(out)
     try:
         result = run_query(out, query)
+    except QueryRefusedError as exc:
+        err_console.print(f"[red]query refused:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=2) from exc
     except duckdb.Error as exc:
-        console.print(f"[red]query failed:[/red] {exc}")
+        err_console.print(f"[red]query failed:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=2) from exc
     if fmt is OutFormat.table:
         console.print(_rich_table(result))

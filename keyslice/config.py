@@ -47,6 +47,11 @@ class BuildConfig:
     max_workers: int = 4                   # studies processed concurrently
     force_stages: tuple[str, ...] = ()
     retries: int | None = None             # retries of transient errors, every stage; None: each stage's own
+    # limits: a study beyond one fails with LimitExceededError (the build goes on with the others)
+    max_report_bytes: int = 200_000        # report size (a report is a few kB)
+    max_findings_per_report: int = 200     # finding sentences of one report (each gets a key slice and VQA rows)
+    max_slices_per_series: int = 4_000     # slices of one series (thin-slice whole-body CT: ~2,000)
+    max_files_per_study: int = 50_000      # files under one study folder
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> "BuildConfig":

@@ -32,6 +32,10 @@ class NoUsableSeriesError(InputError):
     """No series of the study survived filtering (localizers only, non-axial only...)."""
 
 
+class LimitExceededError(InputError):
+    """The input is larger than a documented build limit (report size, findings, slices, files)."""
+
+
 class MaskError(InputError):
     """An organ mask cannot be read or does not fit the series' geometry."""
 

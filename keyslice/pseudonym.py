@@ -24,6 +24,10 @@ class MissingKeyError(KeysliceError):
     """Raised where a deliberate key is required (publishing) and none is configured."""
 
 
+class KeyMismatchError(KeysliceError):
+    """The key in use is not the key the corpus was built with: its pseudonyms would not match."""
+
+
 @dataclass(frozen=True)
 class Pseudonymizer:
     key: bytes
@@ -65,3 +69,44 @@ def load_pseudonymizer(corpus_dir: Path, *, create: bool = True) -> Pseudonymize
         fh.write(key)
     os.replace(tmp, key_file)
     return Pseudonymizer(key, "generated")
+
+
+FINGERPRINT_FILE = Path(".keyslice") / "key.fingerprint"
+
+
+def recorded_fingerprints(corpus_dir: Path) -> set[str]:
+    """Fingerprints of the keys a corpus was built with: its fingerprint file, else its ``runs`` rows."""
+    import pyarrow.parquet as pq
+
+    path = Path(corpus_dir) / FINGERPRINT_FILE
+    if path.exists():
+        return {path.read_text().strip()}
+    found: set[str] = set()
+    for run in sorted((Path(corpus_dir) / "tables" / "runs").glob("*.parquet")):
+        try:
+            column = pq.read_table(run, columns=["key_fingerprint"]).column("key_fingerprint")
+        except Exception:  # noqa: BLE001 - a damaged run row proves nothing about the key
+            continue
+        found.update(v for v in column.to_pylist() if v)
+    return found
+
+
+def check_corpus_key(corpus_dir: Path, pseudonymize: Pseudonymizer) -> None:
+    """Refuse a build whose key differs from the corpus' key, and remember the key's fingerprint.
+
+    Another key gives every study, series and patient new pseudonyms: the same studies would be added
+    again under new ids (one patient in two splits). Call while holding the corpus lock.
+    """
+    recorded = recorded_fingerprints(corpus_dir)
+    if recorded and pseudonymize.fingerprint not in recorded:
+        raise KeyMismatchError(
+            f"the pseudonymisation key in use (fingerprint {pseudonymize.fingerprint}, from "
+            f"{'$' + KEY_ENV if pseudonymize.source == 'env' else 'the corpus key file'}) is not the key this corpus "
+            f"was built with (fingerprint {', '.join(sorted(recorded))}); building would add every study again "
+            f"under new ids. Set {KEY_ENV} to the corpus' key (or unset it to use {corpus_dir}/.keyslice/pseudonym.key "
+            f"when the corpus generated its own), or build into a new corpus folder")
+    path = Path(corpus_dir) / FINGERPRINT_FILE
+    if not path.exists():
+        from keyslice.corpus.atomic import write_bytes_atomic
+
+        write_bytes_atomic(path, pseudonymize.fingerprint.encode())

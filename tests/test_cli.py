@@ -13,15 +13,20 @@ def _message(result) -> str:
 
 
 def test_build_flags_reach_run_build(tmp_path, monkeypatch):
+    import contextlib
+
     import flows.build
+    import flows.server
 
     seen = {}
 
     def fake_run_build(cfg, task_runner="threads", *, dask_address=None, **kw):
         seen.update(cfg=cfg, task_runner=task_runner, dask_address=dask_address)
-        return {"run_id": "r", "n_studies": 0, "n_done": 0, "n_skipped": 0, "n_failed": 0, "n_blocked": 0}
+        return {"run_id": "r", "n_studies": 1, "n_done": 4, "n_skipped": 0, "n_failed": 0, "n_blocked": 0,
+                "outcomes": []}
 
     monkeypatch.setattr(flows.build, "run_build", fake_run_build)
+    monkeypatch.setattr(flows.server, "build_api_server", contextlib.nullcontext)  # no Prefect server for a fake
     result = CliRunner().invoke(app, ["build", "--input", str(tmp_path), "--out", str(tmp_path / "c"),
                                       "--runner", "dask", "--dask-address", "tcp://10.0.0.1:8786",
                                       "--force-stage", "keyslice", "--workers", "3", "--model", "m"])

@@ -11,10 +11,16 @@ Layout::
 A stage writes each of its tables atomically and its marker last, so a study's stage
 is done exactly when the marker exists. A stage killed half-way leaves at most some
 complete table files that the rerun overwrites (same name), never duplicates.
+
+A marker records what it vouches for: per table the file name, its row count and the
+SHA-256 of its bytes. :meth:`CheckpointStore.verify` compares them with the disk, so a
+deleted, truncated or corrupt file is found (``keyslice status`` lists it, and the next
+build recomputes the study from the earliest damaged stage) instead of silently losing rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -27,7 +33,29 @@ import pyarrow.parquet as pq
 from keyslice.corpus.atomic import write_bytes_atomic, write_parquet_atomic
 from keyslice.pipeline.registry import STAGE_TABLES, downstream
 from keyslice.corpus.schemas import to_table, utcnow, validate_table
-from keyslice.corpus.shards import read_compacted
+from keyslice.corpus.shards import read_compacted, shard_count
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A done stage whose files no longer match its marker."""
+
+    study_id: str
+    stage: str
+    table: str
+    file: str      # relative to the corpus root
+    problem: str   # missing | unreadable: ... | checksum mismatch | N rows, marker says M
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.problem} (stage {self.stage!r} of study {self.study_id} is recomputed by the next build)"
 
 @dataclass(frozen=True)
 class CheckpointStore:
@@ -66,13 +94,98 @@ class CheckpointStore:
         if set(tables) != expected:
             raise ValueError(f"stage {stage!r} must write tables {sorted(expected)}, got {sorted(tables)}")
         built = {name: to_table(name, rows) for name, rows in tables.items()}  # validate all first
+        files = {}
         for name, table in built.items():
-            write_parquet_atomic(self.table_path(name, study_id), table)
+            path = self.table_path(name, study_id)
+            write_parquet_atomic(path, table)
+            st = path.stat()
+            files[name] = {"file": path.name, "rows": table.num_rows, "sha256": file_sha256(path),
+                           "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
         counts = {name: table.num_rows for name, table in built.items()}
         marker = {"stage": stage, "study_id": study_id, "run_id": run_id,
-                  "rows": counts, "finished_at": utcnow().isoformat()}
+                  "rows": counts, "files": files, "finished_at": utcnow().isoformat()}
         write_bytes_atomic(self.marker_path(stage, study_id), json.dumps(marker).encode())
         return counts
+
+    # -- damage -----------------------------------------------------------------
+    def verify(self, stage: str, study_id: str, deep: bool = False) -> list[Damage]:
+        """What is wrong with a done stage's files (empty when intact or not done).
+
+        Per table of the marker: the per-study file must exist, hash to the recorded SHA-256 and
+        hold the recorded rows. A file whose size and modification time are those recorded is
+        taken as intact without reading it, unless ``deep`` (``keyslice status --verify``): every
+        build checks every done study, and hashing a large corpus each night would cost more
+        than the build. After compaction a per-study file is legitimately gone (its rows live in
+        a shard); markers written before checksums were recorded are checked for presence,
+        readability and row count only.
+        """
+        try:
+            marker = json.loads(self.marker_path(stage, study_id).read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            return [Damage(study_id, stage, "-", self._rel(self.marker_path(stage, study_id)),
+                           f"unreadable marker: {type(exc).__name__}")]
+        files = marker.get("files") or {t: {"file": f"{study_id}.parquet", "rows": n}
+                                         for t, n in (marker.get("rows") or {}).items()}
+        damage = []
+        for table, want in files.items():
+            path = self.table_dir(table) / want["file"]
+            rel = self._rel(path)
+            if not path.exists():
+                if shard_count(self) is None:
+                    damage.append(Damage(study_id, stage, table, rel, "missing"))
+                continue
+            if want.get("sha256"):
+                st = path.stat()
+                if not deep and (st.st_size, st.st_mtime_ns) == (want.get("bytes"), want.get("mtime_ns")):
+                    continue
+                if file_sha256(path) != want["sha256"]:
+                    damage.append(Damage(study_id, stage, table, rel, "checksum mismatch (changed or corrupt)"))
+                continue
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception as exc:  # noqa: BLE001 - any reader error means the file is damaged
+                damage.append(Damage(study_id, stage, table, rel, f"unreadable: {type(exc).__name__}"))
+                continue
+            if want.get("rows") is not None and rows != want["rows"]:
+                damage.append(Damage(study_id, stage, table, rel, f"{rows} rows, marker says {want['rows']}"))
+        return damage
+
+    def damaged(self, study_ids: Iterable[str] | None = None, deep: bool = False) -> list[Damage]:
+        """Every damaged file of every done stage (of ``study_ids``, default all studies with a marker)."""
+        from keyslice.pipeline.registry import STAGES
+
+        if study_ids is None:
+            study_ids = sorted(set().union(*(self.done_studies(s) for s in STAGES)))
+        return [d for sid in study_ids for stage in STAGES for d in self.verify(stage, sid, deep)]
+
+    def quarantine(self, damage: Damage) -> Path | None:
+        """Move a damaged table file out of the views to ``CORPUS/damaged/`` (kept for inspection)."""
+        path = self.root / damage.file
+        if damage.table == "-" or not path.exists():
+            return None
+        dest = self.root / "damaged" / damage.table / f"{path.name}.{utcnow().strftime('%Y%m%dT%H%M%S%f')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(dest)
+        return dest
+
+    def repair(self, study_id: str) -> list[Damage]:
+        """Forget the earliest damaged stage of a study and every later one, so the build redoes them,
+        and move the damaged files aside. Returns what was found (empty: nothing to do)."""
+        from keyslice.pipeline.registry import STAGES
+
+        for stage in STAGES:
+            found = self.verify(stage, study_id)
+            if found:
+                self.invalidate(stage, study_id)
+                for damage in found:
+                    self.quarantine(damage)
+                return found
+        return []
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     # -- reading ---------------------------------------------------------------
     def read(self, table: str, study_id: str) -> pa.Table:

@@ -24,7 +24,9 @@ end with the sequence delimiter.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +203,36 @@ def decode_value(raw: bytes, vr: str, little_endian: bool, encodings: list[str])
     return text
 
 
+# --------------------------------------------------------------------------- opening files
+
+
+def open_regular(path: Path):
+    """Open ``path`` for reading only if it is a regular file, without ever blocking.
+
+    ``open()`` of a FIFO waits for a writer forever and a character device (``/dev/zero``) never
+    ends, so a study holding either would hang the build: the file is opened non-blocking, checked
+    with ``fstat`` on the open descriptor (no race with a rename) and refused unless regular.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotDicomError(f"not a regular file ({_file_kind(mode)}); skipped unread")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "special file"
+
+
 # --------------------------------------------------------------------------- fast walker
 
 
@@ -338,7 +370,7 @@ def _walk_items(buf: _Buf, pos: int, explicit: bool, depth: int) -> int:
 
 
 def _read_fast(path: Path) -> Header:
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         first = fh.read(16384)
         has_preamble = len(first) >= 132 and first[128:132] == b"DICM"
         if not has_preamble and not _looks_like_dicom_start(first):
@@ -427,7 +459,7 @@ def _read_pydicom(path: Path) -> Header:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         first = fh.read(132)
         has_preamble = len(first) >= 132 and first[128:132] == b"DICM"
         if not has_preamble and not _looks_like_dicom_start(first):

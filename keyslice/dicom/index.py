@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Callable
 from keyslice.dicom.headers import NotDicomError, read_header
 from keyslice.dicom.phase import headers_silent, infer_phase, totalsegmentator_phase
 from keyslice.dicom.series import Instance, SeriesGroup, build_series, group_instances
-from keyslice.errors import DicomReadError
+from keyslice.errors import DicomReadError, LimitExceededError
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,47 @@ class StudyIndex:
                 f"kept={len(self.kept())}, skipped={len(self.skipped_files)})")
 
 
-def list_files(study_dir: Path) -> list[tuple[Path, str]]:
-    """(path, relative posix path) of every file under the folder, sorted, hidden ones left out."""
+def list_files(study_dir: Path, max_files: int | None = None) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Every regular file under the folder, sorted, hidden ones left out: ``(listed, skipped)``.
+
+    ``listed``: (path, relative posix path). ``skipped``: (relative path, reason) of what is never
+    opened: named pipes, sockets and devices (opening a pipe waits forever), and a folder reached
+    again through a symbolic link (``a -> .`` would otherwise be walked 40 levels deep): folders are
+    tracked by their real identity (device, inode), so each is walked once. Symbolic links to
+    folders elsewhere are still followed (studies may link to their DICOM). More than ``max_files``
+    files raise :class:`LimitExceededError`.
+    """
     out: list[tuple[Path, str]] = []
+    skipped: list[tuple[str, str]] = []
     base = os.fspath(study_dir)
     cut = len(base.rstrip(os.sep)) + 1
+    seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(base, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append((root[cut:].replace(os.sep, "/") or ".", "folder reached again through a symbolic link"))
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
                 continue
             full = os.path.join(root, name)
-            out.append((Path(full), full[cut:].replace(os.sep, "/")))
-    return out
+            rel = full[cut:].replace(os.sep, "/")
+            try:
+                mode = os.stat(full).st_mode
+            except OSError as exc:  # a dangling link, a permission problem
+                skipped.append((rel, f"unreadable file ({type(exc).__name__}: {exc.strerror or exc})"))
+                continue
+            if not stat.S_ISREG(mode):
+                skipped.append((rel, "not a regular file (named pipe, socket or device); skipped unread"))
+                continue
+            out.append((Path(full), rel))
+            if max_files is not None and len(out) > max_files:
+                raise LimitExceededError(f"the study folder holds more than {max_files} files (max_files_per_study); "
+                                         "split it or raise the limit in the build config")
+    return out, skipped
 
 
 def _prefiltered(path: Path) -> str | None:
@@ -90,19 +119,21 @@ def _read_one(path: Path, reader: str):
 
 
 def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, workers: int = 4,
-                min_slices: int = 3, reader: str = "fast", image_phase: bool = True) -> StudyIndex:
+                min_slices: int = 3, reader: str = "fast", image_phase: bool = True,
+                max_files: int | None = None) -> StudyIndex:
     """Index every file under ``study_dir`` (headers only) into series with keep/drop and phase.
 
     ``pseudonymize(kind, value)`` turns the series' grouping key into ``series_id``.
     ``reader``: ``"fast"`` (default) or ``"pydicom"``, see :mod:`keyslice.dicom.headers`.
     ``image_phase``: for kept series whose headers say nothing about contrast, ask
     TotalSegmentator (only when it is installed with weights; otherwise the phase stays
-    ``unknown`` with that evidence). Raises :class:`DicomReadError` when no file is DICOM.
+    ``unknown`` with that evidence). Raises :class:`DicomReadError` when no file is DICOM, and
+    :class:`LimitExceededError` beyond ``max_files`` files.
     """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise DicomReadError(f"study folder {study_dir} does not exist or is not a folder")
-    listed = list_files(study_dir)
+    listed, unlisted = list_files(study_dir, max_files)
     paths = [p for p, _ in listed]
     if workers and workers > 1 and len(paths) > 8:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -111,7 +142,7 @@ def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, wor
         results = [_read_one(p, reader) for p in paths]
 
     instances: list[Instance] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(unlisted)
     truncated: list[Instance] = []
     for (path, rel), (hdr, reason) in zip(listed, results):
         if hdr is None:

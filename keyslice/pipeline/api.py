@@ -29,6 +29,7 @@ from keyslice.pipeline.registry import select_stages
 from keyslice.pipeline.run import StageOutcome, process_study
 from keyslice.pipeline.runs import record_run
 from keyslice.pipeline.studies import Study, discover_studies
+from keyslice.pseudonym import check_corpus_key
 
 log = logging.getLogger("keyslice.build")
 
@@ -60,15 +61,21 @@ class ThreadRunner:
 
     def __call__(self, studies: list[Study], stages: list[str], ctx: BuildContext,
                  on_outcome: OnOutcome | None = None) -> list[StageOutcome]:
-        with ThreadPoolExecutor(max_workers=max(self.max_workers, 1), thread_name_prefix="keyslice") as pool:
+        pool = ThreadPoolExecutor(max_workers=max(self.max_workers, 1), thread_name_prefix="keyslice")
+        try:
             per_study = pool.map(lambda study: process_study(study, ctx, stages, on_outcome), studies)
             return [o for outcomes in per_study for o in outcomes]
+        except BaseException:  # Ctrl-C / SIGTERM: studies not started yet never start; running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
 
 def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | None = None,
             incremental: bool = False, stages: list[str] | tuple[str, ...] | None = None,
             logger: logging.Logger | logging.LoggerAdapter = log,
-            observer: BuildObserver | None = None) -> dict[str, Any]:
+            observer: BuildObserver | None = None, preflight_model: bool = True) -> dict[str, Any]:
     """The corpus build over ``ctx`` with ``runner``; the caller holds the corpus lock.
 
     ``incremental``: only studies that are not complete get run at all (new studies, failed or
@@ -77,9 +84,17 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
     upstream stage is not done reports ``blocked``. ``observer``: told about every stage outcome as
     it finishes (:mod:`keyslice.pipeline.progress`). Input folders that were not taken as studies
     are logged, recorded in the run (pseudonymised) and returned under ``skipped_inputs``.
+    ``preflight_model``: load the selector model here once before any study runs, so missing weights
+    stop the build with one :class:`ModelWeightsMissingError` instead of failing every study (the
+    in-process runners reuse the loaded model; a Dask build passes False).
+
+    Refused before any study runs: a pseudonym key other than the corpus' (:class:`KeyMismatchError`)
+    and an unusable manifest (:class:`ManifestError`). Damaged files of done stages (see
+    :meth:`CheckpointStore.repair`) are moved aside and their stages redone.
     """
     cfg = ctx.config
     selected = select_stages(stages)
+    check_corpus_key(cfg.out_dir, ctx.pseudonymize)
     swept = sweep_temporaries(cfg.out_dir)
     if swept:
         logger.info("removed %d half-written temporary file(s) left by an interrupted build", swept)
@@ -92,11 +107,17 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
     for stage in select_stages(cfg.force_stages) if cfg.force_stages else []:
         for study in studies:
             ctx.store.invalidate(stage, study.study_id)
+    for study in studies:
+        for damage in ctx.store.repair(study.study_id):
+            logger.warning("damaged corpus file %s", damage)
     if incremental:
         complete = len(studies)
         studies = [s for s in studies if not all(ctx.store.is_done(stage, s.study_id) for stage in selected)]
         logger.info("incremental: %d complete studies skipped without tasks", complete - len(studies))
     logger.info("building %d studies into %s (run %s)", len(studies), cfg.out_dir, ctx.run_id)
+    if preflight_model and "keyslice" in selected and any(not ctx.store.is_done("keyslice", s.study_id)
+                                                          for s in studies):
+        _check_model(cfg)
 
     if observer is not None:
         observer.started(len(studies), list(selected))
@@ -113,6 +134,27 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
             **{k: run[k] for k in ("n_done", "n_skipped", "n_failed", "n_blocked", "n_input_folders",
                                    "skipped_inputs", "started_at", "finished_at")},
             "outcomes": [o.__dict__ for o in outcomes]}
+
+
+def _check_model(cfg: BuildConfig) -> None:
+    from keyslice.selector import load_model
+
+    load_model(cfg.model, device=cfg.device, precision=cfg.precision)
+
+
+def preflight(cfg: BuildConfig, stages: list[str] | tuple[str, ...] | None = None) -> None:
+    """The refusals of :func:`execute`, made before an orchestrator starts (the CLI calls this first, so
+    a refused build is one message instead of a failed flow run): another pseudonym key, an unusable
+    manifest, missing model weights (loaded once here; an in-process build reuses the loaded model)."""
+    from keyslice.corpus.checkpoints import CheckpointStore
+    from keyslice.pseudonym import load_pseudonymizer
+
+    pseudonymize = load_pseudonymizer(Path(cfg.out_dir))
+    check_corpus_key(cfg.out_dir, pseudonymize)
+    studies = discover_studies(cfg.input_dir, pseudonymize, cfg.manifest)
+    store = CheckpointStore(Path(cfg.out_dir))
+    if "keyslice" in select_stages(stages) and any(not store.is_done("keyslice", s.study_id) for s in studies):
+        _check_model(cfg)
 
 
 RUNNERS: dict[str, Callable[[BuildConfig], Runner]] = {

@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from keyslice.corpus.schemas import utcnow
-from keyslice.errors import DicomReadError
+from keyslice.errors import DicomReadError, LimitExceededError
 
 if TYPE_CHECKING:
     from keyslice.pipeline.context import BuildContext
@@ -30,10 +30,17 @@ def segment_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     """Step 1: report text -> finding sentences tagged with organ, status, laterality, phase."""
     from keyslice.deid import DEID_VERSION, KIND_TOKENS
     from keyslice.report import report_config_for_build, segment_report
+    from keyslice.report.reading import check_language_like
 
-    report = study.read_report_deid()  # de-identified as it is read: the raw text goes no further
+    cfg = ctx.config
+    report = study.read_report_deid(cfg.max_report_bytes)  # de-identified as it is read: the raw text goes no further
+    check_language_like(report.text)
     masked = {kind: int(report.counts.get(kind, 0)) for kind in KIND_TOKENS}
-    findings = segment_report(report.text, report_config_for_build(ctx.config.segmenter, ctx.config.llm))
+    findings = segment_report(report.text, report_config_for_build(cfg.segmenter, cfg.llm))
+    if len(findings) > cfg.max_findings_per_report:
+        raise LimitExceededError(f"the report gives {len(findings)} finding sentences, more than "
+                                 f"{cfg.max_findings_per_report} (max_findings_per_report); check the report, or "
+                                 "raise the limit in the build config")
     rows = []
     for f in findings:
         row = f.to_row()
@@ -49,13 +56,20 @@ def series_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     """Step 2: DICOM headers -> series table (kept or dropped, phase) and a series per finding."""
     from keyslice.dicom import assign_series, index_study
 
-    index = index_study(study.path, ctx.pseudonymize)
+    index = index_study(study.path, ctx.pseudonymize, max_files=ctx.config.max_files_per_study)
+    too_long = [rec.row["series_id"] for rec in index.kept() if len(rec.files) > ctx.config.max_slices_per_series]
+    if too_long:
+        raise LimitExceededError(f"series {', '.join(too_long)} hold(s) more than {ctx.config.max_slices_per_series} "
+                                 "slices (max_slices_per_series); raise the limit in the build config if they are real")
+    unread = _unread_summary(index.skipped_files)
+    if unread:  # the stage goes on with the files it could read; say which kinds it could not
+        ctx.store.record_failure(study.study_id, "series-files", DicomReadError(unread), 1, ctx.run_id)
     series_rows = _stamp([rec.row for rec in index.series], study.study_id)
     findings = ctx.store.read_rows("findings", study.study_id)
     assignments = assign_series(findings, series_rows) if findings else []
     study_row = {
         "patient_id": ctx.pseudonymize("patient", index.patient_key) if index.patient_key else None,
-        "report_chars": len(study.read_report()),
+        "report_chars": len(study.read_report(ctx.config.max_report_bytes)),
         "n_files": index.n_files,
         "n_dicom": index.n_dicom,
         "n_series": len(index.series),
@@ -68,6 +82,22 @@ def series_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         "series": series_rows,
         "assignments": _stamp(assignments, study.study_id),
     }
+
+
+#: reasons of :attr:`StudyIndex.skipped_files` that point at a broken input (not a mixed-in non-DICOM file)
+_UNREAD_REASONS = ("unreadable file", "not a regular file", "folder reached again")
+
+
+def _unread_summary(skipped: list[tuple[str, str]]) -> str | None:
+    """Files a study holds but the index could not read, as counts per reason (names may be PHI)."""
+    from collections import Counter
+
+    reasons = Counter(reason.split(" (")[0].split(";")[0] for _, reason in skipped
+                      if reason.startswith(_UNREAD_REASONS))
+    if not reasons:
+        return None
+    return (f"{sum(reasons.values())} file(s) or folder(s) of the study not read: "
+            + ", ".join(f"{n} x {r}" for r, n in sorted(reasons.items())))
 
 
 def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
@@ -91,7 +121,8 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     masks = find_masks(study.path) if cfg.use_masks else None
     # file lists only (paths are never checkpointed); the phase was settled in step 2
     records = {rec.row["series_id"]: rec
-               for rec in index_study(study.path, ctx.pseudonymize, image_phase=False).series}
+               for rec in index_study(study.path, ctx.pseudonymize, image_phase=False,
+                                      max_files=cfg.max_files_per_study).series}
     selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks,
                                   uncertain_margin=cfg.uncertain_margin,
                                   confidence_tolerance_mm=cfg.confidence_tolerance_mm)

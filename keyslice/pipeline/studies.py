@@ -11,6 +11,7 @@ its keyed-hash pseudonym ever reaches the corpus.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from keyslice.deid import Deidentified, deidentify
-from keyslice.errors import InputError
+from keyslice.errors import InputError, LimitExceededError
 from keyslice.pseudonym import Pseudonymizer
+from keyslice.report.reading import MAX_REPORT_BYTES, read_report_text
 
 REPORT_NAME = "report.txt"
 
@@ -40,22 +42,26 @@ class Study:
             pass
         return tuple(f for f in forms if f and f != ".")
 
-    def read_report(self) -> str:
+    def read_report(self, max_bytes: int = MAX_REPORT_BYTES) -> str:
         """The report, de-identified: the only form in which report text leaves this class."""
-        return self.read_report_deid().text
+        return self.read_report_deid(max_bytes).text
 
-    def read_report_deid(self) -> Deidentified:
+    def read_report_deid(self, max_bytes: int = MAX_REPORT_BYTES) -> Deidentified:
         """The de-identified report and how many spans of each kind were masked (:mod:`keyslice.deid`).
 
-        De-identification happens here, as the text is read, so segmentation, LLM prompts, caches and
+        The file is read with a size bound and its encoding detected (:mod:`keyslice.report.reading`);
+        de-identification happens here, as the text is read, so segmentation, LLM prompts, caches and
         every table only ever see ``[NAME]``, ``[DATE]``...; the raw report is never stored or returned.
         """
         if self.report_text is not None:
+            if len(self.report_text.encode("utf-8", "surrogatepass")) > max_bytes:
+                raise LimitExceededError(f"the manifest's report is larger than {max_bytes} bytes (max_report_bytes); "
+                                         "check it, or raise the limit in the build config")
             return deidentify(self.report_text)
         report = self.path / REPORT_NAME
         if not report.exists():
             raise InputError(f"study has no {REPORT_NAME}; add one or list the study in a manifest")
-        return deidentify(report.read_text(encoding="utf-8", errors="replace"))
+        return deidentify(read_report_text(report, max_bytes))
 
 
 @dataclass(frozen=True)
@@ -104,17 +110,45 @@ def _unreadable_folder(input_dir: Path, error: OSError, pseudonymize: Pseudonymi
     return SkippedFolder(pseudonymize("folder", rel), rel, f"unreadable ({type(error).__name__})")
 
 
+class ManifestError(InputError, ValueError):
+    """The manifest itself is unusable (columns, paths outside the input folder, duplicate rows):
+    the whole build is refused before anything is written, since a half-built manifest would be
+    a corpus nobody asked for."""
+
+
 def _read_manifest(path: Path) -> list[tuple[str, str]]:
     table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
     missing = {"study", "report"} - set(table.column_names)
     if missing:
-        raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs 'study' and 'report'")
+        raise ManifestError(f"manifest {path.name} lacks column(s) {sorted(missing)}; it needs 'study' and 'report'")
     return list(zip(table.column("study").to_pylist(), table.column("report").to_pylist()))
+
+
+def manifest_folder(rel: object, row: int) -> str:
+    """A manifest's ``study`` value as a clean relative folder; refuses paths that leave the input folder.
+
+    Checked on the text, not on the resolved path: a study folder may be a symbolic link the operator
+    placed inside the input folder (to data elsewhere), but a manifest row may not name ``..``, an
+    absolute path or a home folder.
+    """
+    text = "" if rel is None else str(rel).strip()
+    if not text:
+        raise ManifestError(f"manifest row {row}: empty 'study'; give the study folder relative to the input folder")
+    posix = text.replace("\\", "/")
+    if posix.startswith(("/", "~")) or (len(posix) > 1 and posix[1] == ":"):
+        raise ManifestError(f"manifest row {row}: 'study' must be a folder relative to the input folder, "
+                            f"not an absolute path")
+    norm = posixpath.normpath(posix)
+    if norm == ".." or norm.startswith("../"):
+        raise ManifestError(f"manifest row {row}: 'study' leaves the input folder ('..'); "
+                            f"studies must lie inside the input folder")
+    return norm
 
 
 def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Path | None = None) -> Discovery:
     """List the studies of an input folder, sorted by pseudonym for a stable order, with the
-    folders that were not taken as studies (:class:`Discovery`)."""
+    folders that were not taken as studies (:class:`Discovery`). Folders reached twice through
+    symbolic links are walked once."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
@@ -125,15 +159,25 @@ def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Pat
     studies: list[Study] = []
     skipped: list[SkippedFolder] = []
     if manifest is not None:
-        for rel, text in _read_manifest(Path(manifest)):
-            folder = (input_dir / rel)
-            studies.append(Study(pseudonymize("study", Path(rel).as_posix()), Path(rel).as_posix(), folder,
-                                 text if text is not None else ""))
+        seen: dict[str, int] = {}
+        for row, (rel, text) in enumerate(_read_manifest(Path(manifest)), start=1):
+            key = manifest_folder(rel, row)
+            if key in seen:
+                raise ManifestError(f"manifest rows {seen[key]} and {row} name the same study folder; "
+                                    f"list each study once (one report per study)")
+            seen[key] = row
+            studies.append(Study(pseudonymize("study", key), key, input_dir / key, text if text is not None else ""))
     else:
         def unreadable(error: OSError) -> None:
             skipped.append(_unreadable_folder(input_dir, error, pseudonymize))
 
+        visited: set[tuple[int, int]] = set()  # real folders already walked: symbolic links never loop
         for root, dirs, files in os.walk(input_dir, followlinks=True, onerror=unreadable):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in visited:
+                dirs[:] = []
+                continue
+            visited.add((st.st_dev, st.st_ino))
             if REPORT_NAME in files:
                 rel = Path(root).relative_to(input_dir).as_posix()
                 studies.append(Study(pseudonymize("study", rel), rel, Path(root), None))

@@ -38,7 +38,6 @@ flagged ``BurnedInAnnotation`` and secondary captures are excluded before the ga
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import zlib
@@ -119,15 +118,16 @@ def read_study_phi_values(folder: Path) -> set[str]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from keyslice.dicom.headers import NotDicomError, open_regular
+    from keyslice.dicom.index import list_files
+
     headers = []
-    paths = []
-    for root, dirs, files in os.walk(folder, followlinks=True):  # studies link to their DICOM folders
-        dirs.sort()
-        paths += [Path(root) / name for name in sorted(files)]
-    for path in paths:
+    listed, _ = list_files(folder)  # regular files only, each folder once (links may not loop)
+    for path, _rel in listed:
         try:
-            headers.append(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(DICOM_PHI_KEYWORDS)))
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+            with open_regular(path) as fh:
+                headers.append(pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=list(DICOM_PHI_KEYWORDS)))
+        except (InvalidDicomError, NotDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
             continue
     return dicom_phi_values(headers)
 

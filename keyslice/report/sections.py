@@ -4,7 +4,8 @@ Headers are recognised at the start of a line or after a sentence end, in any ca
 followed by ":" (or " -", or alone on their line): "FINDINGS:", "Findings -",
 "IMPRESSION", "Clinical information:", "COMPARISON: none." ... Text before the first
 header counts as "findings" unless a FINDINGS header follows (then it is a title or
-preamble and is dropped). A report with no header at all is all findings.
+preamble and is dropped). A report with no header at all is all findings, except its leading
+exam-title lines ("CT abdomen with contrast.", "CT CHEST W/O IV CONTRAST"), which are its technique.
 """
 
 from __future__ import annotations
@@ -72,10 +73,28 @@ def _norm(header: str) -> str:
     return re.sub(r"\s+", " ", header.strip().lower())
 
 
+# an exam title: modality, then only region/contrast/technique words, on a line of its own
+TITLE_RE = re.compile(
+    r"^[ \t]*(?:(?:contrast[- ]enhanced|non[- ]?contrast|unenhanced|low[- ]dose|helical|multi[- ]?phase)[ \t]+)?"
+    r"(?:CT|CTA|MDCT|HRCT|PET[-/ ]?CT|CT[ \t]+angiography|computed[ \t]+tomography)\b"
+    r"(?:[ \t,/&+-]+(?:of|the|and|with|without|w|wo|w/o|iv|oral|contrast|enhanced|non|plain|abdomen|abdominal|pelvis|"
+    r"chest|thorax|thoracic|head|brain|neck|spine|cervical|thoracic|lumbar|whole|body|upper|lower|renal|liver|"
+    r"pancreas|angiography|angiogram|protocol|study|scan|triple|phase|multiphase|arterial|venous|portal|delayed|"
+    r"low|dose|high|resolution))*[ \t]*[.:]?[ \t]*$",
+    re.IGNORECASE,
+)
+
+
 def split_sections(text: str) -> list[tuple[str, str]]:
     """Return [(section, body)] in document order. Bodies keep their line breaks."""
     hits = list(HEADER_RE.finditer(text))
     if not hits:
+        lines = text.splitlines(keepends=True)
+        n_title = 0
+        while n_title < len(lines) and (not lines[n_title].strip() or TITLE_RE.match(lines[n_title])):
+            n_title += 1
+        if n_title < len(lines) and any(line.strip() for line in lines[:n_title]):
+            return [("technique", "".join(lines[:n_title])), ("findings", "".join(lines[n_title:]))]
         return [("findings", text)]
     parts: list[tuple[str, str]] = []
     pre = text[: hits[0].start()]

@@ -544,6 +544,8 @@ def find_masks(study_dir: Path) -> OrganMasks | None:
             continue
         for name in sorted(files):
             p = root_p / name
+            if not p.is_file():  # a named pipe or device would block or never end when read
+                continue
             if _is_seg_nifti(p):
                 niftis.append(p)
             elif not name.lower().endswith((".nii", ".nii.gz", ".json", ".txt", ".png", ".jpg", ".csv", ".md")):

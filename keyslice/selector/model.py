@@ -274,9 +274,26 @@ def _hf_file(repo: str, filenames: str | tuple[str, ...], hint: str) -> str:
             return hf_hub_download(repo_id=repo, filename=name)
         except Exception as e:
             errors.append(f"{name}: {type(e).__name__}: {str(e)[:200]}")
+            if _no_network(e):  # every other name would wait through the same retries
+                break
     raise ModelWeightsMissingError(
         f"cannot download {shown} ({'; '.join(errors)}). "
-        f"Pre-download it: {hint}. The cache is {_hf_home()} (set HF_HOME to move it).")
+        f"Pre-download it: {hint}. The cache is {_hf_home()} (set HF_HOME to move it; set HF_HUB_OFFLINE=1 on a "
+        "machine without network, so that a missing file is reported at once).")
+
+
+def _no_network(error: BaseException) -> bool:
+    """Whether a hub download failed for want of a connection (not because the file does not exist)."""
+    import httpx
+
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (httpx.ConnectError, httpx.TimeoutException, ConnectionError, LocalEntryNotFoundError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _hf_home() -> str:

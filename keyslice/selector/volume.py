@@ -133,8 +133,13 @@ def _read_header(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from keyslice.dicom.headers import NotDicomError, open_regular
+
     try:
-        ds = pydicom.dcmread(path)
+        with open_regular(path) as fh:
+            ds = pydicom.dcmread(fh)
+    except NotDicomError as e:  # a named pipe or device put where a slice was
+        return None, str(e)
     except InvalidDicomError:
         return None, "not a DICOM file"
     except Exception as e:  # truncated / corrupt file
