@@ -100,6 +100,14 @@ class SlicePixels:
     bits_stored: int
     pixel_representation: int
 
+    @classmethod
+    def from_header(cls, path: Path, hdr) -> SlicePixels:
+        """From a :class:`keyslice.dicom.headers.Header` (Rows, Columns and BitsAllocated present)."""
+        bits = hdr.int("BitsAllocated")
+        return cls(Path(path), hdr.transfer_syntax, hdr.extra.get("pixel_offset"), hdr.extra.get("pixel_length"),
+                   hdr.int("Rows"), hdr.int("Columns"), bits, hdr.int("BitsStored") or bits,
+                   hdr.int("PixelRepresentation") or 0)
+
     @property
     def dtype(self) -> np.dtype:
         return stored_dtype(self.bits_allocated, self.pixel_representation)
@@ -220,7 +228,8 @@ def _read_pydicom(sp: SlicePixels, out: np.ndarray) -> None:
 
 @dataclass
 class Chunk:
-    """Slices ``start..stop`` of a series: stored values in a reused buffer (call :meth:`release`)."""
+    """Slices ``start..stop`` of a series: stored values in a reused buffer, valid until the consumer
+    asks for the next chunk or calls :meth:`release`."""
 
     start: int
     stop: int
@@ -244,7 +253,9 @@ class ChunkStream:
     ``decode(k, out)`` fills ``out`` (``[rows, cols]``) with slice k and raises when it cannot;
     a failed slice is reported through ``on_error(k, exc)`` and its chunk row marked invalid.
     ``allocate(n)`` makes a buffer of ``n`` slices (pinned host memory for CUDA); buffers are
-    reused, so a stream over 2,000 slices holds the same memory as one over 50.
+    reused, so a stream over 2,000 slices holds the same memory as one over 50. A chunk's buffer
+    goes back to the pool when the next chunk is requested, or earlier through
+    :meth:`Chunk.release` (with a ``wait`` for an asynchronous device copy still reading it).
     """
 
     def __init__(self, n: int, chunk: int, decode: Callable[[int, np.ndarray], None],
@@ -298,11 +309,15 @@ class ChunkStream:
 
         thread = threading.Thread(target=produce, name="keyslice-chunks", daemon=True)
         thread.start()
+        previous: Chunk | None = None
         try:
             for _ in starts:
+                if previous is not None:
+                    previous.release()  # a chunk is the consumer's until it asks for the next one
                 item = ready.get()
                 if isinstance(item, BaseException):
                     raise item
+                previous = item
                 yield item
         finally:
             stop.set()

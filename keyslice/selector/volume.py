@@ -241,11 +241,9 @@ def _read_header(path: Path):
     rows, cols, bits = hdr.int("Rows"), hdr.int("Columns"), hdr.int("BitsAllocated")
     if not rows or not cols or bits not in (8, 16, 32):
         return None, f"no usable Rows/Columns/BitsAllocated ({rows}, {cols}, {bits})"
-    offset, length = hdr.extra.get("pixel_offset"), hdr.extra.get("pixel_length")
-    sp = SlicePixels(Path(path), hdr.transfer_syntax, offset, length, rows, cols, bits,
-                     hdr.int("BitsStored") or bits, hdr.int("PixelRepresentation") or 0)
-    if sp.method == "native" and length < rows * cols * bits // 8:
-        return None, f"truncated pixel data ({length} of {rows * cols * bits // 8} bytes)"
+    sp = SlicePixels.from_header(path, hdr)
+    if sp.method == "native" and sp.length < rows * cols * bits // 8:
+        return None, f"truncated pixel data ({sp.length} of {rows * cols * bits // 8} bytes)"
     return (hdr, sp), None
 
 
