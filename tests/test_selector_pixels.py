@@ -274,15 +274,16 @@ def encoder(tmp_path_factory):
     return load_model(str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=3)), device="cpu")
 
 
-@pytest.mark.parametrize("series", [SIEMENS_J2K, PHILIPS, CT3, GE_TILT], ids=["siemens-j2k", "philips", "dcmqi", "ge-tilt"])
+@pytest.mark.parametrize("series", [SIEMENS_J2K, CT3, GE_TILT], ids=["siemens-j2k", "dcmqi", "ge-tilt"])
 def test_same_key_slices_as_the_pydicom_pil_loop(series, encoder):
     """The streamed path picks the slices that the straightforward loop picks (pydicom HU, PIL
-    preprocessing per slice, one encode per slice), on every real series and for every window."""
+    preprocessing per slice, one encode per slice), on the real series, in four windows
+    (the Philips series: test_selector_select.py::test_scores_equal_reference_loop)."""
     import json
 
     caps = json.loads((DATA / "roco_ct_captions" / "captions.json").read_text())
-    organs = [["liver"], ["lung"], ["spine"], ["aorta"], ["brain"], []]
-    qs = [Query(f"f{i}", caps[i]["caption"], organs[i % len(organs)], []) for i in range(6)]
+    organs = [["liver"], ["lung"], ["spine"], []]
+    qs = [Query(f"f{i}", caps[i]["caption"], organs[i], []) for i in range(4)]
     vol = load_volume(files(series))
     got = select_key_slices(vol, qs, encoder, SelectorConfig(top_k=3, batch_size=8))
     order = np.argsort([float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient @ vol.normal)
