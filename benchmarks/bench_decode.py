@@ -3,7 +3,8 @@
 1. JPEG 2000: slices/s of the real 20-slice Siemens series (repeated ``--repeat`` times to make it
    longer), decoded by imagecodecs (the codec the selector uses) and by pylibjpeg-openjpeg (what
    pydicom used before), with 1 and with ``--workers`` threads; the scaling is the ratio
-   (ideal: the number of workers; both libraries release the GIL while decoding).
+   (ideal: the number of workers; both libraries release the GIL while decoding). With CUDA and
+   nvImageCodec installed (``keyslice[gpu-decode]``), its GPU decoder is measured too.
 2. Uncompressed: slices/s of :meth:`Volume.chunks` (header read + one read per file into the
    chunk buffer) against ``pydicom.dcmread(f).pixel_array`` per file, on a SYNTHETIC phantom
    (``bench_selector.synthetic_phantom``) of ``--slices`` 512x512 slices.
@@ -56,6 +57,16 @@ def rate(fn, items: list, workers: int, min_seconds: float = 1.5) -> float:
     return done / (time.perf_counter() - t)
 
 
+def _gpu_decoder_available() -> bool:
+    import torch
+
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def bench_j2k(repeat: int, workers: int) -> dict:
     import imagecodecs
     import openjpeg
@@ -64,6 +75,10 @@ def bench_j2k(repeat: int, workers: int) -> dict:
     frames = [encapsulated_frame(f, read_header(f).extra["pixel_offset"]) for f in files] * repeat
     decoders = {"imagecodecs": lambda b: imagecodecs.jpeg2k_decode(b, numthreads=1),
                 "pylibjpeg-openjpeg": openjpeg.decode}
+    if _gpu_decoder_available():
+        from keyslice.selector.pixels import _nvimgcodec_decode
+
+        decoders["nvimgcodec (GPU)"] = _nvimgcodec_decode
     out = {}
     print(f"JPEG 2000: real Siemens series, {len(files)} slices x {repeat} = {len(frames)} decodes ({load()})")
     for name, dec in decoders.items():

@@ -113,6 +113,27 @@ def test_other_compressed_syntaxes_decode_through_imagecodecs(tmp_path, syntax, 
         assert np.array_equal(out, expect), (src, syntax)
 
 
+def _nvimgcodec_missing() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device on this machine: GPU JPEG 2000 decoding not exercised"
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except ImportError:
+        return "nvImageCodec not installed (pip install 'keyslice[gpu-decode]')"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_nvimgcodec_missing() is not None, reason=str(_nvimgcodec_missing()))
+def test_gpu_jpeg2000_decoder_equals_pydicom(monkeypatch):
+    monkeypatch.setenv("KEYSLICE_J2K_DECODER", "nvimgcodec")
+    for p in files(SIEMENS_J2K):
+        sp = slice_pixels(p)
+        out = np.empty((sp.rows, sp.cols), dtype=sp.dtype)
+        read_stored(sp, out)
+        assert np.array_equal(out, pydicom.dcmread(p).pixel_array), p
+
+
 def test_decode_workers_setting(monkeypatch):
     monkeypatch.setenv("KEYSLICE_DECODE_WORKERS", "3")
     assert decode_workers() == 3
@@ -121,6 +142,12 @@ def test_decode_workers_setting(monkeypatch):
         decode_workers()
     monkeypatch.delenv("KEYSLICE_DECODE_WORKERS")
     assert 1 <= decode_workers() <= 16
+    from keyslice.selector.pixels import j2k_decoder
+
+    assert j2k_decoder() == "imagecodecs"
+    monkeypatch.setenv("KEYSLICE_J2K_DECODER", "nvjpeg")
+    with pytest.raises(ValueError, match="KEYSLICE_J2K_DECODER"):
+        j2k_decoder()
 
 
 def test_chunk_stream_is_bounded_ordered_and_marks_failures():

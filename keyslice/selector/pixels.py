@@ -11,7 +11,8 @@ pixel data. With that, one slice is read as follows:
   single frame's fragments are read from that offset (pydicom's encapsulation parser) and
   decoded by `imagecodecs <https://github.com/cgohlke/imagecodecs>`_ (OpenJPEG,
   libjpeg-turbo, CharLS and its own DICOM RLE codec). imagecodecs releases the GIL while
-  decoding, so a thread pool decodes several slices at once;
+  decoding, so a thread pool decodes several slices at once. JPEG 2000 can instead be
+  decoded on the GPU by nvImageCodec (:func:`j2k_decoder`);
 * **anything else** (big endian, deflate, a header the byte-level reader had to leave to
   pydicom, float pixel data): ``pydicom.dcmread(...).pixel_array``, as before.
 
@@ -77,6 +78,34 @@ def decode_workers() -> int:
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 2
     return max(1, min(16, cpus))
+
+
+def j2k_decoder() -> str:
+    """JPEG 2000 decoder: ``$KEYSLICE_J2K_DECODER``, ``imagecodecs`` (default, CPU threads) or
+    ``nvimgcodec`` (nvImageCodec / nvJPEG2000 on the current CUDA device; ``pip install
+    'keyslice[gpu-decode]'``). The GPU decoder hands the pixels back to the host chunk buffer,
+    so everything downstream is unchanged."""
+    name = os.environ.get("KEYSLICE_J2K_DECODER", "imagecodecs").strip() or "imagecodecs"
+    if name not in ("imagecodecs", "nvimgcodec"):
+        raise ValueError(f"KEYSLICE_J2K_DECODER must be 'imagecodecs' or 'nvimgcodec', not {name!r}")
+    return name
+
+
+_thread_state = threading.local()
+
+
+def _nvimgcodec_decode(data: bytes) -> np.ndarray:
+    from nvidia import nvimgcodec
+
+    decoder = getattr(_thread_state, "nvimgcodec", None)
+    if decoder is None:  # one decoder per decode thread
+        decoder = _thread_state.nvimgcodec = nvimgcodec.Decoder()
+    params = nvimgcodec.DecodeParams(color_spec=nvimgcodec.ColorSpec.UNCHANGED, allow_any_depth=True)
+    image = decoder.decode(nvimgcodec.CodeStream(data), params=params)
+    if image is None:
+        raise ValueError("nvImageCodec could not decode the JPEG 2000 stream")
+    arr = np.asarray(image.cpu())
+    return arr.reshape(arr.shape[:2]) if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
 
 def stored_dtype(bits_allocated: int, pixel_representation: int) -> np.dtype:
@@ -175,7 +204,8 @@ def _decode_compressed(sp: SlicePixels, codec: str) -> np.ndarray:
     if codec == "dicomrle":
         arr = np.frombuffer(imagecodecs.dicomrle_decode(data, dtype.str), dtype=dtype).reshape(sp.rows, sp.cols)
     elif codec == "jpeg2k":
-        arr = imagecodecs.jpeg2k_decode(data, numthreads=1)
+        arr = (_nvimgcodec_decode(data) if j2k_decoder() == "nvimgcodec"
+               else imagecodecs.jpeg2k_decode(data, numthreads=1))
         arr = _j2k_sign(arr, data, sp)
     else:
         arr = getattr(imagecodecs, f"{codec}_decode")(data)
