@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_selector import SERIES, synthetic_phantom  # noqa: E402
 from keyslice.dicom.headers import read_header  # noqa: E402
-from keyslice.selector.pixels import SlicePixels, encapsulated_frame, read_stored  # noqa: E402
+from keyslice.selector.pixels import SlicePixels, encapsulated_frame  # noqa: E402
 from keyslice.selector.volume import load_volume  # noqa: E402
 
 
