@@ -174,9 +174,15 @@ def _read_native(sp: SlicePixels, out: np.ndarray) -> None:
         target = out
     else:
         target = np.empty((sp.rows, sp.cols), dtype=dtype)
+    view = memoryview(target).cast("B")
+    got = 0
     with open(sp.path, "rb", buffering=0) as fh:
         fh.seek(sp.offset)
-        got = fh.readinto(memoryview(target).cast("B"))
+        while got < nbytes:
+            n = fh.readinto(view[got:])
+            if not n:
+                break
+            got += n
     if got != nbytes:
         raise ValueError(f"truncated pixel data ({got} of {nbytes} bytes)")
     if target is not out:
@@ -298,13 +304,11 @@ class ChunkStream:
         self.workers = workers or decode_workers()
         self.n_buffers = min(buffers, max(1, -(-n // chunk)))
         self.allocate = allocate
-        self.peak_buffers = 0  # most buffers ever allocated (for tests and benchmarks)
 
     def __iter__(self) -> Iterator[Chunk]:
         free: queue.Queue = queue.Queue()
         for _ in range(self.n_buffers):
             free.put((self.allocate(self.chunk), None))
-        self.peak_buffers = self.n_buffers
         ready: queue.Queue = queue.Queue()
         stop = threading.Event()
         starts = list(range(0, self.n, self.chunk))
