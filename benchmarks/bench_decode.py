@@ -58,13 +58,11 @@ def rate(fn, items: list, workers: int, min_seconds: float = 1.5) -> float:
 
 
 def _gpu_decoder_available() -> bool:
+    import importlib.util
+
     import torch
 
-    try:
-        from nvidia import nvimgcodec  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    return torch.cuda.is_available() and importlib.util.find_spec("nvidia.nvimgcodec") is not None
 
 
 def bench_j2k(repeat: int, workers: int) -> dict:
