@@ -10,6 +10,7 @@
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine (after `pip install -e .`)
 #   bash benchmarks/gpu_check.sh --dry-run  # anywhere: CPU, tiny model, 32 slices; checks the script only
+#                                           # (writes to $TMPDIR/keyslice_gpu_check_dryrun.*)
 #
 # PYTHON selects the interpreter (default: python). KEYSLICE_DATA_DIR must point at the real test
 # data when it is not ../shared/data beside the checkout.
@@ -23,7 +24,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p benchmarks/results
 if (( dry )); then
-    base=benchmarks/results/gpu_check_dryrun
+    base=${TMPDIR:-/tmp}/keyslice_gpu_check_dryrun  # not a result: kept out of benchmarks/results/
     vit_args=(--model tiny --device cpu --slices 32 --skip-reference)
     tiny_args=(--model tiny --device cpu --slices 32 --skip-reference)
     decode_args=(--repeat 1 --slices 32)
@@ -67,4 +68,4 @@ log "## tiny model (host path alone), 512 slices"
 
 log "## decoding on the host (all cores)"
 "$py" benchmarks/bench_decode.py "${decode_args[@]}" --json "$base.decode.json" 2>&1 | tee -a "$out"
-log "# done $(date -u +%H:%M:%SZ)"
+log "# done $(date -u +%H:%M:%SZ); written to $out"
