@@ -15,7 +15,8 @@ side, ``CenterCrop(image_size)``, ``ToTensor``, ``Normalize(mean, std)``) applie
 8-bit windowed grayscale image that :func:`keyslice.selector.render.render_png` writes.
 The resize is two matrix products per slice (columns, then rows) with the weights of
 ``F.interpolate(..., mode="bicubic", antialias=True)`` (PIL's bicubic filter), computed
-once per size by interpolating an identity matrix, and cut to the crop window first. Like
+once per size by interpolating an identity matrix, cut to the crop window first and split
+into bands of outputs that skip the matrix's zeros. Like
 PIL, each pass is clamped and rounded to 8-bit levels. Matrix products run at BLAS/tensor
 core speed on CPU and GPU; ``F.interpolate``'s antialiased kernel was the largest host cost
 (about 1 ms per 512x512 slice on one core). Several windows share one HU conversion.
@@ -97,6 +98,36 @@ def _resize_weights(n_in: int, n_out: int, device: str) -> torch.Tensor:
     return w.view(n_in, n_out).contiguous().to(device)
 
 
+@functools.lru_cache(maxsize=64)
+def _resize_bands(n_in: int, n_out: int, lo: int, hi: int, device: str) -> tuple:
+    """Output columns ``lo..hi`` of the resize in blocks, each with the input range its weights touch:
+    ``(in_start, in_stop, out_start, out_stop, weights)``. The weights are a narrow band (a
+    512 -> 64 reduction touches 32 inputs per output), so blocks skip the zeros of the full matrix."""
+    w = _resize_weights(n_in, n_out, "cpu")[:, lo:hi]
+    n = hi - lo
+    block = max(8, -(-n // 8))
+    bands = []
+    for o0 in range(0, n, block):
+        o1 = min(n, o0 + block)
+        rows = torch.nonzero(w[:, o0:o1].abs().sum(dim=1)).flatten()
+        i0, i1 = int(rows.min()), int(rows.max()) + 1
+        bands.append((i0, i1, o0, o1, w[i0:i1, o0:o1].contiguous().to(device)))
+    if sum((i1 - i0) * (o1 - o0) for i0, i1, o0, o1, _ in bands) * 2 > n_in * n:
+        return ((0, n_in, 0, n, w.contiguous().to(device)),)  # not sparse enough to gain from blocks
+    return tuple(bands)
+
+
+def _resize_last_axis(x: torch.Tensor, n_out: int, lo: int, hi: int) -> torch.Tensor:
+    """Resize the last axis of ``x`` to ``n_out`` and keep outputs ``lo..hi`` (matrix products per band)."""
+    bands = _resize_bands(x.shape[-1], n_out, lo, hi, str(x.device))
+    if len(bands) == 1:
+        return torch.matmul(x, bands[0][4])
+    out = x.new_empty((*x.shape[:-1], hi - lo))
+    for i0, i1, o0, o1, w in bands:
+        out[..., o0:o1] = torch.matmul(x[..., i0:i1], w)
+    return out
+
+
 def _clamp_round(x: torch.Tensor, quantize: bool) -> torch.Tensor:
     x = x.clamp_(0.0, 255.0)
     return x.round_() if quantize else x
@@ -113,16 +144,15 @@ def _resize_crop(x: torch.Tensor, image_size: int, resize_mode: str, quantize: b
         top = int(round((nh - image_size) / 2.0))
         left = int(round((nw - image_size) / 2.0))
         rows, cols = (top, top + image_size), (left, left + image_size)
-    dev = str(x.device)
     if (nh, nw) == (h, w):
         x = x[:, rows[0]:rows[1], cols[0]:cols[1]]
     else:
         if nw != w:
-            x = _clamp_round(torch.matmul(x, _resize_weights(w, nw, dev)[:, cols[0]:cols[1]]), quantize)
+            x = _clamp_round(_resize_last_axis(x, nw, *cols), quantize)
         else:
             x = x[:, :, cols[0]:cols[1]]
         if nh != h:
-            x = _clamp_round(torch.matmul(_resize_weights(h, nh, dev)[:, rows[0]:rows[1]].T, x), quantize)
+            x = _clamp_round(_resize_last_axis(x.transpose(1, 2), nh, *rows).transpose(1, 2), quantize)
         else:
             x = x[:, rows[0]:rows[1], :]
     if resize_mode == "longest":
