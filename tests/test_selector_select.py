@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import keyslice.selector.volume as volume_mod
+import keyslice.selector.pixels as pixels_mod
 from keyslice.selector import (
     EmbeddingCache,
     Query,
@@ -110,14 +110,14 @@ def test_scores_equal_reference_loop(encoder):
 def test_each_series_decoded_and_encoded_once_for_many_findings(encoder, monkeypatch, tmp_path):
     calls = {"decode": 0, "encode_images": 0, "slices": 0, "encode_texts": 0}
     lock = threading.Lock()
-    real_decode = volume_mod._decode
+    real_decode = pixels_mod.read_stored
 
-    def counting_decode(ds):
+    def counting_decode(sp, out):
         with lock:
             calls["decode"] += 1
-        return real_decode(ds)
+        return real_decode(sp, out)
 
-    monkeypatch.setattr(volume_mod, "_decode", counting_decode)
+    monkeypatch.setattr(pixels_mod, "read_stored", counting_decode)
     real_images, real_texts = encoder.encode_images, encoder.encode_texts
 
     def counting_images(batch, **kw):
@@ -146,10 +146,15 @@ def test_each_series_decoded_and_encoded_once_for_many_findings(encoder, monkeyp
     # Same study, more findings, another call: nothing is decoded or encoded again.
     select_key_slices(vol, qs[:5], encoder, cfg)
     assert calls["decode"] == 20 and calls["slices"] == 20 and calls["encode_texts"] == 1
-    # A second window encodes the series once more (different pixels), and only once.
+    # A second window encodes the series once more (different pixels), and only once; the
+    # series streams through bounded buffers, so it is decoded again for it.
     qs2 = [Query(f"l{i}", sents[i], ["lung"], []) for i in range(6)]
     select_key_slices(vol, qs + qs2, encoder, cfg)
-    assert calls["slices"] == 40 and calls["decode"] == 20
+    assert calls["slices"] == 40 and calls["decode"] == 40
+    # Windows asked for together share one decoding pass.
+    qs3 = [Query(f"b{i}", sents[i], ["spine"], []) for i in range(2)] + [Query("m", sents[0], ["aorta"], [])]
+    select_key_slices(vol, qs3, encoder, cfg)
+    assert calls["slices"] == 80 and calls["decode"] == 60
 
 
 def test_disk_cache_reused_across_builds(encoder, model_dir, tmp_path, monkeypatch):
@@ -265,16 +270,16 @@ def test_encoding_starts_while_the_series_is_still_decoding(encoder, monkeypatch
     encoded. A pipeline that waited for the whole series first would never encode (the held
     decode gives up after 120 s and the test fails)."""
     first_encode = threading.Event()
-    real_decode = volume_mod._decode
+    real_decode = pixels_mod.read_stored
     files_ = files(SIEMENS_J2K)
-    last = load_volume(files_, decode="eager").files[-1].name  # highest z: decoded last
+    last = load_volume(files_).files[-1].name  # highest z: decoded last
 
-    def held_decode(ds):
-        if Path(ds.filename).name == last:
+    def held_decode(sp, out):
+        if sp.path.name == last:
             first_encode.wait(timeout=120)
-        return real_decode(ds)
+        return real_decode(sp, out)
 
-    monkeypatch.setattr(volume_mod, "_decode", held_decode)
+    monkeypatch.setattr(pixels_mod, "read_stored", held_decode)
     real_images = encoder.encode_images
 
     def noting_images(batch, **kw):
@@ -310,8 +315,9 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(encoder, monke
     assert np.allclose([c.curve for c in got], [c.curve for c in ref], atol=1e-3)
     n_windows = len({c.window for c in got})
     assert sum(s for s in sizes if s <= 3) == vol.n_slices * n_windows  # every slice encoded once per window
-    # Out of memory at 16, 8 and 4 once per series and window, then every batch fits (2 slices).
-    assert [s for s in sizes if s > 3] == [16, 8, 4] * n_windows
+    # Out of memory at 16, 8 and 4 once per series (all windows of a chunk are encoded together),
+    # then every batch fits (2 slices).
+    assert [s for s in sizes if s > 3] == [16, 8, 4]
 
 
 def test_batch_size_from_free_device_memory(encoder, monkeypatch):

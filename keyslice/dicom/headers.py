@@ -11,7 +11,10 @@ Two readers return the same :class:`Header`:
 
 Both decode values through the same function from the element's raw bytes (pydicom's
 elements are taken raw with ``Dataset.get_item``), so the two readers agree value for value;
-a test checks this on every real file. The fast reader exists because pydicom's general
+a test checks this on every real file. Both record where the (little-endian) Pixel Data value
+starts and its length (``extra["pixel_offset"]``, ``extra["pixel_length"]``, 0xFFFFFFFF when
+encapsulated): step 3 reads pixels from there without parsing the file again
+(:mod:`keyslice.selector.pixels`). The fast reader exists because pydicom's general
 parser costs about 1 ms per file, which is as slow as reading and converting an
 uncompressed 512x512 slice; the walker is ~10x faster.
 
@@ -69,10 +72,15 @@ TAGS: dict[str, tuple[int, str]] = {
     "ImageOrientationPatient": (0x00200037, "DS"),
     "FrameOfReferenceUID": (0x00200052, "UI"),
     "SliceLocation": (0x00201041, "DS"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
     "NumberOfFrames": (0x00280008, "IS"),
     "Rows": (0x00280010, "US"),
     "Columns": (0x00280011, "US"),
     "PixelSpacing": (0x00280030, "DS"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
     "BurnedInAnnotation": (0x00280301, "CS"),
     "RescaleIntercept": (0x00281052, "DS"),
     "RescaleSlope": (0x00281053, "DS"),
@@ -408,6 +416,8 @@ def _read_fast(path: Path) -> Header:
             truncated = _check_pixels(fh, buf, pixel, explicit)
         hdr = _make_header(out, ts, has_preamble, media_sop, truncated)
         hdr.extra["pixel_data"] = pixel is not None
+        if pixel is not None and pixel[0] == 0x7FE00010:
+            hdr.extra["pixel_offset"], hdr.extra["pixel_length"] = pixel[1], pixel[2]
         return hdr
 
 
@@ -507,8 +517,13 @@ def _read_pydicom(path: Path) -> Header:
                 length, vpos = None, None
             if length is not None and ts != DEFLATED_LE:
                 truncated = _check_pixels(fh, None, (0x7FE00010, vpos, length), explicit)
+            else:
+                vpos = None
     hdr = _make_header(out, ts, has_preamble, media_sop, truncated, "pydicom", little)
-    hdr.extra["pixel_data"] = pixel_found
+    # a deflated dataset cannot be followed to its Pixel Data from the file position: not checked
+    hdr.extra["pixel_data"] = pixel_found or ts == DEFLATED_LE
+    if pixel_found and vpos is not None and head[:4] == b"\xe0\x7f\x10\x00":
+        hdr.extra["pixel_offset"], hdr.extra["pixel_length"] = vpos, length
     return hdr
 
 

@@ -3,7 +3,7 @@
 Entry points (the pipeline calls exactly these)::
 
     encoder = load_model("biomedclip")                      # or a preset / hf-hub id / local folder
-    volume = load_volume(files)                             # sorted, HU, decoded ahead in threads
+    volume = load_volume(files)                             # headers, sorted; pixels stream in chunks
     masks = find_masks(study_dir)                           # optional precomputed organ masks
     choices = select_key_slices(volume, queries, encoder, SelectorConfig(), masks, cache, cache_key)
     png = render_png(volume, choices[0].top1_index, choices[0].window)
@@ -28,8 +28,10 @@ from keyslice.selector.select import (
     SelectorConfig,
     SliceChoice,
     encode_volume,
+    encode_volume_windows,
     select_key_slices,
     slice_embeddings,
+    slice_embeddings_windows,
     text_embeddings,
 )
 from keyslice.selector.volume import Volume, load_volume, volume_from_nifti
@@ -37,7 +39,8 @@ from keyslice.selector.windows import WINDOWS, choose_window, get_window
 
 __all__ = [
     "ClipEncoder", "EmbeddingCache", "OrganMasks", "PRESETS", "Query", "SelectorConfig", "SliceChoice",
-    "Volume", "WINDOWS", "choose_window", "encode_volume", "find_masks", "get_window", "load_model",
-    "load_volume", "plot_similarity_curve", "render_png", "run_totalsegmentator", "save_tiny_checkpoint",
-    "segment_volume", "select_key_slices", "slice_embeddings", "text_embeddings", "volume_from_nifti", "volume_to_nifti",
+    "Volume", "WINDOWS", "choose_window", "encode_volume", "encode_volume_windows", "find_masks", "get_window",
+    "load_model", "load_volume", "plot_similarity_curve", "render_png", "run_totalsegmentator",
+    "save_tiny_checkpoint", "segment_volume", "select_key_slices", "slice_embeddings", "slice_embeddings_windows",
+    "text_embeddings", "volume_from_nifti", "volume_to_nifti",
 ]

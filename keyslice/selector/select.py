@@ -5,9 +5,10 @@ For every query (one finding sentence):
 1. choose a display window (from its organs, or ``SelectorConfig.window``);
 2. embed the series' slices in that window — once per (series, model, window), reused by
    every query of the study (memoised on the Volume, and in the on-disk
-   :class:`~keyslice.selector.cache.EmbeddingCache` when given) — with batched device-side
-   preprocessing, pinned-memory transfers and bf16 autocast on CUDA, while the series is
-   still being decoded by :func:`~keyslice.selector.volume.load_volume`'s thread pool;
+   :class:`~keyslice.selector.cache.EmbeddingCache` when given) — all windows of the study
+   from one decoding pass: stored values stream in chunks from the decode pool (pinned
+   memory on CUDA), go to the device as int16 and are preprocessed there in batches
+   (:func:`~keyslice.selector.preprocess.prepare_chunk`), encoded with bf16 autocast on CUDA;
 3. embed the sentences (once per sentence hash);
 4. score all sentences of a window against all slices with one matrix product of unit
    vectors (cosine similarity), optionally smooth each curve along z with a Gaussian
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch
 from keyslice.errors import MaskError, TransientError
 from keyslice.selector.cache import EmbeddingCache, geometry_fingerprint, text_hash
 from keyslice.selector.model import ClipEncoder
-from keyslice.selector.preprocess import PREPROCESS_VERSION, preprocess_batch
+from keyslice.selector.preprocess import PREPROCESS_VERSION, prepare_chunk
 from keyslice.selector.windows import choose_window, get_window
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class SelectorConfig:
     # Masks that do not overlap the series at all (another frame of reference, wrong affine):
     # "ignore" = select unrestricted (restricted_to None) and log a warning; "raise" = MaskError.
     on_mask_mismatch: str = "ignore"
-    prefetch_batches: int = 2           # batches prepared (decoded, pinned) ahead of the encoder
+    prefetch_batches: int = 2           # batches decoded (into pinned memory on CUDA) ahead of the encoder
     # Confidence: the margin compares the top-1 score with the best slice farther than this from it
     # (the same tolerance as Acc@1), and a margin below ``uncertain_margin`` flags the selection.
     confidence_tolerance_mm: float = 10.0
@@ -136,90 +135,133 @@ def auto_batch_size(encoder: ClipEncoder, slice_hw: tuple[int, int]) -> int:
 # --------------------------------------------------------------------------- slice embeddings
 
 
-def _encode_batch(encoder: ClipEncoder, hu: torch.Tensor, window) -> torch.Tensor:
-    x = hu.to(encoder.device, non_blocking=True)
-    x = preprocess_batch(x, window, encoder.image_size, encoder.mean, encoder.std, resize_mode=encoder.resize_mode)
-    return encoder.encode_images(x, keep_on_device=True)
+def _encode_batch(encoder: ClipEncoder, batch: "_Stored", windows: list) -> list[torch.Tensor]:
+    inputs = prepare_chunk(batch.stored.to(encoder.device, non_blocking=True), batch.slope, batch.intercept, windows,
+                           encoder.image_size, encoder.mean, encoder.std, valid=batch.valid,
+                           resize_mode=encoder.resize_mode)
+    return [encoder.encode_images(x, keep_on_device=True) for x in inputs]
 
 
-def _encode_robust(encoder: ClipEncoder, hu: torch.Tensor, window, state: dict) -> list[torch.Tensor]:
-    """Encode, halving the batch on CUDA out-of-memory; later batches of the series are cut to the
-    size that fitted, so that the device runs out of memory once per series, not once per batch."""
-    bs = state["batch_size"]
-    if hu.shape[0] > bs:
-        return [e for s in range(0, hu.shape[0], bs) for e in _encode_robust(encoder, hu[s:s + bs], window, state)]
+@dataclass(frozen=True)
+class _Stored:
+    """A batch of stored slice values with their rescale parameters and validity."""
+
+    stored: torch.Tensor
+    slope: np.ndarray
+    intercept: np.ndarray
+    valid: np.ndarray
+
+    def __len__(self) -> int:
+        return self.stored.shape[0]
+
+    def part(self, a: int, b: int) -> "_Stored":
+        return _Stored(self.stored[a:b], self.slope[a:b], self.intercept[a:b], self.valid[a:b])
+
+
+def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: dict) -> list[list[torch.Tensor]]:
+    """Embeddings per window (a list of parts each), halving the batch on CUDA out-of-memory;
+    later batches of the series are cut to the size that fitted, so that the device runs out
+    of memory once per series, not once per batch."""
+    bs, n = state["batch_size"], len(batch)
+    if n > bs:
+        parts = [_encode_robust(encoder, batch.part(s, s + bs), windows, state) for s in range(0, n, bs)]
+        return [[e for p in parts for e in p[w]] for w in range(len(windows))]
     try:
-        return [_encode_batch(encoder, hu, window)]
+        return [[e] for e in _encode_batch(encoder, batch, windows)]
     except torch.OutOfMemoryError as e:
         if encoder.device.type == "cuda":
             torch.cuda.empty_cache()
-        if hu.shape[0] <= 1:
+        if n <= 1:
             raise TransientError(f"out of GPU memory encoding a single slice: {e}") from e
-        half = hu.shape[0] // 2
+        half = n // 2
         state["batch_size"] = max(1, half)
-        log.warning("CUDA OOM at batch %d; retrying with %d", hu.shape[0], half)
-        return _encode_robust(encoder, hu[:half], window, state) + _encode_robust(encoder, hu[half:], window, state)
+        log.warning("CUDA OOM at batch %d; retrying with %d", n, half)
+        first = _encode_robust(encoder, batch.part(0, half), windows, state)
+        second = _encode_robust(encoder, batch.part(half, n), windows, state)
+        return [a + b for a, b in zip(first, second)]
+
+
+def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder, batch_size: int | str = "auto",
+                          prefetch: int = 2) -> dict[str, torch.Tensor]:
+    """Embed every slice of ``volume`` in each window: ``{window: [n, D]}`` float32 unit vectors (CPU).
+
+    The series is decoded once for all windows: :meth:`Volume.chunks` streams stored values
+    in chunks of one batch, ``prefetch`` chunks decoded ahead by the worker pool (into
+    pinned memory on CUDA) while the current chunk is moved to the device as int16,
+    preprocessed there for every window (:func:`prepare_chunk`) and encoded. Embeddings stay
+    on the device until the series is done and come back in one copy.
+    """
+    windows = [get_window(w) for w in window_names]
+    n, rows, cols = volume.shape
+    bs = auto_batch_size(encoder, (rows, cols)) if batch_size == "auto" else int(batch_size)
+    cuda = encoder.device.type == "cuda"
+    state = {"batch_size": bs}
+    out: list[list[torch.Tensor]] = [[] for _ in windows]
+    for chunk in volume.chunks(bs, buffers=max(1, prefetch) + 1, pin=cuda):
+        s, e = chunk.start, chunk.stop
+        batch = _Stored(torch.from_numpy(chunk.stored), volume.slope[s:e], volume.intercept[s:e],
+                        volume.valid[s:e] & chunk.valid)
+        if cuda:  # copy to the device first; the buffer is reused once that copy is done
+            batch = _Stored(batch.stored.to(encoder.device, non_blocking=True), batch.slope, batch.intercept,
+                            batch.valid)
+            copied = torch.cuda.Event()
+            copied.record()
+            chunk.release(wait=copied.synchronize)
+        try:
+            for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
+                out[w].extend(embs)
+        finally:
+            chunk.release()
+    return {name: torch.cat(embs).cpu() if embs else torch.zeros(0, encoder.embed_dim)
+            for name, embs in zip(window_names, out)}
 
 
 def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: int | str = "auto",
                   prefetch: int = 2) -> torch.Tensor:
-    """Embed every slice of ``volume`` in one window: ``[n, D]`` float32 unit vectors (CPU).
+    """Embed every slice of ``volume`` in one window: ``[n, D]`` (see :func:`encode_volume_windows`)."""
+    return encode_volume_windows(volume, [window_name], encoder, batch_size, prefetch)[window_name]
 
-    A single helper thread prepares the next ``prefetch`` batches (waits for their slices to
-    be decoded, copies them into pinned memory on CUDA) while the current batch is
-    preprocessed and encoded on the device. Embeddings stay on the device until the series
-    is done and come back in one copy, so the host queues batch k+1 while batch k runs.
-    """
-    window = get_window(window_name)
-    n, rows, cols = volume.shape
-    bs = auto_batch_size(encoder, (rows, cols)) if batch_size == "auto" else int(batch_size)
-    pin = encoder.device.type == "cuda"
 
-    def produce(start: int, stop: int) -> torch.Tensor:
-        t = torch.from_numpy(volume.slab(start, stop))
-        return t.pin_memory() if pin else t
-
-    starts = list(range(0, n, bs))
-    state = {"batch_size": bs}
-    out: list[torch.Tensor] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyslice-prefetch") as ex:
-        queue = deque(ex.submit(produce, s, min(n, s + bs)) for s in starts[: max(1, prefetch)])
-        nxt = len(queue)
-        while queue:
-            hu = queue.popleft().result()
-            if nxt < len(starts):
-                s = starts[nxt]
-                queue.append(ex.submit(produce, s, min(n, s + bs)))
-                nxt += 1
-            out.extend(_encode_robust(encoder, hu, window, state))
-    return torch.cat(out).cpu() if out else torch.zeros(0, encoder.embed_dim)
+def slice_embeddings_windows(volume, window_names: list[str], encoder: ClipEncoder, *,
+                             batch_size: int | str = "auto", cache: EmbeddingCache | None = None,
+                             cache_key: str | None = None, prefetch: int = 2) -> dict[str, torch.Tensor]:
+    """Slice embeddings of one series in several windows: each from the Volume's memo, the disk
+    cache, or computed (all missing windows in one decoding pass), then stored in both.
+    float16-rounded float32 ``[n, D]`` per window."""
+    memo = volume._emb_memo
+    result: dict[str, torch.Tensor] = {}
+    missing: dict[str, str | None] = {}
+    for window_name in dict.fromkeys(window_names):
+        memo_key = (encoder.model_id, encoder.weights_sha256, window_name, PREPROCESS_VERSION)
+        if memo_key in memo:
+            result[window_name] = memo[memo_key]
+            continue
+        disk_key = None
+        if cache is not None and cache_key is not None:
+            disk_key = cache.image_key(cache_key, encoder.model_id, encoder.weights_sha256, window_name,
+                                       PREPROCESS_VERSION, geometry_fingerprint(volume))
+            hit = cache.get_images(disk_key)
+            if hit is not None and hit.shape[0] == volume.n_slices:
+                result[window_name] = memo[memo_key] = torch.from_numpy(hit)
+                continue
+        missing[window_name] = disk_key
+    if missing:
+        computed = encode_volume_windows(volume, list(missing), encoder, batch_size, prefetch)
+        for window_name, disk_key in missing.items():
+            emb16 = computed[window_name].to(torch.float16)
+            if disk_key is not None:
+                cache.put_images(disk_key, emb16.numpy())
+            memo_key = (encoder.model_id, encoder.weights_sha256, window_name, PREPROCESS_VERSION)
+            result[window_name] = memo[memo_key] = emb16.float()
+    return result
 
 
 def slice_embeddings(volume, window_name: str, encoder: ClipEncoder, *, batch_size: int | str = "auto",
                      cache: EmbeddingCache | None = None, cache_key: str | None = None,
                      prefetch: int = 2) -> torch.Tensor:
-    """Slice embeddings of one (series, model, window): from the Volume's memo, the disk cache, or
-    computed once (then stored in both). float16-rounded float32 ``[n, D]``."""
-    memo_key = (encoder.model_id, encoder.weights_sha256, window_name, PREPROCESS_VERSION)
-    memo = volume._emb_memo
-    if memo_key in memo:
-        return memo[memo_key]
-    disk_key = None
-    if cache is not None and cache_key is not None:
-        disk_key = cache.image_key(cache_key, encoder.model_id, encoder.weights_sha256, window_name,
-                                   PREPROCESS_VERSION, geometry_fingerprint(volume))
-        hit = cache.get_images(disk_key)
-        if hit is not None and hit.shape[0] == volume.n_slices:
-            emb = torch.from_numpy(hit)
-            memo[memo_key] = emb
-            return emb
-    emb = encode_volume(volume, window_name, encoder, batch_size, prefetch)
-    emb16 = emb.to(torch.float16)
-    if disk_key is not None:
-        cache.put_images(disk_key, emb16.numpy())
-    emb = emb16.float()
-    memo[memo_key] = emb
-    return emb
+    """Slice embeddings of one (series, model, window) (see :func:`slice_embeddings_windows`)."""
+    return slice_embeddings_windows(volume, [window_name], encoder, batch_size=batch_size, cache=cache,
+                                    cache_key=cache_key, prefetch=prefetch)[window_name]
 
 
 def text_embeddings(texts: list[str], encoder: ClipEncoder, cache: EmbeddingCache | None = None) -> torch.Tensor:
@@ -323,6 +365,9 @@ def select_key_slices(volume, queries: list[Query], encoder: ClipEncoder, config
         groups.setdefault(w, []).append(i)
 
     results: list[SliceChoice | None] = [None] * len(queries)
+    # every window's slice embeddings from one decoding pass over the series
+    slice_embeddings_windows(volume, list(groups), encoder, batch_size=config.batch_size, cache=cache,
+                             cache_key=cache_key, prefetch=config.prefetch_batches)
     for window_name, idxs in groups.items():
         img = slice_embeddings(volume, window_name, encoder, batch_size=config.batch_size, cache=cache,
                                cache_key=cache_key, prefetch=config.prefetch_batches)

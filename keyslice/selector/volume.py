@@ -7,27 +7,35 @@ Geometry
     slice's exact ImagePositionPatient, so irregular spacing and gantry tilt are
     represented exactly; ``affine`` (LPS world from voxel index ``(i=col, j=row, k=slice)``)
     uses the mean step between first and last slice and is exact for regular series.
-    HU = stored value * RescaleSlope + RescaleIntercept (float32). Compressed transfer
-    syntaxes (JPEG 2000 via pylibjpeg-openjpeg, JPEG-LS/JPEG via pylibjpeg plugins or
-    gdcm when installed, RLE natively) are decoded by pydicom's pixel handlers.
+    HU = stored value * RescaleSlope + RescaleIntercept (float32).
 
-Decoding ahead
-    :func:`load_volume` reads and validates every header first (thread pool), then
-    decodes pixel data in a background thread pool in slice order. ``Volume.slab(a, b)``
-    waits only for slices ``a..b``, so the selector encodes batch 0 while later slices are
-    still being decoded. ``Volume.hu`` waits for all. ``decode="eager"`` decodes before
-    returning.
+Reading
+    Headers come from step 2's byte-level reader (:func:`keyslice.dicom.headers.read_header`,
+    threads), which also gives each file's transfer syntax and Pixel Data offset. Pixels are
+    read by :mod:`keyslice.selector.pixels`: uncompressed data with one read per file into a
+    preallocated buffer, compressed data (JPEG 2000, JPEG lossless, JPEG-LS, RLE) by
+    imagecodecs in a thread pool, anything else by pydicom.
+
+Streaming
+    :func:`load_volume` reads and validates headers only. Pixels are decoded when they are
+    used: :meth:`Volume.chunks` streams stored values in fixed-size chunks, decoded ahead by
+    ``workers`` threads into a few reused (pinned, for CUDA) buffers, so memory stays bounded
+    whatever the number of slices; the selector encodes chunk k while chunk k+1 is decoded.
+    :meth:`Volume.slab` decodes a few slices on demand (a key-slice PNG), ``Volume.hu``
+    decodes the whole series once and keeps it (mask export, fine-tuning); ``decode="eager"``
+    does that before returning.
 
 Bad input policy
-    * A file that is not DICOM, has no pixel data, is not a single-frame grayscale image
-      (RGB secondary capture, multi-frame), lacks ImagePositionPatient /
-      ImageOrientationPatient, has truncated uncompressed pixel data, or duplicates the
+    * A file that is not DICOM (or is a DICOMDIR), has no pixel data, is not a single-frame
+      grayscale image (RGB secondary capture, multi-frame), lacks ImagePositionPatient /
+      ImageOrientationPatient or PixelSpacing, has truncated pixel data, or duplicates the
       position of an earlier slice (lower InstanceNumber wins) is left out and recorded in
       ``Volume.skipped`` as ``(file name, reason)``.
-    * A slice whose header is fine but whose compressed pixel data cannot be decoded is
-      kept in place as a blank slice (HU -1024), marked ``valid[k] = False`` (never
-      selected) and recorded in ``skipped`` with a reason starting "pixel data cannot be
-      decoded". Keeping it keeps every index and z position stable.
+    * A slice whose header is fine but whose pixel data cannot be decoded is kept in place
+      as a blank slice (HU -1024), marked ``valid[k] = False`` (never selected) and recorded
+      in ``skipped`` with a reason starting "pixel data cannot be decoded". Keeping it keeps
+      every index and z position stable. Validity is known once every slice has been
+      decoded (:meth:`Volume.wait` decodes the rest if needed).
     * :class:`~keyslice.errors.DicomReadError` when no file survives, when every slice
       fails to decode, when the surviving slices have different Rows/Columns or different
       orientations (the series must be split first), or when pixel spacing differs.
@@ -37,30 +45,28 @@ Bad input policy
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from keyslice.errors import DicomReadError
+from keyslice.selector import pixels as pixel_io
+from keyslice.selector.pixels import Chunk, ChunkStream, SlicePixels, decode_workers
+from keyslice.selector.preprocess import hu_from_stored
 
 log = logging.getLogger(__name__)
-
-AIR_HU = -1024.0
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
 
 
 @dataclass(eq=False)
 class Volume:
-    """A CT series on a regular in-plane grid. ``hu`` is ``float32 [z, y, x]``."""
+    """A CT series on a regular in-plane grid; HU as ``float32 [z, y, x]`` through :meth:`chunks`,
+    :meth:`slab` or ``hu``."""
 
     z_mm: np.ndarray                       # float64 [n], position along the normal, ascending
     instance_numbers: list[int | None]
@@ -74,14 +80,24 @@ class Volume:
     slice_thickness: float | None = None
     valid: np.ndarray | None = None        # bool [n]; False = decode failed (blank)
     source: str = "dicom"
+    pixels: list[SlicePixels] | None = field(default=None, repr=False)  # DICOM: where each slice's pixels are
+    slope: np.ndarray | None = field(default=None, repr=False)          # float64 [n] RescaleSlope
+    intercept: np.ndarray | None = field(default=None, repr=False)      # float64 [n] RescaleIntercept
+    workers: int | None = None             # decode threads (None: pixels.decode_workers())
     _hu: np.ndarray | None = field(default=None, repr=False)
-    _futures: list[Future] | None = field(default=None, repr=False)
+    _decoded: np.ndarray | None = field(default=None, repr=False)       # bool [n]: decoded at least once
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _emb_memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        n = self.shape[0]
         if self.valid is None:
-            self.valid = np.ones(self.shape[0], dtype=bool)
+            self.valid = np.ones(n, dtype=bool)
+        if self.slope is None:
+            self.slope = np.ones(n)
+        if self.intercept is None:
+            self.intercept = np.zeros(n)
+        self._decoded = np.zeros(n, dtype=bool) if self.pixels is not None else np.ones(n, dtype=bool)
 
     @property
     def n_slices(self) -> int:
@@ -93,30 +109,94 @@ class Volume:
         n = np.cross(o[:3], o[3:])
         return n / np.linalg.norm(n)
 
-    def wait(self, start: int = 0, stop: int | None = None) -> None:
-        """Wait until slices ``start..stop`` are decoded (all by default)."""
-        futs = self._futures
-        if futs is None:
-            return
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """One dtype that holds every slice's stored values (float32 HU for NIfTI)."""
+        if self.pixels is None:
+            return np.dtype(np.float32)
+        return np.result_type(*{p.dtype for p in self.pixels})
+
+    # ------------------------------------------------------------------ pixels
+
+    def _decode_slice(self, k: int, out: np.ndarray) -> None:
+        pixel_io.read_stored(self.pixels[k], out)
+        self._decoded[k] = True
+
+    def _decode_failed(self, k: int, exc: BaseException) -> None:
+        with self._lock:
+            self._decoded[k] = True
+            if self.valid[k]:
+                self.valid[k] = False
+                self.skipped.append((self.files[k].name, f"pixel data cannot be decoded ({type(exc).__name__}: "
+                                                         f"{str(exc)[:120]}); kept blank, never selected"))
+
+    def chunks(self, size: int, *, start: int = 0, stop: int | None = None, buffers: int = 3,
+               pin: bool = False) -> Iterator[Chunk]:
+        """Stored values of slices ``start..stop`` in chunks of ``size``, decoded ahead by the worker
+        pool into at most ``buffers`` reused buffers (pinned host memory when ``pin``). Call
+        ``chunk.release()`` when done with a chunk's buffer. HU: ``hu_from_stored(chunk.stored,
+        volume.slope[chunk.start:chunk.stop], ...)``; ``chunk.start``/``stop`` are volume indices."""
         stop = self.n_slices if stop is None else stop
-        for f in futs[start:stop]:
-            f.result()
-        if start == 0 and stop >= self.n_slices:
+        if self.pixels is None:  # NIfTI: HU already in memory
+            for s in range(start, stop, size):
+                e = min(stop, s + size)
+                yield Chunk(s, e, self._hu[s:e], np.asarray(self.valid[s:e]).copy())
+            return
+        _, rows, cols = self.shape
+        dtype = self.stored_dtype
+
+        def allocate(n: int):
+            t = torch.empty((n, rows, cols), dtype=_torch_dtype(dtype), pin_memory=pin)
+            return t, t.numpy()
+
+        stream = ChunkStream(stop - start, size, lambda i, out: self._decode_slice(start + i, out), allocate,
+                             workers=self.workers, buffers=buffers,
+                             on_error=lambda i, exc: self._decode_failed(start + i, exc))
+        for chunk in stream:
+            chunk.start += start
+            chunk.stop += start
+            yield chunk
+
+    def _hu_of(self, chunk: Chunk) -> np.ndarray:
+        s, e = chunk.start, chunk.stop
+        hu = hu_from_stored(torch.from_numpy(chunk.stored), self.slope[s:e], self.intercept[s:e],
+                            self.valid[s:e] & chunk.valid)
+        return hu.numpy()
+
+    def slab(self, start: int, stop: int) -> np.ndarray:
+        """HU of slices ``start..stop`` (decoded now unless the whole series is in memory)."""
+        if self._hu is not None:
+            return self._hu[start:stop]
+        out = np.empty((stop - start, *self.shape[1:]), dtype=np.float32)
+        for chunk in self.chunks(max(1, stop - start), start=start, stop=stop, buffers=1):
+            out[chunk.start - start:chunk.stop - start] = self._hu_of(chunk)
+            chunk.release()
+        return out
+
+    @property
+    def hu(self) -> np.ndarray:
+        """HU of the whole series, decoded once and kept (n x rows x cols x 4 bytes)."""
+        if self._hu is None:
+            hu = np.empty(self.shape, dtype=np.float32)
+            for chunk in self.chunks(32):
+                hu[chunk.start:chunk.stop] = self._hu_of(chunk)
+                chunk.release()
             self._check_any_valid()
+            self._hu = hu
+        return self._hu
+
+    def wait(self) -> None:
+        """Make sure every slice has been decoded once (so ``valid`` is final), decoding the ones
+        that were not; raise :class:`DicomReadError` when none could be."""
+        if not self._decoded.all():
+            todo = np.flatnonzero(~self._decoded)
+            for chunk in self.chunks(32, start=int(todo[0]), stop=int(todo[-1]) + 1):
+                chunk.release()
+        self._check_any_valid()
 
     def _check_any_valid(self) -> None:
         if not self.valid.any():
             raise DicomReadError(f"no slice of the series could be decoded: {self.skipped[:3]}")
-
-    @property
-    def hu(self) -> np.ndarray:
-        self.wait()
-        return self._hu
-
-    def slab(self, start: int, stop: int) -> np.ndarray:
-        """HU of slices ``start..stop`` (a view), waiting only for those to be decoded."""
-        self.wait(start, stop)
-        return self._hu[start:stop]
 
     def slice_world(self, k: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """LPS world coordinates of pixel (column i, row j) on slice k (exact per-slice position)."""
@@ -126,107 +206,93 @@ class Volume:
                 + np.asarray(j, float)[:, None] * (o[3:] * ps_row)[None, :])
 
 
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=dtype.newbyteorder("="))).dtype
+
+
 # --------------------------------------------------------------------------- DICOM
 
 
 def _read_header(path: Path):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    from keyslice.dicom.headers import NotDicomError, open_regular
+    """(Header, SlicePixels) of one file, or (None, reason it is left out)."""
+    from keyslice.dicom.headers import NotDicomError, read_header
 
     try:
-        with open_regular(path) as fh:
-            ds = pydicom.dcmread(fh)
-    except NotDicomError as e:  # a named pipe or device put where a slice was
+        hdr = read_header(path)
+    except NotDicomError as e:
         return None, str(e)
-    except InvalidDicomError:
-        return None, "not a DICOM file"
-    except Exception as e:  # truncated / corrupt file
+    except Exception as e:  # a reader bug must not lose the series
         return None, f"cannot be read: {type(e).__name__}: {str(e)[:120]}"
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
+    if hdr.truncated:
+        return None, f"truncated pixel data ({hdr.truncated})"
+    if not hdr.extra.get("pixel_data", False):
         return None, "no pixel data"
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        return None, f"not grayscale (SamplesPerPixel={ds.get('SamplesPerPixel')}, {ds.get('PhotometricInterpretation')})"
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+    if (hdr.int("SamplesPerPixel") or 1) != 1:
+        return None, (f"not grayscale (SamplesPerPixel={hdr.int('SamplesPerPixel')}, "
+                      f"{hdr.text('PhotometricInterpretation')})")
+    if (hdr.int("NumberOfFrames") or 1) != 1:
         return None, "multi-frame image (not supported: split enhanced CT into single frames first)"
-    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    ipp, iop = hdr.floats("ImagePositionPatient"), hdr.floats("ImageOrientationPatient")
     if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
         return None, "no ImagePositionPatient/ImageOrientationPatient (localizer or secondary capture?)"
-    if ds.get("PixelSpacing") is None:
+    spacing = hdr.floats("PixelSpacing")
+    if not spacing or len(spacing) != 2:
         return None, "no PixelSpacing"
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    tsuid = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
-    if tsuid in _UNCOMPRESSED and "PixelData" in ds:
-        need = rows * cols * int(ds.BitsAllocated) // 8
-        if len(ds.PixelData) < need:
-            return None, f"truncated pixel data ({len(ds.PixelData)} of {need} bytes)"
-    return ds, None
+    rows, cols, bits = hdr.int("Rows"), hdr.int("Columns"), hdr.int("BitsAllocated")
+    if not rows or not cols or bits not in (8, 16, 32):
+        return None, f"no usable Rows/Columns/BitsAllocated ({rows}, {cols}, {bits})"
+    sp = SlicePixels.from_header(path, hdr)
+    if sp.method == "native" and sp.length < rows * cols * bits // 8:
+        return None, f"truncated pixel data ({sp.length} of {rows * cols * bits // 8} bytes)"
+    return (hdr, sp), None
 
 
-def _decode(ds) -> np.ndarray:
-    arr = ds.pixel_array
-    if arr.ndim != 2:
-        raise ValueError(f"decoded array has shape {arr.shape}, expected 2-D")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    out = arr.astype(np.float32)
-    if slope != 1.0:
-        out *= slope
-    if intercept != 0.0:
-        out += intercept
-    return out
-
-
-def load_volume(files: list[Path], *, decode: str = "background", workers: int | None = None) -> Volume:
-    """Read a series' files into a :class:`Volume` (see the module docstring for the bad-input policy).
+def load_volume(files: list[Path], *, decode: str = "stream", workers: int | None = None) -> Volume:
+    """Read a series' headers into a :class:`Volume` (see the module docstring for the bad-input policy).
 
     ``files`` may come in any order and may contain non-DICOM files (they are skipped).
-    ``decode="background"`` (default) returns once headers are validated while pixel data
-    is decoded ahead in a thread pool; ``"eager"`` returns fully decoded.
+    ``decode="stream"`` (default) returns once headers are validated; pixels are decoded when
+    used. ``"eager"`` decodes the whole series into ``Volume.hu`` before returning.
+    ``workers``: header and decode threads (default :func:`keyslice.selector.pixels.decode_workers`).
     """
+    if decode not in ("stream", "eager"):
+        raise ValueError(f"decode must be 'stream' or 'eager', not {decode!r}")
     files = [Path(f) for f in files]
     if not files:
         raise DicomReadError("empty series: no files given")
-    workers = workers or default_workers()
+    n_workers = workers or decode_workers()
     skipped: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyslice-hdr") as pool:
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="keyslice-hdr") as pool:
         headers = list(pool.map(_read_header, files))
     kept = []
-    for f, (ds, reason) in zip(files, headers):
-        if ds is None:
+    for f, (item, reason) in zip(files, headers):
+        if item is None:
             skipped.append((f.name, reason))
         else:
-            kept.append((f, ds))
+            kept.append((f, *item))
     if not kept:
         raise DicomReadError(f"no readable image slice among {len(files)} file(s): "
                              f"{Counter(r for _, r in skipped).most_common(3)}")
 
-    shapes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in kept)
+    shapes = Counter((sp.rows, sp.cols) for _, _, sp in kept)
     if len(shapes) > 1:
         raise DicomReadError(f"the series mixes image sizes {dict(shapes)}; split it into one series per size")
-    orients = Counter(tuple(np.round(np.asarray(ds.ImageOrientationPatient, float), 3)) for _, ds in kept)
+    orients = Counter(tuple(np.round(np.asarray(h.floats("ImageOrientationPatient"), float), 3)) for _, h, _ in kept)
     if len(orients) > 1:
         raise DicomReadError(f"the series mixes {len(orients)} orientations; split it (localizer mixed in?)")
-    spacings = Counter(tuple(np.round(np.asarray(ds.PixelSpacing, float), 4)) for _, ds in kept)
+    spacings = Counter(tuple(np.round(np.asarray(h.floats("PixelSpacing"), float), 4)) for _, h, _ in kept)
     if len(spacings) > 1:
         raise DicomReadError(f"the series mixes pixel spacings {list(spacings)}; split it")
 
-    iop = np.asarray(kept[0][1].ImageOrientationPatient, dtype=np.float64)
+    iop = np.asarray(kept[0][1].floats("ImageOrientationPatient"), dtype=np.float64)
     normal = np.cross(iop[:3], iop[3:])
     normal /= np.linalg.norm(normal)
 
-    def inst(ds) -> int | None:
-        v = ds.get("InstanceNumber")
-        try:
-            return int(v) if v is not None and str(v) != "" else None
-        except (TypeError, ValueError):
-            return None
-
     entries = []
-    for f, ds in kept:
-        pos = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
-        entries.append((float(pos @ normal), inst(ds) if inst(ds) is not None else 1 << 30, f.name, f, ds, pos))
+    for f, h, sp in kept:
+        pos = np.asarray(h.floats("ImagePositionPatient"), dtype=np.float64)
+        inst = h.int("InstanceNumber")
+        entries.append((float(pos @ normal), inst if inst is not None else 1 << 30, f.name, f, h, sp, pos))
     entries.sort(key=lambda e: (e[0], e[1], e[2]))
     unique = []
     for e in entries:
@@ -236,13 +302,12 @@ def load_volume(files: list[Path], *, decode: str = "background", workers: int |
         unique.append(e)
 
     n = len(unique)
-    ds0 = unique[0][4]
-    rows, cols = int(ds0.Rows), int(ds0.Columns)
-    ps = tuple(float(x) for x in ds0.PixelSpacing)
-    positions = np.stack([e[5] for e in unique])
+    h0, sp0 = unique[0][4], unique[0][5]
+    rows, cols = sp0.rows, sp0.cols
+    ps = tuple(float(x) for x in h0.floats("PixelSpacing"))
+    positions = np.stack([e[6] for e in unique])
     z = np.array([e[0] for e in unique], dtype=np.float64)
-    thickness = ds0.get("SliceThickness")
-    thickness = float(thickness) if thickness not in (None, "") else None
+    thickness = h0.float("SliceThickness")
     affine = np.eye(4)
     affine[:3, 0] = iop[:3] * ps[1]
     affine[:3, 1] = iop[3:] * ps[0]
@@ -253,30 +318,12 @@ def load_volume(files: list[Path], *, decode: str = "background", workers: int |
         z_mm=z, instance_numbers=[e[1] if e[1] != 1 << 30 else None for e in unique], pixel_spacing=ps,
         affine=affine, skipped=skipped, positions=positions, orientation=iop, shape=(n, rows, cols),
         files=[e[3] for e in unique], slice_thickness=thickness, source="dicom",
+        pixels=[e[5] for e in unique], workers=workers,
+        slope=np.array([e[4].float("RescaleSlope") or 1.0 for e in unique]),
+        intercept=np.array([e[4].float("RescaleIntercept") or 0.0 for e in unique]),
     )
-    vol._hu = np.empty((n, rows, cols), dtype=np.float32)
-    datasets = [e[4] for e in unique]
-
-    def work(k: int) -> None:
-        ds = datasets[k]
-        try:
-            vol._hu[k] = _decode(ds)
-        except Exception as e:  # corrupt compressed stream, missing codec...
-            vol._hu[k] = AIR_HU
-            vol.valid[k] = False
-            with vol._lock:
-                vol.skipped.append((unique[k][3].name, f"pixel data cannot be decoded ({type(e).__name__}: "
-                                                       f"{str(e)[:120]}); kept blank, never selected"))
-        finally:
-            datasets[k] = None  # free the encoded bytes
-
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keyslice-decode")
-    vol._futures = [pool.submit(work, k) for k in range(n)]
-    pool.shutdown(wait=False)
     if decode == "eager":
-        vol.wait()
-    elif decode != "background":
-        raise ValueError(f"decode must be 'background' or 'eager', not {decode!r}")
+        vol.hu
     return vol
 
 
