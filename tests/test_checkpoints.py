@@ -5,7 +5,7 @@ import pytest
 
 from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.corpus.lock import CorpusLockedError, corpus_lock, sweep_temporaries
-from keyslice.corpus.schemas import SchemaError
+from keyslice.corpus.schemas import SchemaError, table_schema
 from keyslice.corpus.sql import query
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -76,7 +76,7 @@ def test_written_parquet_carries_schema_version(tmp_path):
     store = CheckpointStore(tmp_path)
     store.commit_stage("vqa", "st-a", {"vqa": [_vqa_row(0)]}, run_id="r1")
     meta = pq.read_schema(store.table_path("vqa", "st-a")).metadata
-    assert meta[b"keyslice.schema_version"] == b"1"
+    assert meta[b"keyslice.schema_version"] == str(table_schema("vqa").version).encode()
 
 
 def test_lock_excludes_a_second_build_and_sweeps_temporaries(tmp_path):

@@ -176,7 +176,8 @@ def small_corpus(tmp_path, monkeypatch):
     monkeypatch.delenv("KEYSLICE_PSEUDONYM_KEY", raising=False)
     out = tmp_path / "corpus"
     row = {"study_id": "st-a", "finding_id": "st-a:0", "finding_index": 0, "section": "findings", "text": "Cyst.",
-           "organ": "liver", "organs": ["liver"], "ts_labels": ["liver"], "status": "abnormal", "laterality": None,
+           "organ": "liver", "organs": ["liver"], "ts_labels": ["liver"], "status": "abnormal",
+           "abnormalities": ["cyst"], "negated_abnormalities": [], "modifiers": [], "laterality": None,
            "measurements_mm": [], "phase_hint": None, "image_refs": [], "language": "en", "segmenter": "rules",
            "created_at": dt.datetime.now(dt.timezone.utc)}
     CheckpointStore(out).commit_stage("segment", "st-a", {"findings": [row]}, "r1")

@@ -127,7 +127,7 @@ def test_a_build_with_segmenter_llm_uses_the_endpoint_of_its_config(tmp_path):
 
     from keyslice.deid import deidentify
 
-    study = SimpleNamespace(study_id="s1", read_report_deid=lambda: deidentify(REPORT))
+    study = SimpleNamespace(study_id="s1", read_report_deid=lambda max_bytes=None: deidentify(REPORT))
     with ScriptedLLMServer() as server:
         server.push(Reply.ok(CANNED))
         cfg = BuildConfig(input_dir=tmp_path, out_dir=tmp_path, segmenter="llm",

@@ -24,7 +24,7 @@ def _segment_rows(study_id: str) -> list[dict]:
 
     from keyslice.deid import deidentify
 
-    study = SimpleNamespace(study_id=study_id, read_report_deid=lambda: deidentify(REPORT))
+    study = SimpleNamespace(study_id=study_id, read_report_deid=lambda max_bytes=None: deidentify(REPORT))
     cfg = BuildConfig(input_dir=REPO, out_dir=REPO)
     return segment_step(study, SimpleNamespace(config=cfg))["findings"]
 
