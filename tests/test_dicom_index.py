@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from keyslice.dicom import index_study, series_files
+from keyslice.dicom import index_study, series_file_lists
 from keyslice.errors import DicomReadError
 from keyslice.pseudonym import Pseudonymizer
 from keyslice.corpus.schemas import to_table
@@ -190,13 +190,12 @@ def test_series_ids_stable_and_keyed():
         assert "1.3.46.670589" not in str(s.row)
 
 
-def test_series_files_returns_the_same_series():
-    idx = index_study(GE_TILT, PS)
-    sid = idx.series[0].row["series_id"]
-    rec = series_files(GE_TILT, sid, PS)
-    assert rec.files == idx.series[0].files and rec.positions_mm == idx.series[0].positions_mm
-    with pytest.raises(DicomReadError, match="not found"):
-        series_files(GE_TILT, "se-doesnotexist", PS)
+def test_series_file_lists_find_each_series_again_by_pseudonym():
+    """What the stages after step 2 use to find a series' files (paths are never checkpointed)."""
+    idx = index_study(PHILIPS, PS)
+    lists = series_file_lists(PHILIPS, PS)
+    assert lists == {rec.row["series_id"]: rec.files for rec in idx.series} and len(lists) >= 2
+    assert all(files for files in lists.values())
 
 
 def test_repr_hides_paths():

@@ -104,7 +104,7 @@ def test_open_clip_registry_architecture_trains_and_exports(tmp_path, data_dir):
     downloaded) is materialised, trained one step and exported in a folder load_model reads.
     Slow: a 60M-parameter model written four times (init, checkpoint with AdamW state, export)."""
     from keyslice.finetune.train import train
-    from keyslice.selector.model import load_model
+    from keyslice.selector.loaders import load_model
 
     d = small_config(tmp_path / "run", steps=1, batch_size=2).to_dict()
     d["model"]["spec"] = "open_clip:ViT-S-32"
@@ -145,7 +145,7 @@ def test_augmentation_is_deterministic_per_step_and_varies(tmp_path, data_dir):
 
 def test_finished_run_exports_a_loadable_model(tmp_path, data_dir):
     from keyslice.finetune.train import train
-    from keyslice.selector.model import load_model
+    from keyslice.selector.loaders import load_model
 
     cfg = small_config(tmp_path / "run", steps=2)
     result = train(cfg, progress=lambda m: None)

@@ -12,7 +12,8 @@ import torch
 
 from keyslice.errors import ModelWeightsMissingError
 from keyslice.selector import load_model, save_tiny_checkpoint
-from keyslice.selector.model import convert_openai_checkpoint, file_sha256
+from keyslice.selector.model import file_sha256
+from keyslice.selector.loaders import convert_openai_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -266,7 +267,9 @@ def test_pubmedclip_preset_converts_the_original_checkpoint(tmp_path, monkeypatc
     run with the tiny architecture in place of ViT-B-32 so that no 300 MB model is built."""
     from dataclasses import replace
 
-    from keyslice.selector.model import PRESETS, TINY_CONFIG, _register_config
+    from keyslice.selector.model import PRESETS
+    from keyslice.selector.loaders import _register_config
+    from keyslice.selector.tiny import TINY_CONFIG
 
     monkeypatch.setitem(PRESETS, "pubmedclip-vit-b32", replace(PRESETS["pubmedclip-vit-b32"],
                                                                 arch=_register_config(TINY_CONFIG)))

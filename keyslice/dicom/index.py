@@ -224,14 +224,12 @@ def _attach_truncated(groups: list[SeriesGroup]) -> list[SeriesGroup]:
     return out
 
 
-def series_files(study_dir: Path, series_id: str, pseudonymize: Callable[[str, str], str], *,
-                 workers: int = 4, min_slices: int = 3, reader: str = "fast") -> SeriesRecord:
-    """Re-index the study (headers only) and return the series with ``series_id``."""
-    idx = index_study(study_dir, pseudonymize, workers=workers, min_slices=min_slices, reader=reader,
-                      image_phase=False)
-    for rec in idx.series:
-        if rec.row["series_id"] == series_id:
-            return rec
-    have = ", ".join(r.row["series_id"] for r in idx.series)
-    raise DicomReadError(f"series {series_id} not found in the study folder (it holds {have or 'no series'}); "
-                         f"was the folder changed or a different pseudonym key used?")
+def series_file_lists(study_dir: Path, pseudonymize: Callable[[str, str], str], *,
+                      max_files: int | None = None) -> dict[str, list[Path]]:
+    """Each series' files in slice order, by series pseudonym, re-indexed from the headers.
+
+    Paths are never checkpointed, so the stages after step 2 (and the review app, and fine-tuning
+    from reviews) find a series' files again this way; the phase was settled in step 2.
+    """
+    index = index_study(study_dir, pseudonymize, image_phase=False, max_files=max_files)
+    return {rec.row["series_id"]: rec.files for rec in index.series}

@@ -123,7 +123,7 @@ def evaluate_models(cfg: FinetuneConfig, models: dict[str, str], out: Path, *, p
     """Evaluate each ``tag -> load_model spec`` on the config's CTs; write tables, report and plots to ``out``."""
     from keyslice.finetune.pairs import LesionLabel, collect_lesion_labels, load_source
     from keyslice.finetune.prompts import canonical_prompt
-    from keyslice.selector.model import load_model
+    from keyslice.selector.loaders import load_model
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -445,7 +445,7 @@ def run_models(cfg: FinetuneConfig) -> dict[str, str]:
 def evaluate_run(cfg: FinetuneConfig, models: dict[str, str] | None = None, out: Path | None = None, *,
                  progress: Progress = print, device: str = "auto") -> EvalResult:
     """Evaluate a run's before/after models (or the given ``tag -> spec``) into ``out`` (default ``OUT/eval``)."""
-    from keyslice.selector.model import load_model
+    from keyslice.selector.loaders import load_model
 
     models = models or run_models(cfg)
     load_model.cache_clear()  # the run folder may have been rewritten since an earlier load in this process

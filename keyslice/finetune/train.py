@@ -52,7 +52,7 @@ def prepare_initial_model(cfg: FinetuneConfig) -> str:
     dest = cfg.out / "init_model"
     if spec == "tiny":
         if not (dest / "READY").exists():
-            from keyslice.selector.model import save_tiny_checkpoint
+            from keyslice.selector.tiny import save_tiny_checkpoint
 
             _clean(dest)
             save_tiny_checkpoint(dest, seed=cfg.tiny_seed, image_size=cfg.model.tiny_image_size, name="tiny-clip")
@@ -107,7 +107,8 @@ def export_model(model: torch.nn.Module, init_spec: str, encoder, dest: Path, pr
     """Write the fine-tuned weights in the layout of the starting model so that
     ``keyslice.selector.load_model(str(dest))`` loads them: a local folder (config or hub layout) is
     copied with its weights file replaced; an open_clip preset becomes a config-layout folder."""
-    from keyslice.selector.model import PRESETS, _find_weights
+    from keyslice.selector.model import PRESETS
+    from keyslice.selector.loaders import _find_weights
 
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -235,7 +236,8 @@ class _Run:
         from keyslice.finetune.augment import SliceBank
         from keyslice.finetune.pairs import (build_organ_pairs, collect_lesion_labels, default_organs, lesion_pairs,
                                              load_source, pairs_table, stats_rows)
-        from keyslice.selector.model import load_model, resolve_device, resolve_precision
+        from keyslice.selector.model import resolve_device, resolve_precision
+        from keyslice.selector.loaders import load_model
 
         t0 = time.perf_counter()
         self.cfg = cfg

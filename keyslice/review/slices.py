@@ -4,7 +4,7 @@ The corpus keeps only each finding's key-slice PNG and never a file path, so to 
 around the key slice (and to let the reader choose any slice) ``keyslice review --input STUDIES``
 re-indexes the studies the way the build does: study folders are matched by their pseudonym
 (:func:`keyslice.pipeline.studies.discover_studies` with the corpus key), series by theirs
-(:func:`keyslice.dicom.index_study`), and a slice is served only for a (study, series) pair that
+(:func:`keyslice.dicom.series_file_lists`), and a slice is served only for a (study, series) pair that
 the corpus' selections name and only when the series still has the slice count the selection was
 made on. Rendered PNGs (the selection's window, no metadata chunks) are cached under
 ``CORPUS/cache/review/<study>/<series>/<window>/<index>.png``.
@@ -40,11 +40,10 @@ class SliceSource:
         return study_id in self.studies
 
     def _series_files(self, study_id: str, series_id: str) -> list[Path]:
-        from keyslice.dicom import index_study
+        from keyslice.dicom import series_file_lists
 
         if study_id not in self._files:
-            index = index_study(self.studies[study_id].path, self.pseudonymize, image_phase=False)
-            self._files[study_id] = {rec.row["series_id"]: rec.files for rec in index.series}
+            self._files[study_id] = series_file_lists(self.studies[study_id].path, self.pseudonymize)
         files = self._files[study_id].get(series_id)
         if files is None:
             raise SeriesMismatchError(f"series {series_id} is not in study {study_id} of the studies folder")

@@ -9,7 +9,7 @@ Entry points (the pipeline calls exactly these)::
     png = render_png(volume, choices[0].top1_index, choices[0].window)
 
 See the submodules' docstrings for the conventions: :mod:`.volume` (bad-input policy),
-:mod:`.masks` (find_masks layout, world coordinates, mismatch policy), :mod:`.model`
+:mod:`.masks` (find_masks layout, world coordinates, mismatch policy), :mod:`.loaders`
 (model specs, offline weights), :mod:`.preprocess`, :mod:`.cache`, :mod:`.select`.
 """
 
@@ -21,7 +21,9 @@ from keyslice.selector.masks import (
     segment_volume,
     volume_to_nifti,
 )
-from keyslice.selector.model import PRESETS, ClipEncoder, load_model, save_tiny_checkpoint
+from keyslice.selector.model import PRESETS, ClipEncoder
+from keyslice.selector.loaders import load_model
+from keyslice.selector.tiny import save_tiny_checkpoint
 from keyslice.selector.render import plot_similarity_curve, render_png
 from keyslice.selector.select import (
     Query,
