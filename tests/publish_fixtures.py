@@ -199,7 +199,8 @@ def write_fixture_corpus(root: Path, pseudonymize: Pseudonymizer, data_dir: Path
                 "weights_sha256": hashlib.sha256(model_id.encode()).hexdigest(), "window": "brain", "n_slices": 28,
                 "top1_index": top, "top1_instance_number": top + 1, "top1_z_mm": 4.0 * top, "top1_score": 0.25,
                 "topk_indices": [top, (top + 1) % 28], "topk_scores": [0.25, 0.2], "restricted_to": None,
-                "z_range_mm": None, "image_path": image, "created_at": NOW})
+                "z_range_mm": None, "margin": round(0.01 * (top % 5), 4), "peakedness": 2.0,
+                "uncertain": top % 5 == 0, "curve": None, "image_path": image, "created_at": NOW})
         store.commit_stage("keyslice", sid, {"selections": selections}, run_id)
 
         vqa = []
@@ -458,22 +459,26 @@ def _pixels(data_or_image) -> np.ndarray:
 # Expected rows computed independently of keyslice.publish, in SQL over the corpus views.
 _EXCLUDE = ("coalesce(se.burned_in_annotation, false) = false "
             "AND coalesce(se.drop_reason, '') <> 'secondary_capture'")
+# corpora without a reviews table: every row unreviewed (the review columns are tested on their own)
+_UNREVIEWED = "NULL AS review_status, 0 AS n_reviews"
 EXPECTED_SQL = {
     "vqa": f"""SELECT v.qa_id, v.finding_id, v.study_id, s.patient_id, v.question, v.answer, v.answer_type,
                       v.question_type, v.options, v.generator, v.prompt_version, v.series_id, se.phase,
-                      v.slice_index, v.image_path
+                      v.slice_index, v.organ, v.abnormality, sel.margin, sel.uncertain, {_UNREVIEWED}, v.image_path
                FROM vqa v JOIN studies s USING (study_id) JOIN series se ON se.series_id = v.series_id
+               JOIN selections sel ON sel.image_path = v.image_path
                WHERE {_EXCLUDE}""",
     "findings": f"""SELECT f.finding_id, f.study_id, s.patient_id, sel.series_id, f.finding_index, f.section, f.text,
                            f.organ, f.organs, f.status, f.laterality, f.measurements_mm, f.phase_hint, f.language,
-                           f.segmenter, se.phase, sel.window, sel.top1_index AS slice_index, sel.image_path
+                           f.segmenter, se.phase, sel.window, sel.top1_index AS slice_index, f.abnormalities,
+                           sel.margin, sel.uncertain, {_UNREVIEWED}, sel.image_path
                     FROM findings f JOIN selections sel USING (finding_id) JOIN studies s ON s.study_id = f.study_id
                     JOIN series se ON se.series_id = sel.series_id WHERE {_EXCLUDE}""",
     "selections": f"""SELECT sel.finding_id, sel.study_id, s.patient_id, sel.series_id, se.phase, se.phase_confidence,
                              se.manufacturer, se.kernel, se.slice_thickness_mm, sel.model_id, sel.weights_sha256,
                              sel.window, sel.n_slices, sel.top1_index, sel.top1_instance_number, sel.top1_z_mm,
                              sel.top1_score, sel.topk_indices, sel.topk_scores, sel.restricted_to, sel.z_range_mm,
-                             sel.image_path
+                             sel.peakedness, sel.margin, sel.uncertain, {_UNREVIEWED}, sel.image_path
                       FROM selections sel JOIN studies s USING (study_id) JOIN series se ON se.series_id = sel.series_id
                       WHERE {_EXCLUDE}""",
 }

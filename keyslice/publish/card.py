@@ -104,6 +104,9 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
     phases = Counter(r.fields["phase"] for r in plan.rows["selections"])
     qtypes = Counter((r.fields["question_type"], r.fields["answer_type"]) for r in plan.rows["vqa"])
     excluded = plan.excluded
+    sels = [r.fields for r in plan.rows["selections"]]
+    margins = sorted(f["margin"] for f in sels if f["margin"] is not None)
+    reviewed = Counter(f["review_status"] or "not reviewed" for f in sels)
 
     body = [
         f"# {repo_id.split('/')[-1]}",
@@ -159,6 +162,25 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         PHASE_RULES,
         "",
         _table(["phase", "key slices"], sorted(phases.items())),
+        "",
+        "### Confidence",
+        "",
+        "Every row carries how sure its key slice is: `margin` (the selector's top-1 similarity minus the best "
+        "similarity of a slice farther away than the Acc@1 tolerance; small = another region scored almost as "
+        "high), `uncertain` (margin below the selector's threshold; null = unknown) and, where radiologists "
+        "reviewed key slices, `review_status` (`accepted` by every reviewer, `rejected` by every reviewer, "
+        "`disputed`; null = not reviewed) with `n_reviews`. "
+        + (f"{len(margins)} of {len(sels)} key slices have a margin (median {margins[len(margins) // 2]:.4f}, "
+           f"min {margins[0]:.4f}, max {margins[-1]:.4f}); "
+           if margins else "No key slice has a margin (the corpus predates selection confidence); ")
+        + f"{sum(1 for f in sels if f['uncertain'])} are flagged uncertain.",
+        "",
+        _table(["review_status", "key slices"], sorted(reviewed.items())),
+        "",
+        (f"Exported with `--min-confidence {plan.min_confidence}`: rows whose key slice has a lower or no margin "
+         f"were left out ({_counts(plan.low_confidence)})." if plan.min_confidence is not None
+         else "No confidence filter was applied (`keyslice publish --min-confidence M` exports only rows whose "
+              "margin is at least M)."),
         "",
         "### Exclusions",
         "",

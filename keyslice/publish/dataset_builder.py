@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import pyarrow as pa
 
 from keyslice.pipeline.registry import STAGES
@@ -63,6 +64,7 @@ class CorpusSnapshot:
     findings: dict[str, dict[str, Any]]
     selections: list[dict[str, Any]]
     vqa: list[dict[str, Any]]
+    reviews: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (finding, selection sha) -> decisions
 
 
 def _read(con, table: str, study_ids: list[str]) -> list[dict[str, Any]]:
@@ -98,7 +100,35 @@ def read_corpus(corpus_dir: Path) -> CorpusSnapshot:
         selections, vqa = _read(con, "selections", complete), _read(con, "vqa", complete)
     finally:
         con.close()
-    return CorpusSnapshot(Path(corpus_dir), complete, incomplete, studies, series, findings, selections, vqa)
+    return CorpusSnapshot(Path(corpus_dir), complete, incomplete, studies, series, findings, selections, vqa,
+                          standing_reviews(Path(corpus_dir)))
+
+
+def standing_reviews(corpus_dir: Path) -> dict[tuple[str, str], list[str]]:
+    """(finding_id, selection_sha256) -> every reviewer's standing judgement of that exact selection.
+
+    Read through :class:`keyslice.review.store.ReviewStore`, so undo and re-judging count exactly as
+    in the review app and its metrics; reviewer pseudonyms are not kept (they are never exported).
+    """
+    from keyslice.review.store import ReviewStore
+
+    store = ReviewStore(corpus_dir)
+    rows = store.refresh()
+    out: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for reviewer in sorted({r["reviewer"] for r in rows}):
+        for key, row in sorted(store.standing(reviewer).items()):
+            out[key].append(row["decision"])
+    return dict(out)
+
+
+def review_status(decisions: list[str] | None) -> str | None:
+    """One word for the standing judgements of a selection: None (never judged), ``accepted`` (every
+    reviewer accepted), ``rejected`` (no reviewer accepted: rejected, another slice chosen, or not
+    visible) or ``disputed`` (reviewers disagree)."""
+    if not decisions:
+        return None
+    accepted = sum(d == "accept" for d in decisions)
+    return "accepted" if accepted == len(decisions) else "rejected" if accepted == 0 else "disputed"
 
 
 def corpus_state(corpus_dir: Path) -> dict[str, Any]:
@@ -167,6 +197,8 @@ class ExportRow:
 class ExportPlan:
     rows: dict[str, list[ExportRow]]                  # per config
     excluded: dict[str, Any] = field(default_factory=dict)
+    min_confidence: float | None = None
+    low_confidence: dict[str, int] = field(default_factory=dict)   # config -> rows left out by min_confidence
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
     studies: int = 0
     patients: int = 0
@@ -204,11 +236,29 @@ def excluded_series(series: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
-def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> ExportPlan:
-    """The rows of every configuration with their split (images not read yet)."""
+def confidence_fields(sel: Mapping[str, Any], reviews: Mapping[tuple[str, str], list[str]]) -> dict[str, Any]:
+    """How sure the key slice is, carried into every row that shows it: the selector's margin and
+    uncertain flag, and the reviewers' standing judgements of this exact selection."""
+    from keyslice.review.store import selection_sha256
+
+    decisions = reviews.get((sel["finding_id"], selection_sha256(sel)))
+    return {"margin": sel.get("margin"), "uncertain": sel.get("uncertain"),
+            "review_status": review_status(decisions), "n_reviews": len(decisions or ())}
+
+
+def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, *,
+                min_confidence: float | None = None) -> ExportPlan:
+    """The rows of every configuration with their split (images not read yet).
+
+    ``min_confidence``: leave out every row whose key slice has a selector margin below it (compared
+    as float32, the margin's stored type, so ``0.02`` keeps a stored 0.02); a
+    selection without a margin (an older corpus, or a series too short to compare) is left out
+    too, since its confidence is unknown. The rows left out are counted per configuration.
+    """
     if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    plan = ExportPlan(rows={c: [] for c in CONFIGS})
+    plan = ExportPlan(rows={c: [] for c in CONFIGS}, min_confidence=min_confidence)
+    low: Counter[str] = Counter()
     drop = excluded_series(snap.series)
     excluded_counts: Counter[str] = Counter()
 
@@ -231,11 +281,21 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
         return True
 
     selection_by_finding = {}
+    confidence_by_image: dict[str, dict[str, Any]] = {}
+    low_images: set[str] = set()
     for sel in snap.selections:
         key = sel["finding_id"]
         if not usable("selections", key, sel):
             continue
+        confidence = confidence_fields(sel, snap.reviews)
+        if min_confidence is not None and (confidence["margin"] is None
+                                           or np.float32(confidence["margin"]) < np.float32(min_confidence)):
+            low["selections"] += 1
+            low["findings"] += key in snap.findings
+            low_images.add(sel["image_path"])
+            continue
         selection_by_finding[key] = sel
+        confidence_by_image[sel["image_path"]] = confidence
         s = snap.series[sel["series_id"]]
         study_id = sel["study_id"]
         group = group_of(study_id)
@@ -253,7 +313,8 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "top1_instance_number": sel["top1_instance_number"], "top1_z_mm": sel["top1_z_mm"],
              "top1_score": sel["top1_score"], "topk_indices": list(sel["topk_indices"]),
              "topk_scores": list(sel["topk_scores"]), "restricted_to": sel["restricted_to"],
-             "z_range_mm": list(sel["z_range_mm"]) if sel["z_range_mm"] is not None else None}))
+             "z_range_mm": list(sel["z_range_mm"]) if sel["z_range_mm"] is not None else None,
+             "peakedness": sel.get("peakedness"), **confidence}))
         if finding is None:
             plan.problems.append(("selections", key, "finding_id", "unknown_finding: no findings row"))
             continue
@@ -265,12 +326,16 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "status": finding["status"], "laterality": finding["laterality"],
              "measurements_mm": list(finding["measurements_mm"]), "phase_hint": finding["phase_hint"],
              "language": finding["language"], "segmenter": finding["segmenter"], "phase": s["phase"],
-             "window": sel["window"], "slice_index": sel["top1_index"]}))
+             "window": sel["window"], "slice_index": sel["top1_index"],
+             "abnormalities": list(finding.get("abnormalities") or []), **confidence}))
 
     selected_images = {sel["image_path"] for sel in selection_by_finding.values()}
     for qa in snap.vqa:
         key = qa["qa_id"]
         if not usable("vqa", key, qa):
+            continue
+        if qa["image_path"] in low_images and qa["image_path"] not in selected_images:
+            low["vqa"] += 1
             continue
         if qa["image_path"] not in selected_images:
             plan.problems.append(("vqa", key, "image_path", "image_not_selected: the image is not the key slice "
@@ -288,13 +353,15 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "answer": qa["answer"], "answer_type": qa["answer_type"], "question_type": qa["question_type"],
              "options": list(qa["options"]), "generator": qa["generator"], "prompt_version": qa["prompt_version"],
              "series_id": qa["series_id"], "phase": snap.series[qa["series_id"]]["phase"],
-             "slice_index": qa["slice_index"]}))
+             "slice_index": qa["slice_index"], "organ": qa.get("organ"), "abnormality": qa.get("abnormality"),
+             **confidence_by_image[qa["image_path"]]}))
 
     plan.excluded = {
         "series": {reason: sum(1 for r in drop.values() if r == reason) for reason in sorted(set(drop.values()))},
         "rows": dict(sorted(excluded_counts.items())),
         "incomplete_studies": len(snap.incomplete),
     }
+    plan.low_confidence = {c: low[c] for c in CONFIGS if low[c]}
     exported_studies = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
     plan.studies = len(exported_studies)
     plan.patients = len({r.group for rows in plan.rows.values() for r in rows})
@@ -321,21 +388,22 @@ def features(config: str):
 
     s, i32, f32, f64 = Value("string"), Value("int32"), Value("float32"), Value("float64")
     ids = {"study_id": s, "patient_id": s}
+    confidence = {"margin": f32, "uncertain": Value("bool"), "review_status": s, "n_reviews": i32}
     if config == "vqa":
         cols = {"image": Image(), "qa_id": s, "finding_id": s, **ids, "question": s, "answer": s,
                 "answer_type": s, "question_type": s, "options": List(s), "generator": s, "prompt_version": s,
-                "series_id": s, "phase": s, "slice_index": i32}
+                "series_id": s, "phase": s, "slice_index": i32, "organ": s, "abnormality": s, **confidence}
     elif config == "findings":
         cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "finding_index": i32, "section": s,
                 "text": s, "organ": s, "organs": List(s), "status": s, "laterality": s,
                 "measurements_mm": List(f32), "phase_hint": s, "language": s, "segmenter": s, "phase": s,
-                "window": s, "slice_index": i32}
+                "window": s, "slice_index": i32, "abnormalities": List(s), **confidence}
     elif config == "selections":
         cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "phase": s, "phase_confidence": f32,
                 "manufacturer": s, "kernel": s, "slice_thickness_mm": f32, "model_id": s, "weights_sha256": s,
                 "window": s, "n_slices": i32, "top1_index": i32, "top1_instance_number": i32, "top1_z_mm": f64,
                 "top1_score": f32, "topk_indices": List(i32), "topk_scores": List(f32), "restricted_to": s,
-                "z_range_mm": List(f64)}
+                "z_range_mm": List(f64), "peakedness": f32, **confidence}
     else:
         raise KeyError(f"unknown configuration {config!r}; choose from {CONFIGS}")
     return Features(cols)

@@ -162,7 +162,8 @@ def _prepare_dry_run_dir(target: Path) -> None:
 
 
 def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
-          known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
+          known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None],
+          min_confidence: float | None = None):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
@@ -170,20 +171,24 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
         with corpus_lock(corpus_dir):
             return _stage_locked(corpus_dir, dest, repo_id=repo_id, license=license, fractions=fractions,
                                  max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input, scrub=scrub,
-                                 pseudonymize=pseudonymize, log=log)
+                                 pseudonymize=pseudonymize, log=log, min_confidence=min_confidence)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
 
 def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
                   known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
-                  log: Callable[[str], None]):
+                  log: Callable[[str], None], min_confidence: float | None = None):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
     if not snap.complete:
         raise PublishError(f"{corpus_dir} has no study with all stages done; run `keyslice build` first")
-    plan = plan_export(snap, fractions)
+    plan = plan_export(snap, fractions, min_confidence=min_confidence)
+    if min_confidence is not None:
+        log(f"--min-confidence {min_confidence}: left out "
+            + (", ".join(f"{n} {c} row(s)" for c, n in plan.low_confidence.items()) or "no row")
+            + " whose key slice has a lower (or no) selector margin")
     exported = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
     if not exported:
         raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
@@ -213,11 +218,13 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                    license: str = "other", input_dir: Path | None = None, scrub_text: bool = False,
                    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
-                   endpoint: str | None = None, log: Callable[[str], None] = print) -> PublishResult:
+                   endpoint: str | None = None, min_confidence: float | None = None,
+                   log: Callable[[str], None] = print) -> PublishResult:
     """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
 
     ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
-    ``scrub_text`` replaces PHI-looking spans of report-derived text instead of refusing on them.
+    ``scrub_text`` replaces PHI-looking spans of report-derived text instead of refusing on them;
+    ``min_confidence`` leaves out rows whose key slice has a selector margin below it (or none).
     """
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
@@ -238,7 +245,7 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
         plan, shards, state, report = stage(corpus_dir, staging, repo_id=repo_id, license=license,
                                             fractions=fractions, max_shard_bytes=max_shard_bytes,
                                             known_phi_input=input_dir, scrub=scrub_text, pseudonymize=pseudonymize,
-                                            log=log)
+                                            log=log, min_confidence=min_confidence)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)
