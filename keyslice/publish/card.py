@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from keyslice import __version__
-from keyslice.publish.dataset_builder import CONFIGS, SPLITS, ExportPlan, ShardFile, features
+from keyslice.publish.dataset_builder import (CONFIGS, NEAR_DUPLICATE_SLICES, SPLITS, ExportPlan, ShardFile,
+                                              features)
 from keyslice.publish.privacy import RULES_VERSION
 
 PHASE_RULES = """\
@@ -156,6 +157,10 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         "",
         _table(["question_type", "answer_type", "pairs"],
                [(q, a, n) for (q, a), n in sorted(qtypes.items())]),
+        "",
+        f"Near-duplicate pairs removed: {plan.duplicates_removed} (the same question with the same answer about "
+        f"the same or an adjacent slice, up to {NEAR_DUPLICATE_SLICES} slice(s) apart, of one study and series is "
+        "exported once).",
         "",
         "### Contrast phase",
         "",

@@ -45,6 +45,9 @@ SPLIT_SALT = "keyslice-split-v1"
 SHARD_SALT = "keyslice-shard-v1"
 SECONDARY_CAPTURE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC, multi-frame SC variants
 ROW_OVERHEAD_BYTES = 512  # estimate of a row's non-image bytes, for shard sizing
+#: VQA pairs of one study and series that ask the same question with the same answer on slices at most
+#: this many slices apart show the reader the same thing: exported once.
+NEAR_DUPLICATE_SLICES = 1
 
 
 class PublishError(KeysliceError):
@@ -199,6 +202,7 @@ class ExportPlan:
     excluded: dict[str, Any] = field(default_factory=dict)
     min_confidence: float | None = None
     low_confidence: dict[str, int] = field(default_factory=dict)   # config -> rows left out by min_confidence
+    duplicates_removed: int = 0                                     # near-duplicate VQA pairs exported once
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
     studies: int = 0
     patients: int = 0
@@ -356,6 +360,7 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "slice_index": qa["slice_index"], "organ": qa.get("organ"), "abnormality": qa.get("abnormality"),
              **confidence_by_image[qa["image_path"]]}))
 
+    plan.rows["vqa"], plan.duplicates_removed = drop_near_duplicates(plan.rows["vqa"])
     plan.excluded = {
         "series": {reason: sum(1 for r in drop.values() if r == reason) for reason in sorted(set(drop.values()))},
         "rows": dict(sorted(excluded_counts.items())),
@@ -366,6 +371,35 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
     plan.studies = len(exported_studies)
     plan.patients = len({r.group for rows in plan.rows.values() for r in rows})
     return plan
+
+
+def _normalised(text: str | None) -> str:
+    return " ".join(str(text or "").casefold().split()).rstrip(" ?.")
+
+
+def drop_near_duplicates(rows: list[ExportRow], near_slices: int = NEAR_DUPLICATE_SLICES
+                         ) -> tuple[list[ExportRow], int]:
+    """VQA rows without near duplicates, and how many were dropped.
+
+    Two pairs are near duplicates when they are of the same study and series, ask the same question
+    and give the same answer (case, spacing and a final '?' ignored), on slices at most
+    ``near_slices`` apart: a model would see the same question about (almost) the same image twice,
+    and a test split would count it twice. The pair of the earliest finding is kept (rows in
+    ``sort_key`` order), so the choice is deterministic.
+    """
+    kept: list[ExportRow] = []
+    slices: dict[tuple, list[int]] = defaultdict(list)
+    dropped = 0
+    for row in sorted(rows, key=lambda r: r.sort_key):
+        f = row.fields
+        key = (f["study_id"], f["series_id"], _normalised(f["question"]), _normalised(f["answer"]))
+        index = int(f["slice_index"])
+        if any(abs(index - other) <= near_slices for other in slices[key]):
+            dropped += 1
+            continue
+        slices[key].append(index)
+        kept.append(row)
+    return kept, dropped
 
 
 def resolve_image(corpus_dir: Path, image_path: str) -> Path:
