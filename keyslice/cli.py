@@ -416,6 +416,36 @@ def publish(
         console.print(f"load it back: datasets.load_dataset({str(result.staged_dir)!r}, 'vqa')")
 
 
+
+@app.command()
+def stats(
+    out: Path = typer.Option(..., "--out", help="corpus folder"),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="folder for the plot PNGs (default: CORPUS/stats)"),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="as for publish"),
+) -> None:
+    """Statistics of what `keyslice publish` would export (organs, abnormalities, phases, question and answer
+    balance, key-slice position, selector confidence): printed, and drawn as the card's PNG plots."""
+    from rich.markup import escape
+
+    from keyslice.publish import PublishError
+    from keyslice.publish.stats import STATS_DIR, corpus_stats, draw_stats, stats_tables
+
+    try:
+        result = corpus_stats(out, min_confidence=min_confidence)
+    except PublishError as exc:
+        console.print(f"[red]stats:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from exc
+    for title, (header, rows) in stats_tables(result).items():
+        table = Table(title=title)
+        for col in header:
+            table.add_column(str(col))
+        for row in rows:
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+    written = draw_stats(result, plots or out / STATS_DIR)
+    console.print(f"{len(written)} plots in {escape(str(plots or out / STATS_DIR))}", highlight=False,
+                  soft_wrap=True)
+
 def _finetune_config(config: Path, out: Optional[Path], device: Optional[str], **extra):
     from keyslice.finetune.config import FinetuneConfig
 

@@ -96,5 +96,9 @@ def test_real_sample_corpus_round_trips(sample_corpus, tmp_path, monkeypatch):
     card = (out / "README.md").read_text()
     # the real sample's series-level questions (plane, phase) repeat on neighbouring key slices
     assert summary["duplicates"] > 0 and f"Near-duplicate pairs removed: {summary['duplicates']} " in card
+    # the statistics plots are in the folder, referenced by the card, and were checked by the gate
+    plots = sorted(p.name for p in (out / "stats").iterdir())
+    assert len(plots) == 6 and all(f"(stats/{name})" in card for name in plots)
+    assert "## Statistics" in card and "![key slices per phase](stats/phases.png)" in card
     model = query(root, "select distinct model_id, weights_sha256 from selections").to_pylist()
     assert all(m["model_id"] in card and m["weights_sha256"] in card for m in model)

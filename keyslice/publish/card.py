@@ -16,6 +16,7 @@ from keyslice import __version__
 from keyslice.publish.dataset_builder import (CONFIGS, NEAR_DUPLICATE_SLICES, SPLITS, ExportPlan, ShardFile,
                                               features)
 from keyslice.publish.privacy import RULES_VERSION
+from keyslice.publish.stats import PLOTS, STATS_DIR, ExportStats, stats_tables
 
 PHASE_RULES = """\
 Each series' contrast phase comes from its DICOM headers only (`keyslice/dicom/phase.py`):
@@ -56,6 +57,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _stats_section(stats: ExportStats) -> list[str]:
+    """The plots (PNG files of the repository's ``stats/`` folder) each followed by its numbers."""
+    lines = ["## Statistics", "",
+             "Counts over the exported rows (after exclusions, the confidence filter and de-duplication). "
+             "The position of a key slice is its index in the position-sorted series over the series' length "
+             "(0 = lowest z, 1 = highest; DICOM z increases towards the head). `keyslice stats --out CORPUS` "
+             "prints and draws the same from a corpus.", ""]
+    tables = stats_tables(stats)
+    for name, title in PLOTS.items():
+        header, rows = tables[title]
+        lines += [f"### {title[0].upper()}{title[1:]}", "", f"![{title}]({STATS_DIR}/{name})", "",
+                  _table(header, rows), ""]
+    return lines
+
+
 def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str) -> dict[str, Any]:
     """The YAML header: license, task, configs with their data files, features and split sizes."""
     by_config: dict[str, dict[str, list[ShardFile]]] = defaultdict(lambda: defaultdict(list))
@@ -89,9 +105,11 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
 
 
 def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, license: str,
-                state: Mapping[str, Any], fractions: Sequence[float], scrubbed: int = 0) -> str:
+                state: Mapping[str, Any], fractions: Sequence[float], scrubbed: int = 0,
+                stats: ExportStats | None = None) -> str:
     """The whole card; ``scrubbed`` is the number of values ``--scrub-text`` changed (said in the card, so
-    users know that ``[NAME]``-style placeholders in the text are deliberate)."""
+    users know that ``[NAME]``-style placeholders in the text are deliberate); ``stats`` adds the statistics
+    section with the plots of ``stats/`` (drawn by :func:`keyslice.publish.stats.draw_stats`)."""
     meta = card_metadata(plan, shards, license=license)
     counts: dict[str, Counter[str]] = {c: Counter() for c in CONFIGS}
     for shard in shards:
@@ -136,6 +154,7 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         f"when the dataset grows. {plan.studies} studies of {plan.patients} patients: "
         + ", ".join(f"{s} {len(groups.get(s, ()))} patients" for s in SPLITS) + ".",
         "",
+        *(_stats_section(stats) if stats is not None else []),
         "## How it was built",
         "",
         "### Report segmenter",

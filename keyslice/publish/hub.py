@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from keyslice.publish.dataset_builder import CONFIGS, PublishError
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-MANAGED_PREFIXES = tuple(f"{c}/" for c in CONFIGS) + ("README.md",)
+MANAGED_PREFIXES = tuple(f"{c}/" for c in CONFIGS) + ("README.md", "stats/")
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -75,7 +75,8 @@ class PushPlan:
 def plan_against(files: dict[str, LocalFile], remote: dict[str, dict[str, Any]]) -> PushPlan:
     """What to send, given remote ``{path: {"sha256"|"git_sha1": ..., "size": ...}}``.
 
-    Remote files outside keyslice's own folders (``vqa/``, ``findings/``, ``selections/``, ``README.md``),
+    Remote files outside keyslice's own folders (``vqa/``, ``findings/``, ``selections/``, ``stats/``,
+    ``README.md``),
     e.g. a ``.gitattributes`` or files a maintainer added, are left alone.
     """
     plan = PushPlan()

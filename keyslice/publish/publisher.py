@@ -30,6 +30,7 @@ from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAUL
                                               KEY_COLUMNS, REPORT_TEXT_COLUMNS, SOFTWARE_COLUMNS, ExportPlan,
                                               PublishError, corpus_state, exported_record, plan_export, read_corpus,
                                               resolve_image, write_shards)
+from keyslice.publish.stats import STATS_DIR, draw_stats, export_stats
 from keyslice.publish.privacy import Hit, PrivacyGate, PrivacyReport, clean_png, read_study_phi_values, scrub_rows
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer, load_pseudonymizer
 
@@ -155,7 +156,7 @@ def _prepare_dry_run_dir(target: Path) -> None:
     if not target.exists():
         return
     entries = {p.name for p in target.iterdir()}
-    ours = set(CONFIGS) | {"README.md"}
+    ours = set(CONFIGS) | {"README.md", STATS_DIR}
     if entries - ours:
         raise PublishError(f"--dry-run folder {target} holds other files ({sorted(entries - ours)[:5]}); "
                            f"give a new or empty folder")
@@ -196,6 +197,11 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
     scrubbed = scrub_plan(plan) if scrub else []
     gate = run_gate(plan, corpus_dir, known)
     gate.report.scrubbed = scrubbed
+    stats = export_stats(plan)
+    for path in draw_stats(stats, dest / STATS_DIR):
+        cleaned = gate.check_png(f"{STATS_DIR}/{path.name}", path.read_bytes())
+        if cleaned is not None:
+            path.write_bytes(cleaned)
     report_path = _write_report(corpus_dir, repo_id, gate.report)
     if scrub:
         log(f"--scrub-text: {len(scrubbed)} report-derived value(s) had PHI-looking spans replaced by placeholders "
@@ -209,7 +215,7 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
 
     shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes)
     card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions,
-                       scrubbed=len(scrubbed))
+                       scrubbed=len(scrubbed), stats=stats)
     (dest / "README.md").write_text(card, encoding="utf-8")
     return plan, shards, state, gate.report
 
