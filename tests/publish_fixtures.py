@@ -232,6 +232,7 @@ class FakeRepo:
     files: dict[str, bytes] = field(default_factory=dict)
     lfs_paths: set[str] = field(default_factory=set)
     commits: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)      # tag -> commit
 
     @property
     def head(self) -> str:
@@ -357,6 +358,22 @@ class FakeHub:
                 return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
             return 200, {"id": m.group(1), "sha": repo.head, "private": repo.private,
                          "siblings": [{"rfilename": p} for p in sorted(repo.files)]}, {}
+        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/refs", path)
+        if m and method == "GET":
+            repo = self.repos[m.group(1)]
+            return 200, {"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head}],
+                         "converts": [], "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c}
+                                                  for t, c in sorted(repo.tags.items())]}, {}
+        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tag/([^/]+)", path)
+        if m and method == "POST":
+            repo = self.repos[m.group(1)]
+            tag, revision = json.loads(body)["tag"], unquote(m.group(2))
+            if tag in repo.tags:
+                return 409, {"error": f"Tag {tag} already exists"}, {}
+            if revision not in repo.commits and revision != "main":
+                return 404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"}
+            repo.tags[tag] = repo.head if revision == "main" else revision
+            return 200, {}, {}
         m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if m and method == "GET":
             repo = self.repos.get(m.group(1))

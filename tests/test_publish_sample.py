@@ -77,7 +77,7 @@ def test_real_sample_corpus_round_trips(sample_corpus, tmp_path, monkeypatch):
 
     out = tmp_path / "dry"
     # --input: the real DICOM headers (names, IDs, dates, institution...) are checked against every exported row
-    result = publish_corpus(root, "keyslice/sample-ct-vqa", dry_run_dir=out, input_dir=studies_dir,
+    result = publish_corpus(root, "keyslice/sample-ct-vqa", dry_run_dir=out, input_dir=studies_dir, tag="v1",
                             log=lambda m: None)
     excluded = {r["series_id"] for r in query(root, "select series_id from series where burned_in_annotation "
                                                    "or drop_reason = 'secondary_capture'").to_pylist()}
@@ -100,5 +100,12 @@ def test_real_sample_corpus_round_trips(sample_corpus, tmp_path, monkeypatch):
     plots = sorted(p.name for p in (out / "stats").iterdir())
     assert len(plots) == 6 and all(f"(stats/{name})" in card for name in plots)
     assert "## Statistics" in card and "![key slices per phase](stats/phases.png)" in card
+    # a dry-run release is recorded in the corpus, with the corpus state and every file's hash
+    import json
+
+    [release] = json.loads((root / "publish" / "keyslice__sample-ct-vqa.releases.json").read_text())["releases"]
+    assert release["tag"] == "v1" and release["dry_run"] and release["corpus_state"] == result.state["corpus_state"]
+    assert release["files"] == {p: f["sha256"] for p, f in result.files.items()}
+    assert "This is release `v1`" in card
     model = query(root, "select distinct model_id, weights_sha256 from selections").to_pylist()
     assert all(m["model_id"] in card and m["weights_sha256"] in card for m in model)

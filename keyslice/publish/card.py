@@ -72,6 +72,23 @@ def _stats_section(stats: ExportStats) -> list[str]:
     return lines
 
 
+def _release_section(repo_id: str, release: str | None, changes: Mapping[str, Any] | None) -> list[str]:
+    if release is None and changes is None:
+        return []
+    lines = ["## Releases", ""]
+    if release is not None:
+        lines += [f"This is release `{release}`, a Hub tag that is never moved: "
+                  f'`load_dataset("{repo_id}", "vqa", revision="{release}")` always returns these rows.', ""]
+    if changes is None:
+        lines += ["There is no earlier release.", ""]
+        return lines
+    lines += [f"Changes since release `{changes['previous_tag']}`: {changes['studies_added']} studies added, "
+              f"{changes['studies_removed']} removed.", "",
+              _table(["config", f"rows in {changes['previous_tag']}", "rows now", "change"],
+                     [(c, before, now, f"{now - before:+d}") for c, (before, now) in changes["rows"].items()]), ""]
+    return lines
+
+
 def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str) -> dict[str, Any]:
     """The YAML header: license, task, configs with their data files, features and split sizes."""
     by_config: dict[str, dict[str, list[ShardFile]]] = defaultdict(lambda: defaultdict(list))
@@ -106,10 +123,13 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
 
 def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, license: str,
                 state: Mapping[str, Any], fractions: Sequence[float], scrubbed: int = 0,
-                stats: ExportStats | None = None) -> str:
+                stats: ExportStats | None = None, release: str | None = None,
+                changes: Mapping[str, Any] | None = None) -> str:
     """The whole card; ``scrubbed`` is the number of values ``--scrub-text`` changed (said in the card, so
     users know that ``[NAME]``-style placeholders in the text are deliberate); ``stats`` adds the statistics
-    section with the plots of ``stats/`` (drawn by :func:`keyslice.publish.stats.draw_stats`)."""
+    section with the plots of ``stats/`` (drawn by :func:`keyslice.publish.stats.draw_stats`); ``release`` is
+    the tag this publish creates and ``changes`` what changed since the previous release
+    (:func:`keyslice.publish.releases.release_changes`)."""
     meta = card_metadata(plan, shards, license=license)
     counts: dict[str, Counter[str]] = {c: Counter() for c in CONFIGS}
     for shard in shards:
@@ -227,6 +247,7 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         + "The gate is rule-based: it lowers the risk, it does not prove the absence of identifying information. "
         "Report any problem to the dataset's maintainers.",
         "",
+        *_release_section(repo_id, release, changes),
         "## Provenance",
         "",
         f"Corpus state `{state['corpus_state']}` ({state['n_markers']} stage markers, "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from keyslice import __version__
-from keyslice.publish import hub
+from keyslice.publish import hub, releases
 from keyslice.publish.card import render_card
 from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAULT_MAX_SHARD_BYTES, ID_COLUMNS,
                                               KEY_COLUMNS, REPORT_TEXT_COLUMNS, SOFTWARE_COLUMNS, ExportPlan,
@@ -164,7 +164,8 @@ def _prepare_dry_run_dir(target: Path) -> None:
 
 def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
           known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None],
-          min_confidence: float | None = None):
+          min_confidence: float | None = None, release: str | None = None,
+          previous_release: dict | None = None):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
@@ -172,14 +173,16 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
         with corpus_lock(corpus_dir):
             return _stage_locked(corpus_dir, dest, repo_id=repo_id, license=license, fractions=fractions,
                                  max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input, scrub=scrub,
-                                 pseudonymize=pseudonymize, log=log, min_confidence=min_confidence)
+                                 pseudonymize=pseudonymize, log=log, min_confidence=min_confidence,
+                                 release=release, previous_release=previous_release)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
 
 def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
                   known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
-                  log: Callable[[str], None], min_confidence: float | None = None):
+                  log: Callable[[str], None], min_confidence: float | None = None, release: str | None = None,
+                  previous_release: dict | None = None):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
@@ -215,7 +218,8 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
 
     shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes)
     card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions,
-                       scrubbed=len(scrubbed), stats=stats)
+                       scrubbed=len(scrubbed), stats=stats, release=release,
+                       changes=releases.release_changes(plan, previous_release) if previous_release else None)
     (dest / "README.md").write_text(card, encoding="utf-8")
     return plan, shards, state, gate.report
 
@@ -224,13 +228,14 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                    license: str = "other", input_dir: Path | None = None, scrub_text: bool = False,
                    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
-                   endpoint: str | None = None, min_confidence: float | None = None,
+                   endpoint: str | None = None, min_confidence: float | None = None, tag: str | None = None,
                    log: Callable[[str], None] = print) -> PublishResult:
     """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
 
     ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
     ``scrub_text`` replaces PHI-looking spans of report-derived text instead of refusing on them;
-    ``min_confidence`` leaves out rows whose key slice has a selector margin below it (or none).
+    ``min_confidence`` leaves out rows whose key slice has a selector margin below it (or none);
+    ``tag`` makes the publish a named, immutable release (:mod:`keyslice.publish.releases`).
     """
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
@@ -239,6 +244,11 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                            f"build one with `keyslice build`")
     pseudonymize = require_deliberate_key(corpus_dir)
     (corpus_dir / "publish").mkdir(parents=True, exist_ok=True)
+    recorded = releases.read_releases(corpus_dir, repo_id)
+    if tag is not None:
+        releases.check_tag(tag)
+        releases.check_new_release(recorded, tag)
+    previous_release = releases.previous_release(recorded, dry_run=dry_run_dir is not None, tag=tag)
 
     if dry_run_dir is not None:
         target = Path(dry_run_dir).resolve()
@@ -251,7 +261,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
         plan, shards, state, report = stage(corpus_dir, staging, repo_id=repo_id, license=license,
                                             fractions=fractions, max_shard_bytes=max_shard_bytes,
                                             known_phi_input=input_dir, scrub=scrub_text, pseudonymize=pseudonymize,
-                                            log=log, min_confidence=min_confidence)
+                                            log=log, min_confidence=min_confidence, release=tag,
+                                            previous_release=previous_release)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)
@@ -266,6 +277,11 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)
+            if tag is not None:
+                releases.record_release(corpus_dir, repo_id, tag=tag, dry_run=True, commit=None, state=state,
+                                        files=record, counts=counts, plan=plan)
+                log(f"dry run: release {tag!r} recorded as a dry run in "
+                    f"{releases.releases_path(corpus_dir, repo_id)}")
             log(f"dry run: {len(files)} files in {target}; against the last publish"
                 f"{'' if previous else ' (none yet)'}: {len(push_plan.upload)} to upload, "
                 f"{len(push_plan.delete)} to delete, {len(push_plan.unchanged)} unchanged")
@@ -276,7 +292,9 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
         message = f"keyslice publish (corpus state {state['corpus_state'][:12]})"
         description = json.dumps({"keyslice_version": __version__, **state}, indent=1)
         pushed = hub.push_folder(staging, repo_id, private=private, commit_message=message,
-                                 commit_description=description, token=token, endpoint=endpoint)
+                                 commit_description=description, token=token, endpoint=endpoint, tag=tag,
+                                 tag_message=f"keyslice release {tag} (corpus state {state['corpus_state'][:12]})"
+                                 if tag else "")
         manifest = {
             "repo_id": repo_id, "private": private, "commit": pushed.head, "new_commit": pushed.commit,
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(), "keyslice_version": __version__,
@@ -288,6 +306,11 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                         "excluded": report.excluded},
             "previous_commit": (previous or {}).get("commit"),
         }
+        if tag is not None:
+            manifest["release"] = tag
+            releases.record_release(corpus_dir, repo_id, tag=tag, dry_run=False, commit=pushed.head, state=state,
+                                    files=record, counts=counts, plan=plan)
+            log(f"release {tag!r}: tagged commit {pushed.head} on the Hub")
         path = hub.write_manifest(corpus_dir, repo_id, manifest)
         log(f"published {repo_id}: {len(pushed.plan.upload)} file(s) uploaded ({pushed.uploaded_bytes} bytes), "
             f"{len(pushed.plan.delete)} deleted, {len(pushed.plan.unchanged)} unchanged; "
