@@ -387,6 +387,8 @@ def publish(
                                                    "slice has a selector margin of at least this (unknown = left out)"),
     tag: Optional[str] = typer.Option(None, "--tag", help="make this publish a named, immutable release (a Hub "
                                       "tag; recorded in CORPUS/publish/; a dry run records it as a dry run)"),
+    context: int = typer.Option(0, "--context", help="add N slices on each side of every key slice to findings and "
+                                "selections rows (ascending z, with z in mm); needs --input"),
 ) -> None:
     """Publish the corpus as a Hugging Face dataset (configs vqa, findings, selections), behind a privacy gate.
 
@@ -400,7 +402,7 @@ def publish(
     try:
         result = publish_corpus(out, repo_id, private=private, dry_run_dir=dry_run, license=license,
                                 input_dir=input_dir, scrub_text=scrub_text, max_shard_bytes=max_shard_mb * 1024 * 1024,
-                                min_confidence=min_confidence, tag=tag, log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
+                                min_confidence=min_confidence, tag=tag, context_slices=context, log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     except (MissingKeyError, PrivacyError, PublishError) as exc:
         console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from exc

@@ -109,3 +109,73 @@ def test_real_sample_corpus_round_trips(sample_corpus, tmp_path, monkeypatch):
     assert "This is release `v1`" in card
     model = query(root, "select distinct model_id, weights_sha256 from selections").to_pylist()
     assert all(m["model_id"] in card and m["weights_sha256"] in card for m in model)
+
+
+def test_real_sample_slice_context_round_trips(sample_corpus, tmp_path, monkeypatch):
+    """`--context 2 --input STUDIES`: each findings/selections row carries the key slice and 2 slices on each
+    side, re-read from the real DICOM, in ascending z, the key slice's pixels equal to the exported key slice."""
+    import numpy as np
+
+    from keyslice.corpus.sql import query
+    from keyslice.publish import publish_corpus
+    from tests.publish_fixtures import _pixels, load_config
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    out = tmp_path / "dry"
+    plain = publish_corpus(root, "keyslice/sample-ct-vqa", dry_run_dir=tmp_path / "plain", log=lambda m: None)
+    result = publish_corpus(root, "keyslice/sample-ct-vqa", dry_run_dir=out, input_dir=studies_dir,
+                            context_slices=2, log=lambda m: None)
+    sels = {r["finding_id"]: r for r in query(root, "select finding_id, n_slices, top1_index from selections")
+            .to_pylist()}
+    n_context = 0
+    for config in ("findings", "selections"):
+        ds = load_config(out, config, tmp_path / "cache")
+        for row in (r for part in ds.values() for r in part):
+            sel = sels[row["finding_id"]]
+            top, n = sel["top1_index"], sel["n_slices"]
+            assert sorted(row["context_indices"]) == list(range(max(0, top - 2), min(n, top + 3)))
+            assert len(row["context"]) == len(row["context_indices"]) == len(row["context_z_mm"])
+            assert row["context_z_mm"] == sorted(row["context_z_mm"])  # ascending z
+            key = _pixels(row["context"][row["context_indices"].index(top)])
+            assert np.array_equal(key, _pixels(row["image"]))      # same renderer, same window as the key slice
+            n_context += len(row["context"])
+    assert n_context > 0
+    # every context PNG went through the gate's PNG check (shared slices counted once)
+    assert result.privacy.images_checked > plain.privacy.images_checked
+    card = (out / "README.md").read_text()
+    assert "### Slice context" in card and "context_z_mm" in card
+    # the vqa config keeps one image per row
+    assert "context" not in load_config(out, "vqa", tmp_path / "cache")["train"].column_names
+
+
+def test_slice_context_needs_the_studies_folder(sample_corpus, tmp_path, monkeypatch):
+    from keyslice.publish import PublishError, publish_corpus
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    with pytest.raises(PublishError, match="--context needs --input"):
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "d", context_slices=2, log=lambda m: None)
+    # the studies folder lost a slice of a selected series: refused with the study named, nothing staged
+    from keyslice.corpus.sql import query
+
+    query_one = query(root, "select study_id, series_id from selections limit 1").to_pylist()[0]
+    from keyslice.dicom import index_study
+    from keyslice.pipeline.studies import discover_studies
+    from keyslice.pseudonym import load_pseudonymizer
+
+    pseudonymize = load_pseudonymizer(root, create=False)
+    copy = tmp_path / "studies"
+    shutil.copytree(studies_dir, copy)
+    study = {s.study_id: s for s in discover_studies(copy, pseudonymize)}[query_one["study_id"]]
+    files = {r.row["series_id"]: r.files for r in index_study(study.path, pseudonymize, image_phase=False).series}
+    victim = sorted(files[query_one["series_id"]])[0]
+    victim.unlink()
+    with pytest.raises(PublishError, match=f"slice context of study {query_one['study_id']}"):
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "d", input_dir=copy, context_slices=2,
+                       log=lambda m: None)
+    assert not (tmp_path / "d").exists()

@@ -203,6 +203,7 @@ class ExportPlan:
     min_confidence: float | None = None
     low_confidence: dict[str, int] = field(default_factory=dict)   # config -> rows left out by min_confidence
     duplicates_removed: int = 0                                     # near-duplicate VQA pairs exported once
+    context_slices: int = 0           # slice context: slices on each side of the key slice (0 = none exported)
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
     studies: int = 0
     patients: int = 0
@@ -416,8 +417,9 @@ def resolve_image(corpus_dir: Path, image_path: str) -> Path:
 # --------------------------------------------------------------------------- features and shards
 
 
-def features(config: str):
-    """The ``datasets`` features of a configuration (the image first)."""
+def features(config: str, context: bool = False):
+    """The ``datasets`` features of a configuration (the image first); ``context`` adds the slice context
+    of findings and selections rows (a list of images with their slice indices and z positions)."""
     from datasets import Features, Image, List, Value
 
     s, i32, f32, f64 = Value("string"), Value("int32"), Value("float32"), Value("float64")
@@ -440,13 +442,15 @@ def features(config: str):
                 "z_range_mm": List(f64), "peakedness": f32, **confidence}
     else:
         raise KeyError(f"unknown configuration {config!r}; choose from {CONFIGS}")
+    if context and config in ("findings", "selections"):
+        cols.update({"context": List(Image()), "context_indices": List(i32), "context_z_mm": List(f64)})
     return Features(cols)
 
 
 #: Identifier columns of the exported rows and the pseudonym format each must have.
 ID_COLUMNS: dict[str, str] = {"study_id": "study_id", "patient_id": "patient_id", "series_id": "series_id",
                               "finding_id": "finding_id", "qa_id": "qa_id", "weights_sha256": "weights_sha256",
-                              "image": "image_name"}
+                              "image": "image_name", "context": "context_image_name"}
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {"vqa": ("qa_id", "finding_id"), "findings": ("finding_id",),
                                            "selections": ("finding_id",)}
 #: Columns that name the software a row was made with (checked without the date/number rules).
@@ -455,9 +459,13 @@ SOFTWARE_COLUMNS = ("model_id", "generator", "prompt_version", "segmenter")
 REPORT_TEXT_COLUMNS: dict[str, tuple[str, ...]] = {"findings": ("text",), "vqa": ("question", "answer", "options")}
 
 
-def exported_record(row: ExportRow, image_bytes: bytes | None = None) -> dict[str, Any]:
-    """A row exactly as it is written (the image as ``{"bytes", "path"}``)."""
-    return {"image": {"bytes": image_bytes, "path": row.image_name}, **row.fields}
+def exported_record(row: ExportRow, image_bytes: bytes | None = None,
+                    context: list[tuple[str, bytes | None]] | None = None) -> dict[str, Any]:
+    """A row exactly as it is written (images as ``{"bytes", "path"}``; ``context``: its (name, PNG) list)."""
+    record = {"image": {"bytes": image_bytes, "path": row.image_name}, **row.fields}
+    if context is not None:
+        record["context"] = [{"bytes": data, "path": name} for name, data in context]
+    return record
 
 
 @dataclass
@@ -472,10 +480,13 @@ class ShardFile:
 
 
 def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 image_bytes: Callable[[str], bytes]) -> list[ShardFile]:
+                 image_bytes: Callable[[str], bytes],
+                 context_images: Callable[[ExportRow], list[tuple[str, bytes]]] | None = None) -> list[ShardFile]:
     """Write every configuration/split as hash-bucket shards into ``dest``; returns what was written.
 
-    ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path.
+    ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path;
+    ``context_images(row)`` the (name, cleaned PNG) list of a row's slice context, rendered while its
+    shard is written (shards are sized with the context counted as key-slice-sized images).
     """
     import datasets
 
@@ -484,7 +495,8 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
     written: list[ShardFile] = []
     try:
         for config in CONFIGS:
-            feats = features(config)
+            with_context = context_images is not None and config in ("findings", "selections")
+            feats = features(config, context=with_context)
             by_split: dict[str, list[ExportRow]] = defaultdict(list)
             for row in plan.rows[config]:
                 by_split[row.split].append(row)
@@ -496,14 +508,16 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
                 for r in rows:
                     if r.image_path not in sizes:
                         sizes[r.image_path] = resolve_image(corpus_dir, r.image_path).stat().st_size
-                estimate = sum(sizes[r.image_path] + ROW_OVERHEAD_BYTES for r in rows)
+                estimate = sum(sizes[r.image_path] * (1 + len(r.fields.get("context_indices") or ()))
+                               + ROW_OVERHEAD_BYTES for r in rows)
                 n = n_shards_for(estimate, max_shard_bytes)
                 buckets: dict[int, list[ExportRow]] = defaultdict(list)
                 for r in rows:
                     buckets[shard_of(r.group, n)].append(r)
                 for index in sorted(buckets):
                     shard_rows = sorted(buckets[index], key=lambda r: r.sort_key)
-                    records = [exported_record(r, image_bytes(r.image_path)) for r in shard_rows]
+                    records = [exported_record(r, image_bytes(r.image_path),
+                                               context_images(r) if with_context else None) for r in shard_rows]
                     ds = datasets.Dataset.from_list(records, features=feats)
                     rel = f"{config}/{split}-{index:05d}-of-{n:05d}.parquet"
                     out = dest / rel
