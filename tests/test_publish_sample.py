@@ -179,3 +179,43 @@ def test_slice_context_needs_the_studies_folder(sample_corpus, tmp_path, monkeyp
         publish_corpus(root, "o/n", dry_run_dir=tmp_path / "d", input_dir=copy, context_slices=2,
                        log=lambda m: None)
     assert not (tmp_path / "d").exists()
+
+
+def test_real_sample_grounding_round_trips(sample_corpus, tmp_path, monkeypatch):
+    """`--grounding --input STUDIES`: the real TotalSegmentator NIfTI and DICOM-SEG masks of the sample studies,
+    resampled onto the key slice, exported as mask PNGs with their labels; vqa rows name the same labels."""
+    import numpy as np
+
+    from keyslice.corpus.sql import query
+    from keyslice.publish import publish_corpus
+    from tests.publish_fixtures import _pixels, load_config
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    out = tmp_path / "dry"
+    result = publish_corpus(root, "keyslice/sample-ct-vqa", dry_run_dir=out, input_dir=studies_dir, grounding=True,
+                            log=lambda m: None)
+    assert result.privacy.ok
+    ts = {r["finding_id"]: set(r["ts_labels"]) for r in query(root, "select finding_id, ts_labels from findings")
+          .to_pylist()}
+    cache = tmp_path / "cache"
+    labels_by_finding, grounded, organ_pixels = {}, 0, 0
+    for config in ("findings", "selections"):
+        for row in (r for part in load_config(out, config, cache).values() for r in part):
+            labels_by_finding[row["finding_id"]] = row["mask_labels"]
+            if row["mask"] is None:
+                assert row["mask_labels"] == []
+                continue
+            grounded += 1
+            assert row["mask_labels"] and set(row["mask_labels"]) <= ts[row["finding_id"]]
+            mask = _pixels(row["mask"])
+            assert mask.shape == _pixels(row["image"]).shape[:2] and set(np.unique(mask)) <= {0, 255}
+            organ_pixels += int((mask == 255).sum())
+    assert grounded > 0 and organ_pixels > 0, "the sample's masked studies ground some key slices"
+    assert any(not v for v in labels_by_finding.values()), "studies without masks stay ungrounded"
+    for row in (r for part in load_config(out, "vqa", cache).values() for r in part):
+        assert row["mask_labels"] == labels_by_finding[row["finding_id"]]
+    card = (out / "README.md").read_text()
+    assert "### Grounding" in card and f"{grounded // 2} of" in card

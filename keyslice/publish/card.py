@@ -107,7 +107,7 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
         configs.append(entry)
         split_infos = [{"name": s, "num_bytes": sum(x.nbytes for x in by_config[config][s]),
                         "num_examples": sum(x.rows for x in by_config[config][s])} for s in splits]
-        infos.append({"config_name": config, "features": features(config, bool(plan.context_slices))._to_yaml_list(),
+        infos.append({"config_name": config, "features": features(config, bool(plan.context_slices), plan.grounding)._to_yaml_list(),
                       "splits": split_infos,
                       "download_size": sum(x.size for s in splits for x in by_config[config][s]),
                       "dataset_size": sum(i["num_bytes"] for i in split_infos)})
@@ -223,7 +223,7 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         _table(["review_status", "key slices"], sorted(reviewed.items())),
         "",
         (f"Exported with `--min-confidence {plan.min_confidence}`: rows whose key slice has a lower or no margin "
-         f"were left out ({_counts(plan.low_confidence)})." if plan.min_confidence is not None
+         f"were left out ({_counts(plan.low_confidence)}; counted before near-duplicate removal)." if plan.min_confidence is not None
          else "No confidence filter was applied (`keyslice publish --min-confidence M` exports only rows whose "
               "margin is at least M)."),
         "",
@@ -233,6 +233,13 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
            "`context_indices` are their indices in the position-sorted series and `context_z_mm` their z "
            "positions in mm (the window is clipped at the ends of the series).", ""]
           if plan.context_slices else []),
+        *(["### Grounding", "",
+           "Where the study had organ masks (TotalSegmentator, DICOM-SEG), `findings` and `selections` rows carry "
+           "`mask`: the union of the finding's organ labels resampled onto the key slice (8-bit PNG, 255 = organ), "
+           "and `mask_labels`, the TotalSegmentator labels it shows; `vqa` rows carry the `mask_labels` of their "
+           f"finding. {sum(1 for r in plan.rows['findings'] if r.fields.get('mask_labels'))} of "
+           f"{len(plan.rows['findings'])} findings are grounded; the others have a null `mask`.", ""]
+          if plan.grounding else []),
         "### Exclusions",
         "",
         "Never exported: series whose DICOM says `BurnedInAnnotation YES` and secondary captures (text in "

@@ -27,37 +27,48 @@ def context_name(row: ExportRow, index: int) -> str:
     return f"{row.fields['study_id']}_{row.fields['series_id']}_{index}.png"
 
 
+def open_slice_source(corpus_dir: Path, input_dir: Path | None, pseudonymize, option: str):
+    """The review app's slice source over the studies folder (``option`` names the flag that needs it)."""
+    from keyslice.review.slices import SliceSource
+
+    if input_dir is None or not Path(input_dir).is_dir():
+        raise PublishError(f"{option} needs --input STUDIES: the corpus keeps only the key slices, the slices and "
+                           f"masks are read from the studies folder the corpus was built from")
+    return SliceSource(Path(corpus_dir), Path(input_dir), pseudonymize)
+
+
+def series_z(source, sel: dict) -> list[float]:
+    """z (mm) of every slice of a selection's series, or :class:`PublishError` naming the study."""
+    from keyslice.review.slices import SeriesMismatchError
+
+    study, series, n = sel["study_id"], sel["series_id"], int(sel["n_slices"])
+    if not source.has_study(study):
+        raise PublishError(f"study {study} is not in the --input folder; pass the studies folder the corpus "
+                           f"was built from")
+    try:
+        return source.z_mm(study, series, n)
+    except SeriesMismatchError as exc:
+        raise PublishError(f"slice context of study {study}: {exc}") from exc
+
+
 class ContextSlices:
     """Attach and render the slice context of the rows of an export plan."""
 
-    def __init__(self, corpus_dir: Path, input_dir: Path, pseudonymize, half_width: int) -> None:
-        from keyslice.review.slices import SliceSource
-
+    def __init__(self, source, half_width: int) -> None:
         if half_width < 1:
             raise PublishError(f"--context must be at least 1 slice on each side, got {half_width}")
-        if input_dir is None or not Path(input_dir).is_dir():
-            raise PublishError("--context needs --input STUDIES: the corpus keeps only the key slices, the context "
-                               "is read from the studies folder the corpus was built from")
-        self.source = SliceSource(Path(corpus_dir), Path(input_dir), pseudonymize)
+        self.source = source
         self.half_width = half_width
         self.n_slices: dict[str, int] = {}      # finding_id -> series length the selection was made on
 
     def attach(self, plan: ExportPlan, selections: dict[str, dict]) -> None:
         """Set ``context_indices`` / ``context_z_mm`` on every findings/selections row (z ascending)."""
-        from keyslice.review.slices import SeriesMismatchError
-
         rows = sorted((r for c in CONTEXT_CONFIGS for r in plan.rows[c]),
                       key=lambda r: (r.fields["study_id"], r.fields["series_id"]))
         for row in rows:
             sel = selections[row.fields["finding_id"]]
-            study, series, n = sel["study_id"], sel["series_id"], int(sel["n_slices"])
-            if not self.source.has_study(study):
-                raise PublishError(f"study {study} is not in the --input folder; pass the studies folder the corpus "
-                                   f"was built from")
-            try:
-                z = self.source.z_mm(study, series, n)
-            except SeriesMismatchError as exc:
-                raise PublishError(f"slice context of study {study}: {exc}") from exc
+            n = int(sel["n_slices"])
+            z = series_z(self.source, sel)
             top = int(sel["top1_index"])
             indices = sorted(range(max(0, top - self.half_width), min(n, top + self.half_width + 1)),
                              key=lambda i: (z[i], i))

@@ -204,6 +204,7 @@ class ExportPlan:
     low_confidence: dict[str, int] = field(default_factory=dict)   # config -> rows left out by min_confidence
     duplicates_removed: int = 0                                     # near-duplicate VQA pairs exported once
     context_slices: int = 0           # slice context: slices on each side of the key slice (0 = none exported)
+    grounding: bool = False           # organ masks on the key slice exported
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
     studies: int = 0
     patients: int = 0
@@ -417,9 +418,10 @@ def resolve_image(corpus_dir: Path, image_path: str) -> Path:
 # --------------------------------------------------------------------------- features and shards
 
 
-def features(config: str, context: bool = False):
+def features(config: str, context: bool = False, grounding: bool = False):
     """The ``datasets`` features of a configuration (the image first); ``context`` adds the slice context
-    of findings and selections rows (a list of images with their slice indices and z positions)."""
+    of findings and selections rows (a list of images with their slice indices and z positions);
+    ``grounding`` the organ mask on the key slice and the labels it shows (vqa: the labels only)."""
     from datasets import Features, Image, List, Value
 
     s, i32, f32, f64 = Value("string"), Value("int32"), Value("float32"), Value("float64")
@@ -444,13 +446,16 @@ def features(config: str, context: bool = False):
         raise KeyError(f"unknown configuration {config!r}; choose from {CONFIGS}")
     if context and config in ("findings", "selections"):
         cols.update({"context": List(Image()), "context_indices": List(i32), "context_z_mm": List(f64)})
+    if grounding:
+        cols.update({"mask": Image(), "mask_labels": List(s)} if config in ("findings", "selections")
+                    else {"mask_labels": List(s)})
     return Features(cols)
 
 
 #: Identifier columns of the exported rows and the pseudonym format each must have.
 ID_COLUMNS: dict[str, str] = {"study_id": "study_id", "patient_id": "patient_id", "series_id": "series_id",
                               "finding_id": "finding_id", "qa_id": "qa_id", "weights_sha256": "weights_sha256",
-                              "image": "image_name", "context": "context_image_name"}
+                              "image": "image_name", "context": "context_image_name", "mask": "context_image_name"}
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {"vqa": ("qa_id", "finding_id"), "findings": ("finding_id",),
                                            "selections": ("finding_id",)}
 #: Columns that name the software a row was made with (checked without the date/number rules).
@@ -460,11 +465,15 @@ REPORT_TEXT_COLUMNS: dict[str, tuple[str, ...]] = {"findings": ("text",), "vqa":
 
 
 def exported_record(row: ExportRow, image_bytes: bytes | None = None,
-                    context: list[tuple[str, bytes | None]] | None = None) -> dict[str, Any]:
-    """A row exactly as it is written (images as ``{"bytes", "path"}``; ``context``: its (name, PNG) list)."""
+                    context: list[tuple[str, bytes | None]] | None = None,
+                    mask: tuple[str, bytes | None] | None | bool = False) -> dict[str, Any]:
+    """A row exactly as it is written (images as ``{"bytes", "path"}``; ``context``: its (name, PNG) list;
+    ``mask``: its (name, PNG) or None for no mask; False: the row has no mask column)."""
     record = {"image": {"bytes": image_bytes, "path": row.image_name}, **row.fields}
     if context is not None:
         record["context"] = [{"bytes": data, "path": name} for name, data in context]
+    if mask is not False:
+        record["mask"] = None if mask is None else {"bytes": mask[1], "path": mask[0]}
     return record
 
 
@@ -481,12 +490,14 @@ class ShardFile:
 
 def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                  image_bytes: Callable[[str], bytes],
-                 context_images: Callable[[ExportRow], list[tuple[str, bytes]]] | None = None) -> list[ShardFile]:
+                 context_images: Callable[[ExportRow], list[tuple[str, bytes]]] | None = None,
+                 mask_image: Callable[[ExportRow], tuple[str, bytes] | None] | None = None) -> list[ShardFile]:
     """Write every configuration/split as hash-bucket shards into ``dest``; returns what was written.
 
     ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path;
     ``context_images(row)`` the (name, cleaned PNG) list of a row's slice context, rendered while its
-    shard is written (shards are sized with the context counted as key-slice-sized images).
+    shard is written (shards are sized with the context counted as key-slice-sized images);
+    ``mask_image(row)`` the (name, PNG) of its organ mask, or None.
     """
     import datasets
 
@@ -496,7 +507,8 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
     try:
         for config in CONFIGS:
             with_context = context_images is not None and config in ("findings", "selections")
-            feats = features(config, context=with_context)
+            with_mask = mask_image is not None and config in ("findings", "selections")
+            feats = features(config, context=with_context, grounding=mask_image is not None)
             by_split: dict[str, list[ExportRow]] = defaultdict(list)
             for row in plan.rows[config]:
                 by_split[row.split].append(row)
@@ -517,7 +529,8 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
                 for index in sorted(buckets):
                     shard_rows = sorted(buckets[index], key=lambda r: r.sort_key)
                     records = [exported_record(r, image_bytes(r.image_path),
-                                               context_images(r) if with_context else None) for r in shard_rows]
+                                               context_images(r) if with_context else None,
+                                               mask_image(r) if with_mask else False) for r in shard_rows]
                     ds = datasets.Dataset.from_list(records, features=feats)
                     rel = f"{config}/{split}-{index:05d}-of-{n:05d}.parquet"
                     out = dest / rel

@@ -65,8 +65,9 @@ ID_FORMATS: dict[str, re.Pattern[str]] = {
     "image_name": re.compile(rf"st-{_HEX16}_\d{{1,6}}\.png"),
     "context_image_name": re.compile(rf"st-{_HEX16}_se-{_HEX16}_\d{{1,6}}\.png"),
 }
-#: Identifier columns that may be null (``patient_id`` is null when the DICOM has no PatientID).
-NULLABLE_IDS = frozenset({"patient_id"})
+#: Identifier columns that may be null (``patient_id`` is null when the DICOM has no PatientID; ``mask`` when
+#: the finding has no organ mask).
+NULLABLE_IDS = frozenset({"patient_id", "mask"})
 
 # --------------------------------------------------------------------------- text rules
 # The PHI text rules are keyslice.deid's: the gate refuses exactly what ingestion would have masked.

@@ -30,7 +30,8 @@ from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAUL
                                               KEY_COLUMNS, REPORT_TEXT_COLUMNS, SOFTWARE_COLUMNS, ExportPlan,
                                               PublishError, corpus_state, exported_record, plan_export, read_corpus,
                                               resolve_image, write_shards)
-from keyslice.publish.context import CONTEXT_CONFIGS, ContextSlices, context_name
+from keyslice.publish.context import CONTEXT_CONFIGS, ContextSlices, context_name, open_slice_source
+from keyslice.publish.grounding import Grounding
 from keyslice.publish.stats import STATS_DIR, draw_stats, export_stats
 from keyslice.publish.privacy import Hit, PrivacyGate, PrivacyReport, clean_png, read_study_phi_values, scrub_rows
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer, load_pseudonymizer
@@ -125,7 +126,7 @@ def scrub_plan(plan: ExportPlan) -> list[Hit]:
 
 
 def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str]] | None = None,
-             context: ContextSlices | None = None) -> PrivacyGate:
+             context: ContextSlices | None = None, grounding: Grounding | None = None) -> PrivacyGate:
     """The privacy gate over exactly what would be exported (rows with their image names, and the PNGs,
     the slice context's included)."""
     gate = PrivacyGate(known_phi)
@@ -134,9 +135,12 @@ def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str
         gate.report.hits.append(Hit(table, row, column, rule, detail))
     for config in CONFIGS:
         with_context = context is not None and config in CONTEXT_CONFIGS
+        with_mask = grounding is not None and config in CONTEXT_CONFIGS
         gate.check_rows(config, (exported_record(r, None, [(context_name(r, i), None)
                                                            for i in r.fields["context_indices"]]
-                                                 if with_context else None) for r in plan.rows[config]),
+                                                 if with_context else None,
+                                                 _mask_name(grounding, r) if with_mask else False)
+                                 for r in plan.rows[config]),
                         KEY_COLUMNS[config], ID_COLUMNS, SOFTWARE_COLUMNS)
     seen = set()
     for rows in plan.rows.values():
@@ -145,6 +149,12 @@ def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str
                 continue
             seen.add(r.image_path)
             gate.check_png(r.image_path, resolve_image(corpus_dir, r.image_path).read_bytes())
+    if grounding is not None:
+        for config in CONTEXT_CONFIGS:
+            for r in plan.rows[config]:
+                mask = grounding.mask(r)
+                if mask is not None:
+                    gate.check_png(f"mask:{mask[0]}", mask[1])
     if context is not None:
         checked = set()
         for config in CONTEXT_CONFIGS:
@@ -155,6 +165,14 @@ def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str
                         gate.check_png(name, data)
     gate.report.excluded = plan.excluded
     return gate
+
+
+def _mask_name(grounding: Grounding, row) -> tuple[str, None] | None:
+    """The mask's file name as the gate sees the row (None: no mask)."""
+    if not grounding.labels.get(row.fields["finding_id"]):
+        return None
+    top = row.fields["top1_index"] if "top1_index" in row.fields else row.fields["slice_index"]
+    return context_name(row, int(top)), None
 
 
 def _write_report(corpus_dir: Path, repo_id: str, report: PrivacyReport) -> Path:
@@ -179,7 +197,7 @@ def _prepare_dry_run_dir(target: Path) -> None:
 def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
           known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None],
           min_confidence: float | None = None, release: str | None = None,
-          previous_release: dict | None = None, context_slices: int = 0):
+          previous_release: dict | None = None, context_slices: int = 0, grounding: bool = False):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
@@ -189,7 +207,7 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
                                  max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input, scrub=scrub,
                                  pseudonymize=pseudonymize, log=log, min_confidence=min_confidence,
                                  release=release, previous_release=previous_release,
-                                 context_slices=context_slices)
+                                 context_slices=context_slices, grounding=grounding)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
@@ -197,7 +215,7 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
 def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
                   known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
                   log: Callable[[str], None], min_confidence: float | None = None, release: str | None = None,
-                  previous_release: dict | None = None, context_slices: int = 0):
+                  previous_release: dict | None = None, context_slices: int = 0, grounding: bool = False):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
@@ -212,13 +230,23 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
     if not exported:
         raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
     known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
-    context = None
-    if context_slices:
-        context = ContextSlices(corpus_dir, known_phi_input, pseudonymize, context_slices)
-        context.attach(plan, {sel["finding_id"]: sel for sel in snap.selections})
-        log(f"slice context: {context_slices} slice(s) on each side of the key slice, read from {known_phi_input}")
+    context = masks = None
+    selections = {sel["finding_id"]: sel for sel in snap.selections}
+    if context_slices or grounding:
+        source = open_slice_source(corpus_dir, known_phi_input, pseudonymize,
+                                   "--context" if context_slices else "--grounding")
+        if context_slices:
+            context = ContextSlices(source, context_slices)
+            context.attach(plan, selections)
+            log(f"slice context: {context_slices} slice(s) on each side of the key slice, read from "
+                f"{known_phi_input}")
+        if grounding:
+            masks = Grounding(source)
+            masks.attach(plan, selections, snap.findings)
+            log(f"grounding: {sum(1 for v in masks.labels.values() if v)} of {len(masks.labels)} key slices have "
+                f"an organ mask")
     scrubbed = scrub_plan(plan) if scrub else []
-    gate = run_gate(plan, corpus_dir, known, context)
+    gate = run_gate(plan, corpus_dir, known, context, masks)
     gate.report.scrubbed = scrubbed
     stats = export_stats(plan)
     for path in draw_stats(stats, dest / STATS_DIR):
@@ -240,7 +268,8 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
         return [(name, clean_png(data)[0]) for name, data in context.images(row)]
 
     shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes,
-                          context_images=context_images if context is not None else None)
+                          context_images=context_images if context is not None else None,
+                          mask_image=masks.mask if masks is not None else None)
     card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions,
                        scrubbed=len(scrubbed), stats=stats, release=release,
                        changes=releases.release_changes(plan, previous_release) if previous_release else None)
@@ -253,7 +282,7 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
                    endpoint: str | None = None, min_confidence: float | None = None, tag: str | None = None,
-                   context_slices: int = 0, log: Callable[[str], None] = print) -> PublishResult:
+                   context_slices: int = 0, grounding: bool = False, log: Callable[[str], None] = print) -> PublishResult:
     """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
 
     ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
@@ -261,7 +290,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
     ``min_confidence`` leaves out rows whose key slice has a selector margin below it (or none);
     ``tag`` makes the publish a named, immutable release (:mod:`keyslice.publish.releases`);
     ``context_slices`` adds that many slices on each side of every key slice (read from ``input_dir``,
-    :mod:`keyslice.publish.context`).
+    :mod:`keyslice.publish.context`); ``grounding`` the organ masks on the key slices (same folder,
+    :mod:`keyslice.publish.grounding`).
     """
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
@@ -288,7 +318,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                                             fractions=fractions, max_shard_bytes=max_shard_bytes,
                                             known_phi_input=input_dir, scrub=scrub_text, pseudonymize=pseudonymize,
                                             log=log, min_confidence=min_confidence, release=tag,
-                                            previous_release=previous_release, context_slices=context_slices)
+                                            previous_release=previous_release, context_slices=context_slices,
+                                            grounding=grounding)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)
