@@ -423,7 +423,6 @@ def publish(
         console.print(f"load it back: datasets.load_dataset({str(result.staged_dir)!r}, 'vqa')")
 
 
-
 @app.command()
 def stats(
     out: Path = typer.Option(..., "--out", help="corpus folder"),
@@ -452,6 +451,7 @@ def stats(
     written = draw_stats(result, plots or out / STATS_DIR)
     console.print(f"{len(written)} plots in {escape(str(plots or out / STATS_DIR))}", highlight=False,
                   soft_wrap=True)
+
 
 def _finetune_config(config: Path, out: Optional[Path], device: Optional[str], **extra):
     from keyslice.finetune.config import FinetuneConfig
