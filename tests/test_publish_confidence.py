@@ -135,3 +135,23 @@ def test_cli_min_confidence(corpus, tmp_path):
     assert "--min-confidence 0.03: left out" in proc.stdout
     margins = [r["margin"] for r in _rows(out, "selections", tmp_path / "cache")]
     assert margins and np.float32(min(margins)) >= np.float32(0.03)
+
+
+def test_the_gate_scans_the_new_columns(corpus, tmp_path):
+    """A date planted in the vqa table's abnormality column (SYNTHETIC) is refused like any other PHI."""
+    import datetime as dt
+
+    from keyslice.corpus.checkpoints import CheckpointStore
+    from keyslice.publish import PrivacyError, publish_corpus
+
+    root, fx = corpus
+    sid = fx.study_ids["case_001"]
+    rows = query(root, f"SELECT * FROM vqa WHERE study_id = '{sid}'").to_pylist()
+    rows[0]["abnormality"] = "seen on 03/04/2021"
+    rows[0]["created_at"] = dt.datetime.now(dt.timezone.utc)
+    CheckpointStore(root).commit_stage("vqa", sid, {"vqa": rows}, "fixture-run-2")
+    with pytest.raises(PrivacyError) as err:
+        publish_corpus(root, "o/n", dry_run_dir=tmp_path / "dry", log=lambda m: None)
+    hits = err.value.report.hits
+    assert [(h.table, h.column) for h in hits] == [("vqa", "abnormality")], hits
+    assert not (tmp_path / "dry").exists()
