@@ -389,6 +389,8 @@ def publish(
                                       "tag; recorded in CORPUS/publish/; a dry run records it as a dry run)"),
     context: int = typer.Option(0, "--context", help="add N slices on each side of every key slice to findings and "
                                 "selections rows (ascending z, with z in mm); needs --input"),
+    context_topk: bool = typer.Option(False, "--context-topk", help="also add the selector's top-k slices to the "
+                                      "slice context; needs --input"),
     grounding: bool = typer.Option(False, "--grounding", help="add the finding's organ mask on the key slice (where "
                                    "the study has TotalSegmentator / DICOM-SEG masks) and its labels; needs --input"),
 ) -> None:
@@ -404,7 +406,8 @@ def publish(
     try:
         result = publish_corpus(out, repo_id, private=private, dry_run_dir=dry_run, license=license,
                                 input_dir=input_dir, scrub_text=scrub_text, max_shard_bytes=max_shard_mb * 1024 * 1024,
-                                min_confidence=min_confidence, tag=tag, context_slices=context, grounding=grounding,
+                                min_confidence=min_confidence, tag=tag, context_slices=context,
+                                context_topk=context_topk, grounding=grounding,
                                 log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     except (MissingKeyError, PrivacyError, PublishError) as exc:
         console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -219,3 +219,26 @@ def test_real_sample_grounding_round_trips(sample_corpus, tmp_path, monkeypatch)
         assert row["mask_labels"] == labels_by_finding[row["finding_id"]]
     card = (out / "README.md").read_text()
     assert "### Grounding" in card and f"{grounded // 2} of" in card
+
+
+def test_real_sample_topk_context(sample_corpus, tmp_path, monkeypatch):
+    """`--context-topk` alone: the key slice and the selector's top-k slices, ascending z, re-read from real DICOM."""
+    from keyslice.corpus.sql import query
+    from keyslice.publish import publish_corpus
+    from tests.publish_fixtures import load_config
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    out = tmp_path / "dry"
+    publish_corpus(root, "o/n", dry_run_dir=out, input_dir=studies_dir, context_topk=True, log=lambda m: None)
+    sels = {r["finding_id"]: r for r in query(root, "select finding_id, top1_index, topk_indices from selections")
+            .to_pylist()}
+    rows = [r for part in load_config(out, "selections", tmp_path / "cache").values() for r in part]
+    assert rows and any(len(sels[r["finding_id"]]["topk_indices"]) > 1 for r in rows)
+    for row in rows:
+        sel = sels[row["finding_id"]]
+        assert set(row["context_indices"]) == set(sel["topk_indices"]) | {sel["top1_index"]}
+        assert row["context_z_mm"] == sorted(row["context_z_mm"]) and len(row["context"]) == len(row["context_z_mm"])
+    assert "and the selector's other top-k slices" in (out / "README.md").read_text()

@@ -107,7 +107,7 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
         configs.append(entry)
         split_infos = [{"name": s, "num_bytes": sum(x.nbytes for x in by_config[config][s]),
                         "num_examples": sum(x.rows for x in by_config[config][s])} for s in splits]
-        infos.append({"config_name": config, "features": features(config, bool(plan.context_slices), plan.grounding)._to_yaml_list(),
+        infos.append({"config_name": config, "features": features(config, bool(plan.context_slices or plan.context_topk), plan.grounding)._to_yaml_list(),
                       "splits": split_infos,
                       "download_size": sum(x.size for s in splits for x in by_config[config][s]),
                       "dataset_size": sum(i["num_bytes"] for i in split_infos)})
@@ -227,12 +227,14 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
          else "No confidence filter was applied (`keyslice publish --min-confidence M` exports only rows whose "
               "margin is at least M)."),
         "",
-        *([f"### Slice context", "",
-           f"`findings` and `selections` rows carry `context`: the key slice and up to {plan.context_slices} "
-           f"slice(s) on each side of it in the same series, rendered with the row's `window`, in ascending z; "
+        *(["### Slice context", "",
+           f"`findings` and `selections` rows carry `context`: the key slice"
+           + (f", up to {plan.context_slices} slice(s) on each side of it" if plan.context_slices else "")
+           + (" and the selector's other top-k slices" if plan.context_topk else "")
+           + " in the same series, rendered with the row's `window`, in ascending z; "
            "`context_indices` are their indices in the position-sorted series and `context_z_mm` their z "
            "positions in mm (the window is clipped at the ends of the series).", ""]
-          if plan.context_slices else []),
+          if plan.context_slices or plan.context_topk else []),
         *(["### Grounding", "",
            "Where the study had organ masks (TotalSegmentator, DICOM-SEG), `findings` and `selections` rows carry "
            "`mask`: the union of the finding's organ labels resampled onto the key slice (8-bit PNG, 255 = organ), "

@@ -6,7 +6,7 @@ study and series matched by their pseudonyms, the series refused when it no long
 count the selection was made on, the selection's window, one renderer for the build, the review app
 and the export). Per ``findings`` and ``selections`` row the export adds ``context`` (a list of
 images), ``context_indices`` and ``context_z_mm``: the key slice and up to ``N`` slices on each side of
-it in the same series, in ascending z. The series is the selection's own, which the export already
+it in the same series, with ``--context-topk`` also the selector's other top-k slices, in ascending z. The series is the selection's own, which the export already
 checked is neither burned-in nor a secondary capture; every context PNG also goes through the
 privacy gate's PNG check. Volumes are read one series at a time (a few kept), and the stacks are
 rendered shard by shard while the shards are written, never all at once.
@@ -54,11 +54,13 @@ def series_z(source, sel: dict) -> list[float]:
 class ContextSlices:
     """Attach and render the slice context of the rows of an export plan."""
 
-    def __init__(self, source, half_width: int) -> None:
-        if half_width < 1:
-            raise PublishError(f"--context must be at least 1 slice on each side, got {half_width}")
+    def __init__(self, source, half_width: int, topk: bool = False) -> None:
+        if half_width < 0 or (half_width == 0 and not topk):
+            raise PublishError(f"--context must be at least 1 slice on each side (or use --context-topk), "
+                               f"got {half_width}")
         self.source = source
         self.half_width = half_width
+        self.topk = topk
         self.n_slices: dict[str, int] = {}      # finding_id -> series length the selection was made on
 
     def attach(self, plan: ExportPlan, selections: dict[str, dict]) -> None:
@@ -70,12 +72,15 @@ class ContextSlices:
             n = int(sel["n_slices"])
             z = series_z(self.source, sel)
             top = int(sel["top1_index"])
-            indices = sorted(range(max(0, top - self.half_width), min(n, top + self.half_width + 1)),
-                             key=lambda i: (z[i], i))
+            wanted = set(range(max(0, top - self.half_width), min(n, top + self.half_width + 1))) | {top}
+            if self.topk:
+                wanted |= {int(i) for i in sel["topk_indices"] if 0 <= int(i) < n}
+            indices = sorted(wanted, key=lambda i: (z[i], i))
             row.fields["context_indices"] = indices
             row.fields["context_z_mm"] = [z[i] for i in indices]
             self.n_slices[row.fields["finding_id"]] = n
         plan.context_slices = self.half_width
+        plan.context_topk = self.topk
 
     def images(self, row: ExportRow) -> list[tuple[str, bytes]]:
         """(name, PNG) of a row's context slices, in the row's order."""

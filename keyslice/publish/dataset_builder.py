@@ -204,6 +204,7 @@ class ExportPlan:
     low_confidence: dict[str, int] = field(default_factory=dict)   # config -> rows left out by min_confidence
     duplicates_removed: int = 0                                     # near-duplicate VQA pairs exported once
     context_slices: int = 0           # slice context: slices on each side of the key slice (0 = none exported)
+    context_topk: bool = False        # slice context includes the selector's top-k slices
     grounding: bool = False           # organ masks on the key slice exported
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
     studies: int = 0

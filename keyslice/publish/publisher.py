@@ -197,7 +197,8 @@ def _prepare_dry_run_dir(target: Path) -> None:
 def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
           known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None],
           min_confidence: float | None = None, release: str | None = None,
-          previous_release: dict | None = None, context_slices: int = 0, grounding: bool = False):
+          previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
+          grounding: bool = False):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
@@ -207,7 +208,7 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
                                  max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input, scrub=scrub,
                                  pseudonymize=pseudonymize, log=log, min_confidence=min_confidence,
                                  release=release, previous_release=previous_release,
-                                 context_slices=context_slices, grounding=grounding)
+                                 context_slices=context_slices, context_topk=context_topk, grounding=grounding)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
@@ -215,7 +216,8 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
 def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
                   known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
                   log: Callable[[str], None], min_confidence: float | None = None, release: str | None = None,
-                  previous_release: dict | None = None, context_slices: int = 0, grounding: bool = False):
+                  previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
+                  grounding: bool = False):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
@@ -232,14 +234,14 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
     known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
     context = masks = None
     selections = {sel["finding_id"]: sel for sel in snap.selections}
-    if context_slices or grounding:
+    if context_slices or context_topk or grounding:
         source = open_slice_source(corpus_dir, known_phi_input, pseudonymize,
-                                   "--context" if context_slices else "--grounding")
-        if context_slices:
-            context = ContextSlices(source, context_slices)
+                                   "--context" if context_slices or context_topk else "--grounding")
+        if context_slices or context_topk:
+            context = ContextSlices(source, context_slices, context_topk)
             context.attach(plan, selections)
-            log(f"slice context: {context_slices} slice(s) on each side of the key slice, read from "
-                f"{known_phi_input}")
+            log(f"slice context: {context_slices} slice(s) on each side of the key slice"
+                f"{' and its top-k slices' if context_topk else ''}, read from {known_phi_input}")
         if grounding:
             masks = Grounding(source)
             masks.attach(plan, selections, snap.findings)
@@ -282,14 +284,15 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
                    endpoint: str | None = None, min_confidence: float | None = None, tag: str | None = None,
-                   context_slices: int = 0, grounding: bool = False, log: Callable[[str], None] = print) -> PublishResult:
+                   context_slices: int = 0, context_topk: bool = False, grounding: bool = False, log: Callable[[str], None] = print) -> PublishResult:
     """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
 
     ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
     ``scrub_text`` replaces PHI-looking spans of report-derived text instead of refusing on them;
     ``min_confidence`` leaves out rows whose key slice has a selector margin below it (or none);
     ``tag`` makes the publish a named, immutable release (:mod:`keyslice.publish.releases`);
-    ``context_slices`` adds that many slices on each side of every key slice (read from ``input_dir``,
+    ``context_slices`` adds that many slices on each side of every key slice (``context_topk``: and its
+    top-k slices; read from ``input_dir``,
     :mod:`keyslice.publish.context`); ``grounding`` the organ masks on the key slices (same folder,
     :mod:`keyslice.publish.grounding`).
     """
@@ -319,7 +322,7 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                                             known_phi_input=input_dir, scrub=scrub_text, pseudonymize=pseudonymize,
                                             log=log, min_confidence=min_confidence, release=tag,
                                             previous_release=previous_release, context_slices=context_slices,
-                                            grounding=grounding)
+                                            context_topk=context_topk, grounding=grounding)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)
