@@ -470,6 +470,16 @@ def publish(
                                     "questions and answers by [NAME]/[DATE]... (listed in the privacy report) "
                                     "instead of refusing; identifiers, DICOM values and images are never scrubbed"),
     max_shard_mb: int = typer.Option(500, "--max-shard-mb", help="target Parquet shard size"),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="export only rows whose key "
+                                                   "slice has a selector margin of at least this (unknown = left out)"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="make this publish a named, immutable release (a Hub "
+                                      "tag; recorded in CORPUS/publish/; a dry run records it as a dry run)"),
+    context: int = typer.Option(0, "--context", help="add N slices on each side of every key slice to findings and "
+                                "selections rows (ascending z, with z in mm); needs --input"),
+    context_topk: bool = typer.Option(False, "--context-topk", help="also add the selector's top-k slices to the "
+                                      "slice context; needs --input"),
+    grounding: bool = typer.Option(False, "--grounding", help="add the finding's organ mask on the key slice (where "
+                                   "the study has TotalSegmentator / DICOM-SEG masks) and its labels; needs --input"),
 ) -> None:
     """Publish the corpus as a Hugging Face dataset (configs vqa, findings, selections), behind a privacy gate.
 
@@ -483,6 +493,8 @@ def publish(
     try:
         result = publish_corpus(out, repo_id, private=private, dry_run_dir=dry_run, license=license,
                                 input_dir=input_dir, scrub_text=scrub_text, max_shard_bytes=max_shard_mb * 1024 * 1024,
+                                min_confidence=min_confidence, tag=tag, context_slices=context,
+                                context_topk=context_topk, grounding=grounding,
                                 log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     except (MissingKeyError, PrivacyError, PublishError) as exc:
         console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -499,6 +511,36 @@ def publish(
     console.print(table)
     if result.dry_run:
         console.print(f"load it back: datasets.load_dataset({str(result.staged_dir)!r}, 'vqa')")
+
+
+@app.command()
+def stats(
+    out: Path = typer.Option(..., "--out", help="corpus folder"),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="folder for the plot PNGs (default: CORPUS/stats)"),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="as for publish"),
+) -> None:
+    """Statistics of what `keyslice publish` would export (organs, abnormalities, phases, question and answer
+    balance, key-slice position, selector confidence): printed, and drawn as the card's PNG plots."""
+    from rich.markup import escape
+
+    from keyslice.publish import PublishError
+    from keyslice.publish.stats import STATS_DIR, corpus_stats, draw_stats, stats_tables
+
+    try:
+        result = corpus_stats(out, min_confidence=min_confidence)
+    except PublishError as exc:
+        console.print(f"[red]stats:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from exc
+    for title, (header, rows) in stats_tables(result).items():
+        table = Table(title=title)
+        for col in header:
+            table.add_column(str(col))
+        for row in rows:
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+    written = draw_stats(result, plots or out / STATS_DIR)
+    console.print(f"{len(written)} plots in {escape(str(plots or out / STATS_DIR))}", highlight=False,
+                  soft_wrap=True)
 
 
 def _finetune_config(config: Path, out: Optional[Path], device: Optional[str], **extra):

@@ -63,8 +63,9 @@ def test_first_publish_uploads_everything_and_loads_back(corpus, hub, tmp_path):
     assert ("POST", f"/api/datasets/{REPO}/preupload/main") in methods
     assert ("POST", f"/datasets/{REPO}.git/info/lfs/objects/batch") in methods
     assert ("POST", f"/api/datasets/{REPO}/commit/main") in methods
-    n_parquet = sum(1 for p in dry.files if p.endswith(".parquet"))
-    assert sum(1 for m, _ in hub.requests if m == "PUT") == n_parquet  # each shard once, via LFS
+    n_lfs = sum(1 for p in dry.files if p.endswith((".parquet", ".png")))
+    assert sum(1 for p in dry.files if p.startswith("stats/")) == 6
+    assert sum(1 for m, _ in hub.requests if m == "PUT") == n_lfs  # each shard and plot once, via LFS
     repo = hub.repos[REPO]
     assert repo.private is True
     # the Hub now holds byte for byte what the dry run wrote, and it loads back as the corpus
@@ -112,7 +113,7 @@ def test_a_new_study_uploads_only_the_shards_it_changes(corpus, hub, tmp_path, d
 
     result = _publish(root)
     assert result.commit is not None
-    changed = [p for p in result.upload if p != "README.md"]
+    changed = [p for p in result.upload if p.endswith(".parquet")]
     assert "README.md" in result.upload  # counts and corpus state changed
     assert changed and len(result.upload) < len(result.files)
     for rel in changed:  # every re-sent shard holds the new study's rows (or replaces a re-bucketed one)
@@ -122,7 +123,9 @@ def test_a_new_study_uploads_only_the_shards_it_changes(corpus, hub, tmp_path, d
     unchanged = set(result.unchanged)
     assert unchanged and all(first.files[p]["sha256"] == result.files[p]["sha256"] for p in unchanged)
     puts = [p for m, p in hub.requests if m == "PUT"]
-    assert len(puts) == sum(1 for p in result.upload if p.endswith(".parquet"))
+    assert len(puts) == sum(1 for p in result.upload if p.endswith((".parquet", ".png")))
+    # the new study changes the counts, so some plots are re-sent with the shards
+    assert any(p.startswith("stats/") for p in result.upload)
     assert result.state["corpus_state"] != first.state["corpus_state"]
     assert result.state["run_ids"] == ["fixture-run-1", "fixture-run-2"]
     print(f"incremental publish: {len(result.upload)}/{len(result.files)} files, {result.uploaded_bytes} of "

@@ -13,8 +13,10 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from keyslice import __version__
-from keyslice.publish.dataset_builder import CONFIGS, SPLITS, ExportPlan, ShardFile, features
+from keyslice.publish.dataset_builder import (CONFIGS, NEAR_DUPLICATE_SLICES, SPLITS, ExportPlan, ShardFile,
+                                              features)
 from keyslice.publish.privacy import RULES_VERSION
+from keyslice.publish.stats import PLOTS, STATS_DIR, ExportStats, stats_tables
 
 PHASE_RULES = """\
 Each series' contrast phase comes from its DICOM headers only (`keyslice/dicom/phase.py`):
@@ -55,6 +57,38 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _stats_section(stats: ExportStats) -> list[str]:
+    """The plots (PNG files of the repository's ``stats/`` folder) each followed by its numbers."""
+    lines = ["## Statistics", "",
+             "Counts over the exported rows (after exclusions, the confidence filter and de-duplication). "
+             "The position of a key slice is its index in the position-sorted series over the series' length "
+             "(0 = lowest z, 1 = highest; DICOM z increases towards the head). `keyslice stats --out CORPUS` "
+             "prints and draws the same from a corpus.", ""]
+    tables = stats_tables(stats)
+    for name, title in PLOTS.items():
+        header, rows = tables[title]
+        lines += [f"### {title[0].upper()}{title[1:]}", "", f"![{title}]({STATS_DIR}/{name})", "",
+                  _table(header, rows), ""]
+    return lines
+
+
+def _release_section(repo_id: str, release: str | None, changes: Mapping[str, Any] | None) -> list[str]:
+    if release is None and changes is None:
+        return []
+    lines = ["## Releases", ""]
+    if release is not None:
+        lines += [f"This is release `{release}`, a Hub tag that is never moved: "
+                  f'`load_dataset("{repo_id}", "vqa", revision="{release}")` always returns these rows.', ""]
+    if changes is None:
+        lines += ["There is no earlier release.", ""]
+        return lines
+    lines += [f"Changes since release `{changes['previous_tag']}`: {changes['studies_added']} studies added, "
+              f"{changes['studies_removed']} removed.", "",
+              _table(["config", f"rows in {changes['previous_tag']}", "rows now", "change"],
+                     [(c, before, now, f"{now - before:+d}") for c, (before, now) in changes["rows"].items()]), ""]
+    return lines
+
+
 def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str) -> dict[str, Any]:
     """The YAML header: license, task, configs with their data files, features and split sizes."""
     by_config: dict[str, dict[str, list[ShardFile]]] = defaultdict(lambda: defaultdict(list))
@@ -73,7 +107,8 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
         configs.append(entry)
         split_infos = [{"name": s, "num_bytes": sum(x.nbytes for x in by_config[config][s]),
                         "num_examples": sum(x.rows for x in by_config[config][s])} for s in splits]
-        infos.append({"config_name": config, "features": features(config)._to_yaml_list(), "splits": split_infos,
+        infos.append({"config_name": config, "features": features(config, bool(plan.context_slices or plan.context_topk), plan.grounding)._to_yaml_list(),
+                      "splits": split_infos,
                       "download_size": sum(x.size for s in splits for x in by_config[config][s]),
                       "dataset_size": sum(i["num_bytes"] for i in split_infos)})
     return {
@@ -88,9 +123,14 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
 
 
 def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, license: str,
-                state: Mapping[str, Any], fractions: Sequence[float], scrubbed: int = 0) -> str:
+                state: Mapping[str, Any], fractions: Sequence[float], scrubbed: int = 0,
+                stats: ExportStats | None = None, release: str | None = None,
+                changes: Mapping[str, Any] | None = None) -> str:
     """The whole card; ``scrubbed`` is the number of values ``--scrub-text`` changed (said in the card, so
-    users know that ``[NAME]``-style placeholders in the text are deliberate)."""
+    users know that ``[NAME]``-style placeholders in the text are deliberate); ``stats`` adds the statistics
+    section with the plots of ``stats/`` (drawn by :func:`keyslice.publish.stats.draw_stats`); ``release`` is
+    the tag this publish creates and ``changes`` what changed since the previous release
+    (:func:`keyslice.publish.releases.release_changes`)."""
     meta = card_metadata(plan, shards, license=license)
     counts: dict[str, Counter[str]] = {c: Counter() for c in CONFIGS}
     for shard in shards:
@@ -104,6 +144,9 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
     phases = Counter(r.fields["phase"] for r in plan.rows["selections"])
     qtypes = Counter((r.fields["question_type"], r.fields["answer_type"]) for r in plan.rows["vqa"])
     excluded = plan.excluded
+    sels = [r.fields for r in plan.rows["selections"]]
+    margins = sorted(f["margin"] for f in sels if f["margin"] is not None)
+    reviewed = Counter(f["review_status"] or "not reviewed" for f in sels)
 
     body = [
         f"# {repo_id.split('/')[-1]}",
@@ -132,6 +175,7 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         f"when the dataset grows. {plan.studies} studies of {plan.patients} patients: "
         + ", ".join(f"{s} {len(groups.get(s, ()))} patients" for s in SPLITS) + ".",
         "",
+        *(_stats_section(stats) if stats is not None else []),
         "## How it was built",
         "",
         "### Report segmenter",
@@ -154,12 +198,50 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         _table(["question_type", "answer_type", "pairs"],
                [(q, a, n) for (q, a), n in sorted(qtypes.items())]),
         "",
+        f"Near-duplicate pairs removed: {plan.duplicates_removed} (the same question with the same answer about "
+        f"the same or an adjacent slice, up to {NEAR_DUPLICATE_SLICES} slice(s) apart, of one study and series is "
+        "exported once).",
+        "",
         "### Contrast phase",
         "",
         PHASE_RULES,
         "",
         _table(["phase", "key slices"], sorted(phases.items())),
         "",
+        "### Confidence",
+        "",
+        "Every row carries how sure its key slice is: `margin` (the selector's top-1 similarity minus the best "
+        "similarity of a slice farther away than the Acc@1 tolerance; small = another region scored almost as "
+        "high), `uncertain` (margin below the selector's threshold; null = unknown) and, where radiologists "
+        "reviewed key slices, `review_status` (`accepted` by every reviewer, `rejected` by every reviewer, "
+        "`disputed`; null = not reviewed) with `n_reviews`. "
+        + (f"{len(margins)} of {len(sels)} key slices have a margin (median {margins[len(margins) // 2]:.4f}, "
+           f"min {margins[0]:.4f}, max {margins[-1]:.4f}); "
+           if margins else "No key slice has a margin (the corpus predates selection confidence); ")
+        + f"{sum(1 for f in sels if f['uncertain'])} are flagged uncertain.",
+        "",
+        _table(["review_status", "key slices"], sorted(reviewed.items())),
+        "",
+        (f"Exported with `--min-confidence {plan.min_confidence}`: rows whose key slice has a lower or no margin "
+         f"were left out ({_counts(plan.low_confidence)}; counted before near-duplicate removal)." if plan.min_confidence is not None
+         else "No confidence filter was applied (`keyslice publish --min-confidence M` exports only rows whose "
+              "margin is at least M)."),
+        "",
+        *(["### Slice context", "",
+           f"`findings` and `selections` rows carry `context`: the key slice"
+           + (f", up to {plan.context_slices} slice(s) on each side of it" if plan.context_slices else "")
+           + (" and the selector's other top-k slices" if plan.context_topk else "")
+           + " in the same series, rendered with the row's `window`, in ascending z; "
+           "`context_indices` are their indices in the position-sorted series and `context_z_mm` their z "
+           "positions in mm (the window is clipped at the ends of the series).", ""]
+          if plan.context_slices or plan.context_topk else []),
+        *(["### Grounding", "",
+           "Where the study had organ masks (TotalSegmentator, DICOM-SEG), `findings` and `selections` rows carry "
+           "`mask`: the union of the finding's organ labels resampled onto the key slice (8-bit PNG, 255 = organ), "
+           "and `mask_labels`, the TotalSegmentator labels it shows; `vqa` rows carry the `mask_labels` of their "
+           f"finding. {sum(1 for r in plan.rows['findings'] if r.fields.get('mask_labels'))} of "
+           f"{len(plan.rows['findings'])} findings are grounded; the others have a null `mask`.", ""]
+          if plan.grounding else []),
         "### Exclusions",
         "",
         "Never exported: series whose DICOM says `BurnedInAnnotation YES` and secondary captures (text in "
@@ -181,6 +263,7 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         + "The gate is rule-based: it lowers the risk, it does not prove the absence of identifying information. "
         "Report any problem to the dataset's maintainers.",
         "",
+        *_release_section(repo_id, release, changes),
         "## Provenance",
         "",
         f"Corpus state `{state['corpus_state']}` ({state['n_markers']} stage markers, "

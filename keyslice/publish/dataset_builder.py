@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import pyarrow as pa
 
 from keyslice.pipeline.registry import STAGES
@@ -44,6 +45,9 @@ SPLIT_SALT = "keyslice-split-v1"
 SHARD_SALT = "keyslice-shard-v1"
 SECONDARY_CAPTURE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC, multi-frame SC variants
 ROW_OVERHEAD_BYTES = 512  # estimate of a row's non-image bytes, for shard sizing
+#: VQA pairs of one study and series that ask the same question with the same answer on slices at most
+#: this many slices apart show the reader the same thing: exported once.
+NEAR_DUPLICATE_SLICES = 1
 
 
 class PublishError(KeysliceError):
@@ -63,6 +67,7 @@ class CorpusSnapshot:
     findings: dict[str, dict[str, Any]]
     selections: list[dict[str, Any]]
     vqa: list[dict[str, Any]]
+    reviews: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (finding, selection sha) -> decisions
 
 
 def _read(con, table: str, study_ids: list[str]) -> list[dict[str, Any]]:
@@ -98,7 +103,35 @@ def read_corpus(corpus_dir: Path) -> CorpusSnapshot:
         selections, vqa = _read(con, "selections", complete), _read(con, "vqa", complete)
     finally:
         con.close()
-    return CorpusSnapshot(Path(corpus_dir), complete, incomplete, studies, series, findings, selections, vqa)
+    return CorpusSnapshot(Path(corpus_dir), complete, incomplete, studies, series, findings, selections, vqa,
+                          standing_reviews(Path(corpus_dir)))
+
+
+def standing_reviews(corpus_dir: Path) -> dict[tuple[str, str], list[str]]:
+    """(finding_id, selection_sha256) -> every reviewer's standing judgement of that exact selection.
+
+    Read through :class:`keyslice.review.store.ReviewStore`, so undo and re-judging count exactly as
+    in the review app and its metrics; reviewer pseudonyms are not kept (they are never exported).
+    """
+    from keyslice.review.store import ReviewStore
+
+    store = ReviewStore(corpus_dir)
+    rows = store.refresh()
+    out: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for reviewer in sorted({r["reviewer"] for r in rows}):
+        for key, row in sorted(store.standing(reviewer).items()):
+            out[key].append(row["decision"])
+    return dict(out)
+
+
+def review_status(decisions: list[str] | None) -> str | None:
+    """One word for the standing judgements of a selection: None (never judged), ``accepted`` (every
+    reviewer accepted), ``rejected`` (no reviewer accepted: rejected, another slice chosen, or not
+    visible) or ``disputed`` (reviewers disagree)."""
+    if not decisions:
+        return None
+    accepted = sum(d == "accept" for d in decisions)
+    return "accepted" if accepted == len(decisions) else "rejected" if accepted == 0 else "disputed"
 
 
 def corpus_state(corpus_dir: Path) -> dict[str, Any]:
@@ -167,6 +200,12 @@ class ExportRow:
 class ExportPlan:
     rows: dict[str, list[ExportRow]]                  # per config
     excluded: dict[str, Any] = field(default_factory=dict)
+    min_confidence: float | None = None
+    low_confidence: dict[str, int] = field(default_factory=dict)   # config -> rows left out by min_confidence
+    duplicates_removed: int = 0                                     # near-duplicate VQA pairs exported once
+    context_slices: int = 0           # slice context: slices on each side of the key slice (0 = none exported)
+    context_topk: bool = False        # slice context includes the selector's top-k slices
+    grounding: bool = False           # organ masks on the key slice exported
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
     studies: int = 0
     patients: int = 0
@@ -204,11 +243,29 @@ def excluded_series(series: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
-def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> ExportPlan:
-    """The rows of every configuration with their split (images not read yet)."""
+def confidence_fields(sel: Mapping[str, Any], reviews: Mapping[tuple[str, str], list[str]]) -> dict[str, Any]:
+    """How sure the key slice is, carried into every row that shows it: the selector's margin and
+    uncertain flag, and the reviewers' standing judgements of this exact selection."""
+    from keyslice.review.store import selection_sha256
+
+    decisions = reviews.get((sel["finding_id"], selection_sha256(sel)))
+    return {"margin": sel.get("margin"), "uncertain": sel.get("uncertain"),
+            "review_status": review_status(decisions), "n_reviews": len(decisions or ())}
+
+
+def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, *,
+                min_confidence: float | None = None) -> ExportPlan:
+    """The rows of every configuration with their split (images not read yet).
+
+    ``min_confidence``: leave out every row whose key slice has a selector margin below it (compared
+    as float32, the margin's stored type, so ``0.02`` keeps a stored 0.02); a
+    selection without a margin (an older corpus, or a series too short to compare) is left out
+    too, since its confidence is unknown. The rows left out are counted per configuration.
+    """
     if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    plan = ExportPlan(rows={c: [] for c in CONFIGS})
+    plan = ExportPlan(rows={c: [] for c in CONFIGS}, min_confidence=min_confidence)
+    low: Counter[str] = Counter()
     drop = excluded_series(snap.series)
     excluded_counts: Counter[str] = Counter()
 
@@ -231,11 +288,21 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
         return True
 
     selection_by_finding = {}
+    confidence_by_image: dict[str, dict[str, Any]] = {}
+    low_images: set[str] = set()
     for sel in snap.selections:
         key = sel["finding_id"]
         if not usable("selections", key, sel):
             continue
+        confidence = confidence_fields(sel, snap.reviews)
+        if min_confidence is not None and (confidence["margin"] is None
+                                           or np.float32(confidence["margin"]) < np.float32(min_confidence)):
+            low["selections"] += 1
+            low["findings"] += key in snap.findings
+            low_images.add(sel["image_path"])
+            continue
         selection_by_finding[key] = sel
+        confidence_by_image[sel["image_path"]] = confidence
         s = snap.series[sel["series_id"]]
         study_id = sel["study_id"]
         group = group_of(study_id)
@@ -253,7 +320,8 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "top1_instance_number": sel["top1_instance_number"], "top1_z_mm": sel["top1_z_mm"],
              "top1_score": sel["top1_score"], "topk_indices": list(sel["topk_indices"]),
              "topk_scores": list(sel["topk_scores"]), "restricted_to": sel["restricted_to"],
-             "z_range_mm": list(sel["z_range_mm"]) if sel["z_range_mm"] is not None else None}))
+             "z_range_mm": list(sel["z_range_mm"]) if sel["z_range_mm"] is not None else None,
+             "peakedness": sel.get("peakedness"), **confidence}))
         if finding is None:
             plan.problems.append(("selections", key, "finding_id", "unknown_finding: no findings row"))
             continue
@@ -265,12 +333,16 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "status": finding["status"], "laterality": finding["laterality"],
              "measurements_mm": list(finding["measurements_mm"]), "phase_hint": finding["phase_hint"],
              "language": finding["language"], "segmenter": finding["segmenter"], "phase": s["phase"],
-             "window": sel["window"], "slice_index": sel["top1_index"]}))
+             "window": sel["window"], "slice_index": sel["top1_index"],
+             "abnormalities": list(finding.get("abnormalities") or []), **confidence}))
 
     selected_images = {sel["image_path"] for sel in selection_by_finding.values()}
     for qa in snap.vqa:
         key = qa["qa_id"]
         if not usable("vqa", key, qa):
+            continue
+        if qa["image_path"] in low_images and qa["image_path"] not in selected_images:
+            low["vqa"] += 1
             continue
         if qa["image_path"] not in selected_images:
             plan.problems.append(("vqa", key, "image_path", "image_not_selected: the image is not the key slice "
@@ -288,17 +360,49 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "answer": qa["answer"], "answer_type": qa["answer_type"], "question_type": qa["question_type"],
              "options": list(qa["options"]), "generator": qa["generator"], "prompt_version": qa["prompt_version"],
              "series_id": qa["series_id"], "phase": snap.series[qa["series_id"]]["phase"],
-             "slice_index": qa["slice_index"]}))
+             "slice_index": qa["slice_index"], "organ": qa.get("organ"), "abnormality": qa.get("abnormality"),
+             **confidence_by_image[qa["image_path"]]}))
 
+    plan.rows["vqa"], plan.duplicates_removed = drop_near_duplicates(plan.rows["vqa"])
     plan.excluded = {
         "series": {reason: sum(1 for r in drop.values() if r == reason) for reason in sorted(set(drop.values()))},
         "rows": dict(sorted(excluded_counts.items())),
         "incomplete_studies": len(snap.incomplete),
     }
+    plan.low_confidence = {c: low[c] for c in CONFIGS if low[c]}
     exported_studies = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
     plan.studies = len(exported_studies)
     plan.patients = len({r.group for rows in plan.rows.values() for r in rows})
     return plan
+
+
+def _normalised(text: str | None) -> str:
+    return " ".join(str(text or "").casefold().split()).rstrip(" ?.")
+
+
+def drop_near_duplicates(rows: list[ExportRow], near_slices: int = NEAR_DUPLICATE_SLICES
+                         ) -> tuple[list[ExportRow], int]:
+    """VQA rows without near duplicates, and how many were dropped.
+
+    Two pairs are near duplicates when they are of the same study and series, ask the same question
+    and give the same answer (case, spacing and a final '?' ignored), on slices at most
+    ``near_slices`` apart: a model would see the same question about (almost) the same image twice,
+    and a test split would count it twice. The pair of the earliest finding is kept (rows in
+    ``sort_key`` order), so the choice is deterministic.
+    """
+    kept: list[ExportRow] = []
+    slices: dict[tuple, list[int]] = defaultdict(list)
+    dropped = 0
+    for row in sorted(rows, key=lambda r: r.sort_key):
+        f = row.fields
+        key = (f["study_id"], f["series_id"], _normalised(f["question"]), _normalised(f["answer"]))
+        index = int(f["slice_index"])
+        if any(abs(index - other) <= near_slices for other in slices[key]):
+            dropped += 1
+            continue
+        slices[key].append(index)
+        kept.append(row)
+    return kept, dropped
 
 
 def resolve_image(corpus_dir: Path, image_path: str) -> Path:
@@ -315,36 +419,44 @@ def resolve_image(corpus_dir: Path, image_path: str) -> Path:
 # --------------------------------------------------------------------------- features and shards
 
 
-def features(config: str):
-    """The ``datasets`` features of a configuration (the image first)."""
+def features(config: str, context: bool = False, grounding: bool = False):
+    """The ``datasets`` features of a configuration (the image first); ``context`` adds the slice context
+    of findings and selections rows (a list of images with their slice indices and z positions);
+    ``grounding`` the organ mask on the key slice and the labels it shows (vqa: the labels only)."""
     from datasets import Features, Image, List, Value
 
     s, i32, f32, f64 = Value("string"), Value("int32"), Value("float32"), Value("float64")
     ids = {"study_id": s, "patient_id": s}
+    confidence = {"margin": f32, "uncertain": Value("bool"), "review_status": s, "n_reviews": i32}
     if config == "vqa":
         cols = {"image": Image(), "qa_id": s, "finding_id": s, **ids, "question": s, "answer": s,
                 "answer_type": s, "question_type": s, "options": List(s), "generator": s, "prompt_version": s,
-                "series_id": s, "phase": s, "slice_index": i32}
+                "series_id": s, "phase": s, "slice_index": i32, "organ": s, "abnormality": s, **confidence}
     elif config == "findings":
         cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "finding_index": i32, "section": s,
                 "text": s, "organ": s, "organs": List(s), "status": s, "laterality": s,
                 "measurements_mm": List(f32), "phase_hint": s, "language": s, "segmenter": s, "phase": s,
-                "window": s, "slice_index": i32}
+                "window": s, "slice_index": i32, "abnormalities": List(s), **confidence}
     elif config == "selections":
         cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "phase": s, "phase_confidence": f32,
                 "manufacturer": s, "kernel": s, "slice_thickness_mm": f32, "model_id": s, "weights_sha256": s,
                 "window": s, "n_slices": i32, "top1_index": i32, "top1_instance_number": i32, "top1_z_mm": f64,
                 "top1_score": f32, "topk_indices": List(i32), "topk_scores": List(f32), "restricted_to": s,
-                "z_range_mm": List(f64)}
+                "z_range_mm": List(f64), "peakedness": f32, **confidence}
     else:
         raise KeyError(f"unknown configuration {config!r}; choose from {CONFIGS}")
+    if context and config in ("findings", "selections"):
+        cols.update({"context": List(Image()), "context_indices": List(i32), "context_z_mm": List(f64)})
+    if grounding:
+        cols.update({"mask": Image(), "mask_labels": List(s)} if config in ("findings", "selections")
+                    else {"mask_labels": List(s)})
     return Features(cols)
 
 
 #: Identifier columns of the exported rows and the pseudonym format each must have.
 ID_COLUMNS: dict[str, str] = {"study_id": "study_id", "patient_id": "patient_id", "series_id": "series_id",
                               "finding_id": "finding_id", "qa_id": "qa_id", "weights_sha256": "weights_sha256",
-                              "image": "image_name"}
+                              "image": "image_name", "context": "context_image_name", "mask": "context_image_name"}
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {"vqa": ("qa_id", "finding_id"), "findings": ("finding_id",),
                                            "selections": ("finding_id",)}
 #: Columns that name the software a row was made with (checked without the date/number rules).
@@ -353,9 +465,17 @@ SOFTWARE_COLUMNS = ("model_id", "generator", "prompt_version", "segmenter")
 REPORT_TEXT_COLUMNS: dict[str, tuple[str, ...]] = {"findings": ("text",), "vqa": ("question", "answer", "options")}
 
 
-def exported_record(row: ExportRow, image_bytes: bytes | None = None) -> dict[str, Any]:
-    """A row exactly as it is written (the image as ``{"bytes", "path"}``)."""
-    return {"image": {"bytes": image_bytes, "path": row.image_name}, **row.fields}
+def exported_record(row: ExportRow, image_bytes: bytes | None = None,
+                    context: list[tuple[str, bytes | None]] | None = None,
+                    mask: tuple[str, bytes | None] | None | bool = False) -> dict[str, Any]:
+    """A row exactly as it is written (images as ``{"bytes", "path"}``; ``context``: its (name, PNG) list;
+    ``mask``: its (name, PNG) or None for no mask; False: the row has no mask column)."""
+    record = {"image": {"bytes": image_bytes, "path": row.image_name}, **row.fields}
+    if context is not None:
+        record["context"] = [{"bytes": data, "path": name} for name, data in context]
+    if mask is not False:
+        record["mask"] = None if mask is None else {"bytes": mask[1], "path": mask[0]}
+    return record
 
 
 @dataclass
@@ -370,10 +490,15 @@ class ShardFile:
 
 
 def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 image_bytes: Callable[[str], bytes]) -> list[ShardFile]:
+                 image_bytes: Callable[[str], bytes],
+                 context_images: Callable[[ExportRow], list[tuple[str, bytes]]] | None = None,
+                 mask_image: Callable[[ExportRow], tuple[str, bytes] | None] | None = None) -> list[ShardFile]:
     """Write every configuration/split as hash-bucket shards into ``dest``; returns what was written.
 
-    ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path.
+    ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path;
+    ``context_images(row)`` the (name, cleaned PNG) list of a row's slice context, rendered while its
+    shard is written (shards are sized with the context counted as key-slice-sized images);
+    ``mask_image(row)`` the (name, PNG) of its organ mask, or None.
     """
     import datasets
 
@@ -382,7 +507,9 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
     written: list[ShardFile] = []
     try:
         for config in CONFIGS:
-            feats = features(config)
+            with_context = context_images is not None and config in ("findings", "selections")
+            with_mask = mask_image is not None and config in ("findings", "selections")
+            feats = features(config, context=with_context, grounding=mask_image is not None)
             by_split: dict[str, list[ExportRow]] = defaultdict(list)
             for row in plan.rows[config]:
                 by_split[row.split].append(row)
@@ -394,14 +521,17 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
                 for r in rows:
                     if r.image_path not in sizes:
                         sizes[r.image_path] = resolve_image(corpus_dir, r.image_path).stat().st_size
-                estimate = sum(sizes[r.image_path] + ROW_OVERHEAD_BYTES for r in rows)
+                estimate = sum(sizes[r.image_path] * (1 + len(r.fields.get("context_indices") or ()))
+                               + ROW_OVERHEAD_BYTES for r in rows)
                 n = n_shards_for(estimate, max_shard_bytes)
                 buckets: dict[int, list[ExportRow]] = defaultdict(list)
                 for r in rows:
                     buckets[shard_of(r.group, n)].append(r)
                 for index in sorted(buckets):
                     shard_rows = sorted(buckets[index], key=lambda r: r.sort_key)
-                    records = [exported_record(r, image_bytes(r.image_path)) for r in shard_rows]
+                    records = [exported_record(r, image_bytes(r.image_path),
+                                               context_images(r) if with_context else None,
+                                               mask_image(r) if with_mask else False) for r in shard_rows]
                     ds = datasets.Dataset.from_list(records, features=feats)
                     rel = f"{config}/{split}-{index:05d}-of-{n:05d}.parquet"
                     out = dest / rel

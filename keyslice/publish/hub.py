@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from keyslice.publish.dataset_builder import CONFIGS, PublishError
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-MANAGED_PREFIXES = tuple(f"{c}/" for c in CONFIGS) + ("README.md",)
+MANAGED_PREFIXES = tuple(f"{c}/" for c in CONFIGS) + ("README.md", "stats/")
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -75,7 +75,8 @@ class PushPlan:
 def plan_against(files: dict[str, LocalFile], remote: dict[str, dict[str, Any]]) -> PushPlan:
     """What to send, given remote ``{path: {"sha256"|"git_sha1": ..., "size": ...}}``.
 
-    Remote files outside keyslice's own folders (``vqa/``, ``findings/``, ``selections/``, ``README.md``),
+    Remote files outside keyslice's own folders (``vqa/``, ``findings/``, ``selections/``, ``stats/``,
+    ``README.md``),
     e.g. a ``.gitattributes`` or files a maintainer added, are left alone.
     """
     plan = PushPlan()
@@ -109,8 +110,13 @@ class PushResult:
 
 
 def push_folder(folder: Path, repo_id: str, *, private: bool, commit_message: str, commit_description: str = "",
-                token: str | None = None, endpoint: str | None = None) -> PushResult:
-    """Create the dataset repo if needed and commit the files of ``folder`` that the Hub lacks."""
+                token: str | None = None, endpoint: str | None = None, tag: str | None = None,
+                tag_message: str = "") -> PushResult:
+    """Create the dataset repo if needed and commit the files of ``folder`` that the Hub lacks.
+
+    ``tag``: also tag the resulting head (the new commit, or the unchanged head) as a release; a tag
+    the Hub already has is refused before anything is uploaded (releases are never moved).
+    """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -123,16 +129,25 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, commit_message: st
     if private and info.private is False:
         raise PublishError(f"{repo_id} already exists and is PUBLIC, but --private was asked for; nothing was "
                            f"uploaded. Make the repository private on the Hub (Settings) or choose another --repo-id.")
+    if tag is not None:
+        existing = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type="dataset").tags}
+        if tag in existing:
+            raise PublishError(f"{repo_id} already has the tag {tag!r} (commit {existing[tag]}); a release is never "
+                               f"moved or reused: choose a new --tag. Nothing was uploaded.")
     files = local_files(folder)
     remote = remote_files(api, repo_id, info.sha) if info.sha else {}
     plan = plan_against(files, remote)
     if plan.empty:
+        if tag is not None:
+            api.create_tag(repo_id, tag=tag, revision=info.sha, repo_type="dataset", tag_message=tag_message or None)
         return PushResult(repo_id, None, info.sha, plan, 0)
     operations: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(Path(folder) / p))
                              for p in plan.upload]
     operations += [CommitOperationDelete(path_in_repo=p) for p in plan.delete]
     commit = api.create_commit(repo_id, operations=operations, repo_type="dataset", commit_message=commit_message,
                                commit_description=commit_description, parent_commit=info.sha)
+    if tag is not None:
+        api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type="dataset", tag_message=tag_message or None)
     return PushResult(repo_id, commit.oid, commit.oid, plan, sum(files[p].size for p in plan.upload))
 
 

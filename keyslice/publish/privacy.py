@@ -62,9 +62,11 @@ ID_FORMATS: dict[str, re.Pattern[str]] = {
     "qa_id": re.compile(r"[0-9a-f]{12,64}"),
     "weights_sha256": re.compile(r"[0-9a-f]{64}|[a-z][a-z-]{0,31}"),
     "image_name": re.compile(rf"st-{_HEX16}_\d{{1,6}}\.png"),
+    "context_image_name": re.compile(rf"st-{_HEX16}_se-{_HEX16}_\d{{1,6}}\.png"),
 }
-#: Identifier columns that may be null (``patient_id`` is null when the DICOM has no PatientID).
-NULLABLE_IDS = frozenset({"patient_id"})
+#: Identifier columns that may be null (``patient_id`` is null when the DICOM has no PatientID; ``mask`` when
+#: the finding has no organ mask).
+NULLABLE_IDS = frozenset({"patient_id", "mask"})
 
 # --------------------------------------------------------------------------- text rules
 # The PHI text rules are keyslice.deid's: the gate refuses exactly what ingestion would have masked.
@@ -359,6 +361,10 @@ class PrivacyGate:
         self.report.rows_checked[table] = self.report.rows_checked.get(table, 0) + n
 
     def _check_id(self, table: str, key: str, column: str, value: Any, fmt: str) -> None:
+        if isinstance(value, list):  # a list of images (slice context): every file name
+            for item in value:
+                self._check_id(table, key, column, item, fmt)
+            return
         self.report.strings_checked += 1
         if isinstance(value, Mapping):  # an Image feature value: its file name is what gets exported
             column, value = f"{column}.path", value.get("path")

@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from keyslice import __version__
-from keyslice.publish import hub
+from keyslice.publish import hub, releases
 from keyslice.publish.card import render_card
 from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAULT_MAX_SHARD_BYTES, ID_COLUMNS,
                                               KEY_COLUMNS, REPORT_TEXT_COLUMNS, SOFTWARE_COLUMNS, ExportPlan,
                                               PublishError, corpus_state, exported_record, plan_export, read_corpus,
                                               resolve_image, write_shards)
+from keyslice.publish.context import CONTEXT_CONFIGS, ContextSlices, context_name, open_slice_source
+from keyslice.publish.grounding import Grounding
+from keyslice.publish.stats import STATS_DIR, draw_stats, export_stats
 from keyslice.publish.privacy import Hit, PrivacyGate, PrivacyReport, clean_png, read_study_phi_values, scrub_rows
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer, load_pseudonymizer
 
@@ -122,15 +125,23 @@ def scrub_plan(plan: ExportPlan) -> list[Hit]:
     return changed
 
 
-def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str]] | None = None) -> PrivacyGate:
-    """The privacy gate over exactly what would be exported (rows with their image names, and the PNGs)."""
+def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str]] | None = None,
+             context: ContextSlices | None = None, grounding: Grounding | None = None) -> PrivacyGate:
+    """The privacy gate over exactly what would be exported (rows with their image names, and the PNGs,
+    the slice context's included)."""
     gate = PrivacyGate(known_phi)
     for table, row, column, what in plan.problems:
         rule, _, detail = what.partition(": ")
         gate.report.hits.append(Hit(table, row, column, rule, detail))
     for config in CONFIGS:
-        gate.check_rows(config, (exported_record(r) for r in plan.rows[config]), KEY_COLUMNS[config], ID_COLUMNS,
-                        SOFTWARE_COLUMNS)
+        with_context = context is not None and config in CONTEXT_CONFIGS
+        with_mask = grounding is not None and config in CONTEXT_CONFIGS
+        gate.check_rows(config, (exported_record(r, None, [(context_name(r, i), None)
+                                                           for i in r.fields["context_indices"]]
+                                                 if with_context else None,
+                                                 _mask_name(grounding, r) if with_mask else False)
+                                 for r in plan.rows[config]),
+                        KEY_COLUMNS[config], ID_COLUMNS, SOFTWARE_COLUMNS)
     seen = set()
     for rows in plan.rows.values():
         for r in rows:
@@ -138,8 +149,30 @@ def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str
                 continue
             seen.add(r.image_path)
             gate.check_png(r.image_path, resolve_image(corpus_dir, r.image_path).read_bytes())
+    if grounding is not None:
+        for config in CONTEXT_CONFIGS:
+            for r in plan.rows[config]:
+                mask = grounding.mask(r)
+                if mask is not None:
+                    gate.check_png(f"mask:{mask[0]}", mask[1])
+    if context is not None:
+        checked = set()
+        for config in CONTEXT_CONFIGS:
+            for r in plan.rows[config]:
+                for name, data in context.images(r):
+                    if name not in checked:
+                        checked.add(name)
+                        gate.check_png(name, data)
     gate.report.excluded = plan.excluded
     return gate
+
+
+def _mask_name(grounding: Grounding, row) -> tuple[str, None] | None:
+    """The mask's file name as the gate sees the row (None: no mask)."""
+    if not grounding.labels.get(row.fields["finding_id"]):
+        return None
+    top = row.fields["top1_index"] if "top1_index" in row.fields else row.fields["slice_index"]
+    return context_name(row, int(top)), None
 
 
 def _write_report(corpus_dir: Path, repo_id: str, report: PrivacyReport) -> Path:
@@ -155,14 +188,17 @@ def _prepare_dry_run_dir(target: Path) -> None:
     if not target.exists():
         return
     entries = {p.name for p in target.iterdir()}
-    ours = set(CONFIGS) | {"README.md"}
+    ours = set(CONFIGS) | {"README.md", STATS_DIR}
     if entries - ours:
         raise PublishError(f"--dry-run folder {target} holds other files ({sorted(entries - ours)[:5]}); "
                            f"give a new or empty folder")
 
 
 def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
-          known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None]):
+          known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None],
+          min_confidence: float | None = None, release: str | None = None,
+          previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
+          grounding: bool = False):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
@@ -170,27 +206,55 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
         with corpus_lock(corpus_dir):
             return _stage_locked(corpus_dir, dest, repo_id=repo_id, license=license, fractions=fractions,
                                  max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input, scrub=scrub,
-                                 pseudonymize=pseudonymize, log=log)
+                                 pseudonymize=pseudonymize, log=log, min_confidence=min_confidence,
+                                 release=release, previous_release=previous_release,
+                                 context_slices=context_slices, context_topk=context_topk, grounding=grounding)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
 
 def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions, max_shard_bytes: int,
                   known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
-                  log: Callable[[str], None]):
+                  log: Callable[[str], None], min_confidence: float | None = None, release: str | None = None,
+                  previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
+                  grounding: bool = False):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
     if not snap.complete:
         raise PublishError(f"{corpus_dir} has no study with all stages done; run `keyslice build` first")
-    plan = plan_export(snap, fractions)
+    plan = plan_export(snap, fractions, min_confidence=min_confidence)
+    if min_confidence is not None:
+        log(f"--min-confidence {min_confidence}: left out "
+            + (", ".join(f"{n} {c} row(s)" for c, n in plan.low_confidence.items()) or "no row")
+            + " whose key slice has a lower (or no) selector margin")
     exported = {r.fields["study_id"] for rows in plan.rows.values() for r in rows}
     if not exported:
         raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
     known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
+    context = masks = None
+    selections = {sel["finding_id"]: sel for sel in snap.selections}
+    if context_slices or context_topk or grounding:
+        source = open_slice_source(corpus_dir, known_phi_input, pseudonymize,
+                                   "--context" if context_slices or context_topk else "--grounding")
+        if context_slices or context_topk:
+            context = ContextSlices(source, context_slices, context_topk)
+            context.attach(plan, selections)
+            log(f"slice context: {context_slices} slice(s) on each side of the key slice"
+                f"{' and its top-k slices' if context_topk else ''}, read from {known_phi_input}")
+        if grounding:
+            masks = Grounding(source)
+            masks.attach(plan, selections, snap.findings)
+            log(f"grounding: {sum(1 for v in masks.labels.values() if v)} of {len(masks.labels)} key slices have "
+                f"an organ mask")
     scrubbed = scrub_plan(plan) if scrub else []
-    gate = run_gate(plan, corpus_dir, known)
+    gate = run_gate(plan, corpus_dir, known, context, masks)
     gate.report.scrubbed = scrubbed
+    stats = export_stats(plan)
+    for path in draw_stats(stats, dest / STATS_DIR):
+        cleaned = gate.check_png(f"{STATS_DIR}/{path.name}", path.read_bytes())
+        if cleaned is not None:
+            path.write_bytes(cleaned)
     report_path = _write_report(corpus_dir, repo_id, gate.report)
     if scrub:
         log(f"--scrub-text: {len(scrubbed)} report-derived value(s) had PHI-looking spans replaced by placeholders "
@@ -202,9 +266,15 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
     def image_bytes(image_path: str) -> bytes:
         return clean_png(resolve_image(corpus_dir, image_path).read_bytes())[0]
 
-    shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes)
+    def context_images(row) -> list[tuple[str, bytes]]:
+        return [(name, clean_png(data)[0]) for name, data in context.images(row)]
+
+    shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes,
+                          context_images=context_images if context is not None else None,
+                          mask_image=masks.mask if masks is not None else None)
     card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions,
-                       scrubbed=len(scrubbed))
+                       scrubbed=len(scrubbed), stats=stats, release=release,
+                       changes=releases.release_changes(plan, previous_release) if previous_release else None)
     (dest / "README.md").write_text(card, encoding="utf-8")
     return plan, shards, state, gate.report
 
@@ -213,11 +283,18 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                    license: str = "other", input_dir: Path | None = None, scrub_text: bool = False,
                    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
-                   endpoint: str | None = None, log: Callable[[str], None] = print) -> PublishResult:
+                   endpoint: str | None = None, min_confidence: float | None = None, tag: str | None = None,
+                   context_slices: int = 0, context_topk: bool = False, grounding: bool = False, log: Callable[[str], None] = print) -> PublishResult:
     """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
 
     ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
-    ``scrub_text`` replaces PHI-looking spans of report-derived text instead of refusing on them.
+    ``scrub_text`` replaces PHI-looking spans of report-derived text instead of refusing on them;
+    ``min_confidence`` leaves out rows whose key slice has a selector margin below it (or none);
+    ``tag`` makes the publish a named, immutable release (:mod:`keyslice.publish.releases`);
+    ``context_slices`` adds that many slices on each side of every key slice (``context_topk``: and its
+    top-k slices; read from ``input_dir``,
+    :mod:`keyslice.publish.context`); ``grounding`` the organ masks on the key slices (same folder,
+    :mod:`keyslice.publish.grounding`).
     """
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
@@ -226,6 +303,11 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                            f"build one with `keyslice build`")
     pseudonymize = require_deliberate_key(corpus_dir)
     (corpus_dir / "publish").mkdir(parents=True, exist_ok=True)
+    recorded = releases.read_releases(corpus_dir, repo_id)
+    if tag is not None:
+        releases.check_tag(tag)
+        releases.check_new_release(recorded, tag)
+    previous_release = releases.previous_release(recorded, dry_run=dry_run_dir is not None, tag=tag)
 
     if dry_run_dir is not None:
         target = Path(dry_run_dir).resolve()
@@ -238,7 +320,9 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
         plan, shards, state, report = stage(corpus_dir, staging, repo_id=repo_id, license=license,
                                             fractions=fractions, max_shard_bytes=max_shard_bytes,
                                             known_phi_input=input_dir, scrub=scrub_text, pseudonymize=pseudonymize,
-                                            log=log)
+                                            log=log, min_confidence=min_confidence, release=tag,
+                                            previous_release=previous_release, context_slices=context_slices,
+                                            context_topk=context_topk, grounding=grounding)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)
@@ -253,6 +337,11 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)
+            if tag is not None:
+                releases.record_release(corpus_dir, repo_id, tag=tag, dry_run=True, commit=None, state=state,
+                                        files=record, counts=counts, plan=plan)
+                log(f"dry run: release {tag!r} recorded as a dry run in "
+                    f"{releases.releases_path(corpus_dir, repo_id)}")
             log(f"dry run: {len(files)} files in {target}; against the last publish"
                 f"{'' if previous else ' (none yet)'}: {len(push_plan.upload)} to upload, "
                 f"{len(push_plan.delete)} to delete, {len(push_plan.unchanged)} unchanged")
@@ -263,7 +352,9 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
         message = f"keyslice publish (corpus state {state['corpus_state'][:12]})"
         description = json.dumps({"keyslice_version": __version__, **state}, indent=1)
         pushed = hub.push_folder(staging, repo_id, private=private, commit_message=message,
-                                 commit_description=description, token=token, endpoint=endpoint)
+                                 commit_description=description, token=token, endpoint=endpoint, tag=tag,
+                                 tag_message=f"keyslice release {tag} (corpus state {state['corpus_state'][:12]})"
+                                 if tag else "")
         manifest = {
             "repo_id": repo_id, "private": private, "commit": pushed.head, "new_commit": pushed.commit,
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(), "keyslice_version": __version__,
@@ -275,6 +366,11 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                         "excluded": report.excluded},
             "previous_commit": (previous or {}).get("commit"),
         }
+        if tag is not None:
+            manifest["release"] = tag
+            releases.record_release(corpus_dir, repo_id, tag=tag, dry_run=False, commit=pushed.head, state=state,
+                                    files=record, counts=counts, plan=plan)
+            log(f"release {tag!r}: tagged commit {pushed.head} on the Hub")
         path = hub.write_manifest(corpus_dir, repo_id, manifest)
         log(f"published {repo_id}: {len(pushed.plan.upload)} file(s) uploaded ({pushed.uploaded_bytes} bytes), "
             f"{len(pushed.plan.delete)} deleted, {len(pushed.plan.unchanged)} unchanged; "

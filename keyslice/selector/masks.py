@@ -420,14 +420,16 @@ class OrganMasks:
 
     def resample(self, ts_labels, volume, stride: int = 1) -> np.ndarray:
         """bool [n, rows/stride, cols/stride]: the labels' union on the series grid (nearest neighbour)."""
-        n, rows, cols = volume.shape
+        return np.stack([self.slice_mask(ts_labels, volume, k, stride) for k in range(volume.shape[0])])
+
+    def slice_mask(self, ts_labels, volume, index: int, stride: int = 1) -> np.ndarray:
+        """bool [rows/stride, cols/stride]: the labels' union on one slice of the series (nearest neighbour)."""
+        _, rows, cols = volume.shape
         jj, ii = np.meshgrid(np.arange(0, rows, stride), np.arange(0, cols, stride), indexing="ij")
-        out = np.zeros((n,) + jj.shape, dtype=bool)
-        plan = self._resolve(ts_labels)
-        for k in range(n):
-            pts = volume.slice_world(k, ii.ravel(), jj.ravel())
-            for source, names in plan:
-                out[k] |= source.sample(names, pts).reshape(jj.shape)
+        out = np.zeros(jj.shape, dtype=bool)
+        pts = volume.slice_world(index, ii.ravel(), jj.ravel())
+        for source, names in self._resolve(ts_labels):
+            out |= source.sample(names, pts).reshape(jj.shape)
         return out
 
 

@@ -1,0 +1,90 @@
+"""Slice context at export (``keyslice publish --context N --input STUDIES``): the slices around each key slice.
+
+The corpus keeps only each finding's key-slice PNG, so the context is re-read from the studies the
+corpus was built from through the review app's slice source (:class:`keyslice.review.slices.SliceSource`:
+study and series matched by their pseudonyms, the series refused when it no longer has the slice
+count the selection was made on, the selection's window, one renderer for the build, the review app
+and the export). Per ``findings`` and ``selections`` row the export adds ``context`` (a list of
+images), ``context_indices`` and ``context_z_mm``: the key slice and up to ``N`` slices on each side of
+it in the same series, with ``--context-topk`` also the selector's other top-k slices, in ascending z. The series is the selection's own, which the export already
+checked is neither burned-in nor a secondary capture; every context PNG also goes through the
+privacy gate's PNG check. Volumes are read one series at a time (a few kept), and the stacks are
+rendered shard by shard while the shards are written, never all at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from keyslice.publish.dataset_builder import ExportPlan, ExportRow, PublishError
+
+#: configurations whose rows get the slice context
+CONTEXT_CONFIGS = ("findings", "selections")
+
+
+def context_name(row: ExportRow, index: int) -> str:
+    """File name of a context slice in the Image feature: study and series pseudonyms and the slice index."""
+    return f"{row.fields['study_id']}_{row.fields['series_id']}_{index}.png"
+
+
+def open_slice_source(corpus_dir: Path, input_dir: Path | None, pseudonymize, option: str):
+    """The review app's slice source over the studies folder (``option`` names the flag that needs it)."""
+    from keyslice.review.slices import SliceSource
+
+    if input_dir is None or not Path(input_dir).is_dir():
+        raise PublishError(f"{option} needs --input STUDIES: the corpus keeps only the key slices, the slices and "
+                           f"masks are read from the studies folder the corpus was built from")
+    return SliceSource(Path(corpus_dir), Path(input_dir), pseudonymize)
+
+
+def series_z(source, sel: dict) -> list[float]:
+    """z (mm) of every slice of a selection's series, or :class:`PublishError` naming the study."""
+    from keyslice.review.slices import SeriesMismatchError
+
+    study, series, n = sel["study_id"], sel["series_id"], int(sel["n_slices"])
+    if not source.has_study(study):
+        raise PublishError(f"study {study} is not in the --input folder; pass the studies folder the corpus "
+                           f"was built from")
+    try:
+        return source.z_mm(study, series, n)
+    except SeriesMismatchError as exc:
+        raise PublishError(f"slice context of study {study}: {exc}") from exc
+
+
+class ContextSlices:
+    """Attach and render the slice context of the rows of an export plan."""
+
+    def __init__(self, source, half_width: int, topk: bool = False) -> None:
+        if half_width < 0 or (half_width == 0 and not topk):
+            raise PublishError(f"--context must be at least 1 slice on each side (or use --context-topk), "
+                               f"got {half_width}")
+        self.source = source
+        self.half_width = half_width
+        self.topk = topk
+        self.n_slices: dict[str, int] = {}      # finding_id -> series length the selection was made on
+
+    def attach(self, plan: ExportPlan, selections: dict[str, dict]) -> None:
+        """Set ``context_indices`` / ``context_z_mm`` on every findings/selections row (z ascending)."""
+        rows = sorted((r for c in CONTEXT_CONFIGS for r in plan.rows[c]),
+                      key=lambda r: (r.fields["study_id"], r.fields["series_id"]))
+        for row in rows:
+            sel = selections[row.fields["finding_id"]]
+            n = int(sel["n_slices"])
+            z = series_z(self.source, sel)
+            top = int(sel["top1_index"])
+            wanted = set(range(max(0, top - self.half_width), min(n, top + self.half_width + 1))) | {top}
+            if self.topk:
+                wanted |= {int(i) for i in sel["topk_indices"] if 0 <= int(i) < n}
+            indices = sorted(wanted, key=lambda i: (z[i], i))
+            row.fields["context_indices"] = indices
+            row.fields["context_z_mm"] = [z[i] for i in indices]
+            self.n_slices[row.fields["finding_id"]] = n
+        plan.context_slices = self.half_width
+        plan.context_topk = self.topk
+
+    def images(self, row: ExportRow) -> list[tuple[str, bytes]]:
+        """(name, PNG) of a row's context slices, in the row's order."""
+        n = self.n_slices[row.fields["finding_id"]]
+        return [(context_name(row, i), self.source.png(row.fields["study_id"], row.fields["series_id"], n, i,
+                                                        row.fields["window"]))
+                for i in row.fields["context_indices"]]

@@ -1,0 +1,75 @@
+"""Grounding at export (``keyslice publish --grounding --input STUDIES``): the organ's mask on the key slice.
+
+Where a study ships organ masks (TotalSegmentator NIfTI, a folder of per-structure masks or a DICOM-SEG,
+found by :func:`keyslice.selector.find_masks` as in the build), each ``findings`` and ``selections`` row
+gets ``mask`` (an 8-bit PNG the size of the key slice, 255 inside the union of the finding's organ
+labels, world-resampled onto the key slice by :meth:`keyslice.selector.masks.OrganMasks.slice_mask`)
+and ``mask_labels`` (the TotalSegmentator labels it shows); ``vqa`` rows get ``mask_labels`` of their
+finding, so a question says which organ label grounds it. No mask (no masks in the study, none of the
+finding's labels in them, or masks of another frame of reference): ``mask`` is null and
+``mask_labels`` empty. Masks are rendered while the shards are written and checked by the privacy
+gate's PNG check like every exported image.
+"""
+
+from __future__ import annotations
+
+import io
+
+from keyslice.publish.context import CONTEXT_CONFIGS, context_name, series_z
+from keyslice.publish.dataset_builder import ExportPlan, ExportRow
+
+
+class Grounding:
+    def __init__(self, source) -> None:
+        self.source = source
+        self._masks: dict[str, object] = {}
+        self.labels: dict[str, list[str]] = {}      # finding_id -> grounding labels
+        self._n: dict[str, int] = {}
+
+    def _study_masks(self, study_id: str):
+        from keyslice.selector import find_masks
+
+        if study_id not in self._masks:
+            self._masks[study_id] = find_masks(self.source.studies[study_id].path)
+        return self._masks[study_id]
+
+    def attach(self, plan: ExportPlan, selections: dict[str, dict], findings: dict[str, dict]) -> None:
+        """Set ``mask_labels`` on every row (findings/selections: the labels their mask shows)."""
+        from keyslice.selector.masks import MaskError
+
+        for config in CONTEXT_CONFIGS:
+            for row in plan.rows[config]:
+                fid = row.fields["finding_id"]
+                if fid not in self.labels:
+                    sel, finding = selections[fid], findings.get(fid) or {}
+                    series_z(self.source, sel)  # the series is still the one the selection was made on
+                    masks = self._study_masks(sel["study_id"])
+                    labels = masks.present_labels(finding.get("ts_labels") or []) if masks is not None else []
+                    if labels:
+                        try:
+                            masks.check_overlap(self.source.volume(sel["study_id"], sel["series_id"],
+                                                                   int(sel["n_slices"])))
+                        except MaskError:
+                            labels = []  # the masks belong to another series / frame of reference
+                    self.labels[fid] = labels
+                    self._n[fid] = int(sel["n_slices"])
+                row.fields["mask_labels"] = list(self.labels[fid])
+        for row in plan.rows["vqa"]:
+            row.fields["mask_labels"] = list(self.labels.get(row.fields["finding_id"], []))
+        plan.grounding = True
+
+    def mask(self, row: ExportRow) -> tuple[str, bytes] | None:
+        """(name, PNG) of the row's organ mask on its key slice, or None when it has no grounding."""
+        import numpy as np
+        from PIL import Image
+
+        f = row.fields
+        labels = self.labels.get(f["finding_id"])
+        if not labels:
+            return None
+        top = int(f["top1_index"] if "top1_index" in f else f["slice_index"])
+        volume = self.source.volume(f["study_id"], f["series_id"], self._n[f["finding_id"]])
+        mask = self._study_masks(f["study_id"]).slice_mask(labels, volume, top)
+        buf = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+        return context_name(row, top), buf.getvalue()
