@@ -228,7 +228,7 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
               "margin is at least M)."),
         "",
         *(["### Slice context", "",
-           f"`findings` and `selections` rows carry `context`: the key slice"
+           "`findings` and `selections` rows carry `context`: the key slice"
            + (f", up to {plan.context_slices} slice(s) on each side of it" if plan.context_slices else "")
            + (" and the selector's other top-k slices" if plan.context_topk else "")
            + " in the same series, rendered with the row's `window`, in ascending z; "
