@@ -42,7 +42,8 @@ _STATION: dict[str, str | None] = {
     "small bowel": "abdomen", "small_bowel": "abdomen", "portal vein": "abdomen", "splenic vein": "abdomen",
     "portal_vein_and_splenic_vein": "abdomen", "inferior vena cava": "abdomen", "inferior_vena_cava": "abdomen",
     "bile duct": "abdomen", "kidney_cyst": "abdomen", "iliopsoas muscle": "abdomen", "iliopsoas": "abdomen",
-    "autochthon": "abdomen",
+    "autochthon": "abdomen", "celiac_trunk": "abdomen", "superior_mesenteric_artery": "abdomen",
+    "renal_arteries": "abdomen",
     # pelvis
     "urinary bladder": "pelvis", "urinary_bladder": "pelvis", "prostate": "pelvis", "sacrum": "pelvis",
     "hip bone": "pelvis", "hip": "pelvis", "femur": "pelvis", "iliac artery": "pelvis", "iliac_artery": "pelvis",
@@ -147,6 +148,7 @@ def organ_station(organ: str) -> str | None:
     """Body station (head, neck, chest, abdomen, pelvis) of an organ, None when it spans several."""
     if organ in _STATION:
         return _STATION[organ]
+    organ = re.sub(r"^vertebrae_([ctls])", lambda m: "vertebrae_" + m.group(1).upper(), organ)
     if re.fullmatch(r"vertebrae_C\d", organ):
         return "neck"
     if re.fullmatch(r"vertebrae_T\d+", organ):
@@ -205,3 +207,32 @@ def normalize_sentence(text: str) -> str:
     t = re.sub(r"\d+(?:\.\d+)?", "#", text.lower())
     t = re.sub(r"[^a-z#]+", " ", t)
     return " ".join(t.split())
+
+
+#: Words of the four body stations of the station prompts and metric (head and neck merged, after PMC-MSA).
+STATION_WORDS = {"head_neck": ("head and neck", "neck"), "chest": ("chest", "thorax"),
+                 "abdomen": ("abdomen", "upper abdomen"), "pelvis": ("pelvis", "lower abdomen and pelvis")}
+
+
+def _join(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def canonical_station_prompt(station: str) -> str:
+    """The evaluation prompt of a body station (``"An axial CT image of the chest."``)."""
+    return f"An axial CT image of the {STATION_WORDS[station][0]}."
+
+
+def station_prompt(station: str, organs: list[str], rng: random.Random, max_organs: int = 3) -> str:
+    """A PMC-MSA-style prompt naming the station and up to ``max_organs`` organs of the slice
+    (``"Axial CT of the abdomen showing the liver, spleen and stomach."``); a third are the canonical prompt."""
+    if not organs or rng.random() < 1 / 3:
+        return canonical_station_prompt(station)
+    picked = rng.sample(organs, min(len(organs), max_organs))
+    names = [rng.choice(_SYNONYMS.get(o, (organ_display_name(o),))) for o in picked]
+    o, m = rng.choice(_ORIENTATION), rng.choice(_MODALITY)
+    s = rng.choice(STATION_WORDS[station])
+    return (f"{_article(o).capitalize()} {o} {m} image of the {s} showing the {_join(names)}." if rng.random() < 0.5
+            else f"{o.capitalize()} {m} of the {s}: {_join(names)}.")
