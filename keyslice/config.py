@@ -38,6 +38,7 @@ class BuildConfig:
     top_k: int = 5
     window: str = "auto"
     use_masks: bool = True
+    spatial_normalise: bool = False        # selector: resample slices to fixed mm/px around the body before windowing
     save_curves: bool = False
     segmenter: str = "rules"
     llm: LLMSettings = field(default_factory=LLMSettings)

@@ -88,7 +88,8 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     # file lists only (paths are never checkpointed); the phase was settled in step 2
     records = {rec.row["series_id"]: rec
                for rec in index_study(study.path, ctx.pseudonymize, image_phase=False).series}
-    selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks)
+    selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks,
+                                  spatial=SpatialConfig(enabled=cfg.spatial_normalise))
     cache = EmbeddingCache(ctx.cache_dir / "embeddings")
     rows: Rows = []
     missing = sorted(set(by_series) - set(records))

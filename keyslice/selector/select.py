@@ -33,6 +33,7 @@ from keyslice.errors import MaskError, TransientError
 from keyslice.selector.cache import EmbeddingCache, geometry_fingerprint, text_hash
 from keyslice.selector.model import ClipEncoder
 from keyslice.selector.preprocess import PREPROCESS_VERSION, preprocess_batch
+from keyslice.selector.spatial import SpatialConfig, plan_for_volume
 from keyslice.selector.windows import choose_window, get_window
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class SelectorConfig:
     # "ignore" = select unrestricted (restricted_to None) and log a warning; "raise" = MaskError.
     on_mask_mismatch: str = "ignore"
     prefetch_batches: int = 2           # batches prepared (decoded, pinned) ahead of the encoder
+    #: spatial normalisation between HU and windowing (fixed mm/px, body-centred field of view); off by default
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -125,20 +128,22 @@ def auto_batch_size(encoder: ClipEncoder, slice_hw: tuple[int, int]) -> int:
 # --------------------------------------------------------------------------- slice embeddings
 
 
-def _encode_batch(encoder: ClipEncoder, hu: torch.Tensor, window) -> torch.Tensor:
+def _encode_batch(encoder: ClipEncoder, hu: torch.Tensor, window, plan=None) -> torch.Tensor:
     x = hu.to(encoder.device, non_blocking=True)
+    if plan is not None:                      # spatial normalisation: HU -> fixed mm/px, body-centred square
+        x = plan.apply(x)
     x = preprocess_batch(x, window, encoder.image_size, encoder.mean, encoder.std, resize_mode=encoder.resize_mode)
     return encoder.encode_images(x, keep_on_device=True)
 
 
-def _encode_robust(encoder: ClipEncoder, hu: torch.Tensor, window, state: dict) -> list[torch.Tensor]:
+def _encode_robust(encoder: ClipEncoder, hu: torch.Tensor, window, state: dict, plan=None) -> list[torch.Tensor]:
     """Encode, halving the batch on CUDA out-of-memory; later batches of the series are cut to the
     size that fitted, so that the device runs out of memory once per series, not once per batch."""
     bs = state["batch_size"]
     if hu.shape[0] > bs:
-        return [e for s in range(0, hu.shape[0], bs) for e in _encode_robust(encoder, hu[s:s + bs], window, state)]
+        return [e for s in range(0, hu.shape[0], bs) for e in _encode_robust(encoder, hu[s:s + bs], window, state, plan)]
     try:
-        return [_encode_batch(encoder, hu, window)]
+        return [_encode_batch(encoder, hu, window, plan)]
     except torch.OutOfMemoryError as e:
         if encoder.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -147,11 +152,12 @@ def _encode_robust(encoder: ClipEncoder, hu: torch.Tensor, window, state: dict) 
         half = hu.shape[0] // 2
         state["batch_size"] = max(1, half)
         log.warning("CUDA OOM at batch %d; retrying with %d", hu.shape[0], half)
-        return _encode_robust(encoder, hu[:half], window, state) + _encode_robust(encoder, hu[half:], window, state)
+        return (_encode_robust(encoder, hu[:half], window, state, plan)
+                + _encode_robust(encoder, hu[half:], window, state, plan))
 
 
 def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: int | str = "auto",
-                  prefetch: int = 2) -> torch.Tensor:
+                  prefetch: int = 2, spatial: SpatialConfig | None = None) -> torch.Tensor:
     """Embed every slice of ``volume`` in one window: ``[n, D]`` float32 unit vectors (CPU).
 
     A single helper thread prepares the next ``prefetch`` batches (waits for their slices to
@@ -161,6 +167,7 @@ def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: in
     """
     window = get_window(window_name)
     n, rows, cols = volume.shape
+    plan = plan_for_volume(volume, spatial) if spatial is not None and spatial.enabled else None
     bs = auto_batch_size(encoder, (rows, cols)) if batch_size == "auto" else int(batch_size)
     pin = encoder.device.type == "cuda"
 
@@ -180,29 +187,30 @@ def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: in
                 s = starts[nxt]
                 queue.append(ex.submit(produce, s, min(n, s + bs)))
                 nxt += 1
-            out.extend(_encode_robust(encoder, hu, window, state))
+            out.extend(_encode_robust(encoder, hu, window, state, plan))
     return torch.cat(out).cpu() if out else torch.zeros(0, encoder.embed_dim)
 
 
 def slice_embeddings(volume, window_name: str, encoder: ClipEncoder, *, batch_size: int | str = "auto",
                      cache: EmbeddingCache | None = None, cache_key: str | None = None,
-                     prefetch: int = 2) -> torch.Tensor:
+                     prefetch: int = 2, spatial: SpatialConfig | None = None) -> torch.Tensor:
     """Slice embeddings of one (series, model, window): from the Volume's memo, the disk cache, or
     computed once (then stored in both). float16-rounded float32 ``[n, D]``."""
-    memo_key = (encoder.model_id, encoder.weights_sha256, window_name, PREPROCESS_VERSION)
+    version = PREPROCESS_VERSION + (f"+{spatial.key()}" if spatial is not None and spatial.enabled else "")
+    memo_key = (encoder.model_id, encoder.weights_sha256, window_name, version)
     memo = volume._emb_memo
     if memo_key in memo:
         return memo[memo_key]
     disk_key = None
     if cache is not None and cache_key is not None:
         disk_key = cache.image_key(cache_key, encoder.model_id, encoder.weights_sha256, window_name,
-                                   PREPROCESS_VERSION, geometry_fingerprint(volume))
+                                   version, geometry_fingerprint(volume))
         hit = cache.get_images(disk_key)
         if hit is not None and hit.shape[0] == volume.n_slices:
             emb = torch.from_numpy(hit)
             memo[memo_key] = emb
             return emb
-    emb = encode_volume(volume, window_name, encoder, batch_size, prefetch)
+    emb = encode_volume(volume, window_name, encoder, batch_size, prefetch, spatial)
     emb16 = emb.to(torch.float16)
     if disk_key is not None:
         cache.put_images(disk_key, emb16.numpy())
@@ -286,7 +294,7 @@ def select_key_slices(volume, queries: list[Query], encoder: ClipEncoder, config
     results: list[SliceChoice | None] = [None] * len(queries)
     for window_name, idxs in groups.items():
         img = slice_embeddings(volume, window_name, encoder, batch_size=config.batch_size, cache=cache,
-                               cache_key=cache_key, prefetch=config.prefetch_batches)
+                               cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial)
         volume.wait()  # decode finished: validity of every slice is known
         valid = torch.from_numpy(np.asarray(volume.valid, dtype=bool))
         raw = texts[idxs] @ img.T                                    # [q, n] cosine similarities
