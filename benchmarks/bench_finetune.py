@@ -166,8 +166,31 @@ def run_loco_bench(args) -> int:
         print(f"  -> {dest / 'summary.md'} ({len(rows) // 2} fold(s) done)", flush=True)
 
     variants = args.variants.split(",") if args.variants else None
-    rows = run_loco(plan, work, progress=lambda m: print(m, flush=True), variants=variants, on_fold=on_fold)
+    held_out = args.held_out.split(",") if args.held_out else None
+    rows = run_loco(plan, work, progress=lambda m: print(m, flush=True), variants=variants, on_fold=on_fold,
+                    held_out=held_out)
     summary = write_results(plan, rows, dest, header + f"; {time.perf_counter() - t0:.0f} s in all")
+    print(summary.read_text())
+    return 0
+
+
+def merge_loco(args) -> int:
+    from keyslice.finetune.loco import load_loco, write_results
+
+    plan = load_loco(args.loco.resolve())
+    rows = []
+    for folder in args.merge:
+        rows += [r for r in json.loads((folder / "loco.json").read_text()) if r["held_out"] != "mean"]
+    order = {v: i for i, v in enumerate(plan.variants)}
+    src = {s: i for i, s in enumerate(plan.source_names)}
+    seen, merged = set(), []
+    for r in sorted(rows, key=lambda r: (order[r["variant"]], src[r["held_out"]], r["model"] != "before")):
+        key = (r["variant"], r["held_out"], r["model"])
+        if key not in seen:
+            seen.add(key)
+            merged.append({k: (math.nan if v is None else v) for k, v in r.items()})
+    header = f"merged from {', '.join(str(f) for f in args.merge)}"
+    summary = write_results(plan, merged, args.results / plan.name, header)
     print(summary.read_text())
     return 0
 
@@ -180,11 +203,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--loco", type=Path, default=None, help="a leave-one-CT-out config: run it instead of CONFIGs")
     ap.add_argument("--variants", default=None, help="comma-separated subset of the LOCO config's variants")
+    ap.add_argument("--held-out", default=None, help="comma-separated subset (and order) of the LOCO folds")
+    ap.add_argument("--merge", type=Path, nargs="*", default=None,
+                    help="with --loco: combine the loco.json of these result folders (runs of variant subsets in "
+                         "separate processes) into the config's result folder, in the config's variant order")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.loco is not None and args.merge is not None:
+        return merge_loco(args)
     if args.loco is not None:
         return run_loco_bench(args)
     work_ctx = tempfile.TemporaryDirectory(prefix="keyslice-bench-finetune-") if args.work is None else None

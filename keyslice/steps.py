@@ -72,6 +72,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     from keyslice.dicom import index_study
     from keyslice.selector import (EmbeddingCache, Query, SelectorConfig, find_masks, load_model,
                                    load_volume, plot_similarity_curve, render_png, select_key_slices)
+    from keyslice.selector.spatial import SpatialConfig
 
     cfg = ctx.config
     sid = study.study_id

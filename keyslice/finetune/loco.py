@@ -120,15 +120,17 @@ def _mean(xs) -> float:
 
 
 def run_loco(plan: LocoPlan, work: Path, *, progress: Progress = print, variants: list[str] | None = None,
-             max_steps: int | None = None, on_fold: Callable[[list[dict]], None] | None = None) -> list[dict]:
+             max_steps: int | None = None, on_fold: Callable[[list[dict]], None] | None = None,
+             held_out: list[str] | None = None) -> list[dict]:
     """Train and evaluate every (variant, held-out CT); returns the headline rows (see :func:`fold_rows`).
     ``on_fold(rows so far)`` is called after each fold (the benchmark writes its tables there, so a long run
-    shows its results as they come). ``max_steps`` shortens every run (tests; not a result to report)."""
+    shows its results as they come). ``max_steps`` shortens every run (tests; not a result to report);
+    ``held_out`` runs only those folds, in that order."""
     from keyslice.finetune.evaluate import run_finetune
 
     rows: list[dict] = []
     for variant in variants or list(plan.variants):
-        for held in plan.source_names:
+        for held in held_out or plan.source_names:
             cfg = fold_config(plan, held, variant, work)
             if max_steps is not None:
                 cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"],
