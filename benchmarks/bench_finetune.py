@@ -25,6 +25,9 @@ held out in turn, for every variant; tables (each held-out CT and the mean, befo
 fold. Per-fold run folders (checkpoints: rerun to resume) stay in ``--work``.
 
     python benchmarks/bench_finetune.py --loco configs/finetune_loco_blind.yaml --work runs/loco [--variants a,b]
+        [--held-out x,y]          # a subset of variants / folds (several processes can share one --work)
+    python benchmarks/bench_finetune.py --loco configs/finetune_loco_blind.yaml --work runs/loco --rescore
+                                  # the tables of every finished fold in --work, from the saved scores
 """
 
 from __future__ import annotations
@@ -174,23 +177,23 @@ def run_loco_bench(args) -> int:
     return 0
 
 
-def merge_loco(args) -> int:
-    from keyslice.finetune.loco import load_loco, write_results
+def rescore_loco(args) -> int:
+    from keyslice.finetune.loco import fold_config, load_loco, rescore_fold, write_results
 
+    if args.work is None:
+        raise SystemExit("--rescore needs --work (the folder of the finished folds)")
     plan = load_loco(args.loco.resolve())
-    rows = []
-    for folder in args.merge:
-        rows += [r for r in json.loads((folder / "loco.json").read_text()) if r["held_out"] != "mean"]
-    order = {v: i for i, v in enumerate(plan.variants)}
-    src = {s: i for i, s in enumerate(plan.source_names)}
-    seen, merged = set(), []
-    for r in sorted(rows, key=lambda r: (order[r["variant"]], src[r["held_out"]], r["model"] != "before")):
-        key = (r["variant"], r["held_out"], r["model"])
-        if key not in seen:
-            seen.add(key)
-            merged.append({k: (math.nan if v is None else v) for k, v in r.items()})
-    header = f"merged from {', '.join(str(f) for f in args.merge)}"
-    summary = write_results(plan, merged, args.results / plan.name, header)
+    rows, done = [], []
+    for variant in plan.variants:
+        for held in plan.source_names:
+            out = fold_config(plan, held, variant, args.work).out
+            if (out / "eval" / "scores.parquet").exists() and (out / "model").is_dir():
+                rows += rescore_fold(plan, held, variant, args.work)
+                done.append(f"{variant}/{held}")
+    missing = [f"{v}/{h}" for v in plan.variants for h in plan.source_names if f"{v}/{h}" not in done]
+    header = (f"Folds finished: {', '.join(done) or 'none'}. Not run (out of time on the shared CPU): "
+              f"{', '.join(missing) or 'none'}. Tables recomputed from the saved per-slice scores (`--rescore`).")
+    summary = write_results(plan, rows, args.results / plan.name, header)
     print(summary.read_text())
     return 0
 
@@ -204,16 +207,16 @@ def main() -> int:
     ap.add_argument("--loco", type=Path, default=None, help="a leave-one-CT-out config: run it instead of CONFIGs")
     ap.add_argument("--variants", default=None, help="comma-separated subset of the LOCO config's variants")
     ap.add_argument("--held-out", default=None, help="comma-separated subset (and order) of the LOCO folds")
-    ap.add_argument("--merge", type=Path, nargs="*", default=None,
-                    help="with --loco: combine the loco.json of these result folders (runs of variant subsets in "
-                         "separate processes) into the config's result folder, in the config's variant order")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --loco and --work: recompute the tables of every finished fold in WORK from its saved "
+                         "per-slice scores (no encoding) and write them to the results folder")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.loco is not None and args.merge is not None:
-        return merge_loco(args)
+    if args.loco is not None and args.rescore:
+        return rescore_loco(args)
     if args.loco is not None:
         return run_loco_bench(args)
     work_ctx = tempfile.TemporaryDirectory(prefix="keyslice-bench-finetune-") if args.work is None else None

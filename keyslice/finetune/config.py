@@ -106,7 +106,7 @@ class EvalConfig:
     organs: tuple[str, ...] = ()     # empty: the training organs
     plots: bool = True
     batch_size: int = 64
-    #: True: an organ is scored on a CT only when its labels are in that CT's segmentation vocabulary (a CT
+    #: True: an organ is scored on a CT only when all its labels are in that CT's segmentation vocabulary (a CT
     #: segmented for a few structures says nothing about the others: unknown, not absent)
     only_segmented: bool = False
     station: bool = False            # station accuracy: argmax over head/neck, chest, abdomen, pelvis prompts

@@ -202,7 +202,7 @@ def evaluate_models(cfg: FinetuneConfig, models: dict[str, str], out: Path, *, p
             for style in cfg.eval.styles:
                 prompt = canonical_prompt(organ, style)
                 # threshold fitted on the training CTs (all of them together)
-                fit = [s for s in train_sources if not cfg.eval.only_segmented or s.has_organ_labels(organ)]
+                fit = [s for s in train_sources if not cfg.eval.only_segmented or s.segments_organ(organ)]
                 if fit:
                     tr_s = np.concatenate([scorer.scores(s, window, prompt) for s in fit])
                     tr_y = np.concatenate([s.inside(organ) for s in fit])
@@ -212,7 +212,7 @@ def evaluate_models(cfg: FinetuneConfig, models: dict[str, str], out: Path, *, p
                     t_train, j_train = math.nan, math.nan
                 for split, srcs in (("train", train_sources), ("eval", eval_sources)):
                     for src in srcs:
-                        if cfg.eval.only_segmented and not src.has_organ_labels(organ):
+                        if cfg.eval.only_segmented and not src.segments_organ(organ):
                             continue          # never segmented on this CT: unknown, not absent
                         s = scorer.scores(src, window, prompt)
                         y = src.inside(organ)

@@ -268,3 +268,62 @@ def plot_loco(rows: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def organ_rows_from_scores(score_rows: list[dict], cfg: FinetuneConfig, sources: dict) -> list[dict]:
+    """Per-organ rows (as :func:`keyslice.finetune.evaluate.evaluate_models` writes them, ``threshold_on: train``)
+    recomputed from saved per-slice scores with the current ``only_segmented`` rule, thresholds included."""
+    from collections import defaultdict
+
+    import numpy as np
+
+    from keyslice.finetune.metrics import binary_metrics, youden_threshold
+
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for r in score_rows:
+        by[(r["model"], r["organ"], r["style"], r["source"])].append(r)
+    train = [s.name for s in cfg.train_sources]
+    held = [s.name for s in cfg.eval_sources]
+    keep = (lambda src, organ: sources[src].segments_organ(organ)) if cfg.eval.only_segmented else (lambda *_: True)
+    out = []
+    for model, organ, style in sorted({k[:3] for k in by}):
+        def arrays(src):
+            rr = sorted(by[(model, organ, style, src)], key=lambda r: r["slice"])
+            return np.array([r["score"] for r in rr]), np.array([r["inside"] for r in rr], dtype=bool)
+        fit = [arrays(src) for src in train if (model, organ, style, src) in by and keep(src, organ)]
+        if fit:
+            thr, _ = youden_threshold(np.concatenate([f[0] for f in fit]), np.concatenate([f[1] for f in fit]))
+        else:
+            thr = math.nan
+        for split, names in (("train", train), ("eval", held)):
+            for src in names:
+                if (model, organ, style, src) not in by or not keep(src, organ):
+                    continue
+                s, y = arrays(src)
+                m = binary_metrics(s, y, thr)
+                out.append({"model": model, "split": split, "source": src, "organ": organ, "style": style,
+                            "threshold_on": "train", "both_classes": bool(m.n_pos > 0 and m.n_neg > 0), **m.as_dict()})
+    return out
+
+
+def rescore_fold(plan: LocoPlan, held_out: str, variant: str, work: Path) -> list[dict]:
+    """Headline rows of a finished fold recomputed from its saved per-slice scores, localisation and station
+    tables with the current scoring rules (no encoding): organs that a CT does not fully segment are neither
+    scored on it nor used to fit the threshold (``eval.only_segmented``)."""
+    import pyarrow.parquet as pq
+
+    from keyslice.finetune.evaluate import summarize, summarize_stations
+    from keyslice.finetune.pairs import load_source
+
+    cfg = fold_config(plan, held_out, variant, work)
+    ev = cfg.out / "eval"
+    srcs = {s.name: load_source(s) for s in cfg.train_sources + cfg.eval_sources}
+    organ_rows = organ_rows_from_scores(pq.read_table(ev / "scores.parquet").to_pylist(), cfg, srcs)
+    loc_rows = pq.read_table(ev / "localization.parquet").to_pylist()
+    if cfg.eval.only_segmented:
+        loc_rows = [r for r in loc_rows if r["kind"] != "organ" or srcs[r["source"]].segments_organ(r["query"])]
+    station_rows = pq.read_table(ev / "stations.parquet").to_pylist() if (ev / "stations.parquet").exists() else []
+    summary = summarize(organ_rows, loc_rows, ["before", "after"], cfg)
+    summary["station"] = summarize_stations(station_rows, ["before", "after"])
+    steps = pq.read_table(cfg.out / "metrics" / "train_steps.parquet").to_pylist()
+    return fold_rows(plan, variant, held_out, summary, cfg, sum(s["seconds"] for s in steps))

@@ -88,6 +88,16 @@ class LoadedSource:
             self._inside[organ] = out
         return self._inside[organ]
 
+    def segments_organ(self, organ: str) -> bool:
+        """Whether every TotalSegmentator label of the organ is in this CT's segmentation vocabulary, so that its
+        absence on a slice means absent (a CT segmented for T12 alone says nothing about the rest of the spine)."""
+        if self.masks is None:
+            return False
+        from keyslice.selector.masks import normalize_label
+
+        vocab = self.masks.labels()
+        return all(normalize_label(x) in vocab for x in organ_ts_labels(organ))
+
     def has_organ_labels(self, organ: str) -> bool:
         if self.masks is None:
             return False
