@@ -69,3 +69,31 @@ def test_means_skip_missing_numbers_and_the_summary_lists_every_fold(data_dir, t
     write_results(plan, rows, tmp_path / "out")
     assert (tmp_path / "out" / "plots" / "loco.png").stat().st_size > 0
     assert (tmp_path / "out" / "loco.csv").read_text().count("\n") == 1 + 4 + 2
+
+
+def test_rescoring_fits_the_threshold_on_fully_segmented_training_cts_only(data_dir, tmp_path):
+    from keyslice.finetune.loco import organ_rows_from_scores
+
+    plan = load_loco(CONFIG)
+    cfg = fold_config(plan, "example_ct_dicom", "slice-raw", tmp_path)      # trains on example_ct + aorta_cta
+
+    class Segments:
+        def __init__(self, full):
+            self.full = full
+
+        def segments_organ(self, organ):
+            return self.full
+
+    def scores(src, values, inside):
+        return [{"model": "after", "source": src, "organ": "spine", "style": "word", "slice": k, "score": v,
+                 "inside": y} for k, (v, y) in enumerate(zip(values, inside))]
+
+    rows = (scores("example_ct", [0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
+            # aorta_cta segments only T12: its 'spine' labels are wrong and must not move the threshold
+            + scores("aorta_cta", [0.95, 0.96, 0.97, 0.1], [0, 0, 0, 1])
+            + scores("example_ct_dicom", [0.3, 0.85, 0.9, 0.1], [0, 1, 1, 0]))
+    srcs = {"example_ct": Segments(True), "aorta_cta": Segments(False), "example_ct_dicom": Segments(True)}
+    out = organ_rows_from_scores(rows, cfg, srcs)
+    assert {r["source"] for r in out} == {"example_ct", "example_ct_dicom"}
+    held = next(r for r in out if r["source"] == "example_ct_dicom")
+    assert held["threshold"] == pytest.approx(0.8) and held["accuracy"] == 1.0 and held["auc"] == 1.0
