@@ -53,7 +53,7 @@ def test_bad_loco_configs_are_refused(tmp_path):
 
 def _row(variant, held, model, acc, auc):
     return {"variant": variant, "held_out": held, "model": model, "style": "word", "threshold_on": "train",
-            "n_organs": 4, "n_organs_both": 2, "accuracy_all": acc, "auc_both": auc, "f1_both": math.nan,
+            "n_organs": 4, "n_organs_both": 2, "n_organs_thresholded": 3, "accuracy_all": acc, "auc_both": auc, "f1_both": math.nan,
             "station_accuracy": None, "station_slices": None, "train_seconds": None, "lesion_n": None}
 
 
@@ -64,7 +64,7 @@ def test_means_skip_missing_numbers_and_the_summary_lists_every_fold(data_dir, t
     means = {r["model"]: r for r in mean_rows(rows)}
     assert means["before"]["accuracy_all"] == pytest.approx(0.3) and means["after"]["auc_both"] == pytest.approx(0.9)
     text = render_summary(plan, rows + mean_rows(rows))
-    assert "| slice-raw | example_ct | 4 (2) | 0.40 → 0.60 | +0.20 | 0.50 → 0.90 |" in text
+    assert "| slice-raw | example_ct | 4 (2, 3) | 0.40 → 0.60 | +0.20 | 0.50 → 0.90 |" in text
     assert "**mean**" in text and "aorta_cta" in text
     write_results(plan, rows, tmp_path / "out")
     assert (tmp_path / "out" / "plots" / "loco.png").stat().st_size > 0

@@ -304,6 +304,8 @@ def summarize(organ_rows: list[dict], loc_rows: list[dict], tags: list[str], cfg
                     out["organ_awareness"].append({
                         "model": tag, "split": split, "style": style, "threshold_on": how,
                         "n_organs": len(rows), "n_organs_both_classes": len(both),
+                        # organs with a threshold (a training CT set with one class for an organ gives none)
+                        "n_organs_thresholded": sum(1 for r in rows if not math.isnan(r["threshold"])),
                         "accuracy_both": _nanmean(r["accuracy"] for r in both),
                         "f1_both": _nanmean(r["f1"] for r in both),
                         "auc_both": _nanmean(r["auc"] for r in both),

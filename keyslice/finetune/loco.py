@@ -102,6 +102,7 @@ def fold_rows(plan: LocoPlan, variant: str, held_out: str, summary: dict, cfg: F
         st = _pick(summary.get("station", []), model=tag, split="eval", source=held_out) or {}
         row = {"variant": variant, "held_out": held_out, "model": tag, "style": plan.headline_style,
                "threshold_on": how, "n_organs": oa.get("n_organs"), "n_organs_both": oa.get("n_organs_both_classes"),
+               "n_organs_thresholded": oa.get("n_organs_thresholded"),
                "accuracy_all": oa.get("accuracy_all"), "auc_both": oa.get("auc_both"), "f1_both": oa.get("f1_both"),
                "station_accuracy": st.get("accuracy"), "station_slices": st.get("n_slices"),
                "train_seconds": train_seconds if tag == "after" else None}
@@ -195,9 +196,11 @@ def render_summary(plan: LocoPlan, rows: list[dict], header: str = "") -> str:
     lines.append(f"Held-out CT, {plan.headline_style} prompts, Youden threshold chosen on the training CTs; "
                  "before -> after fine-tuning (same starting weights). Accuracy: over the organs scored on the "
                  "held-out CT (those in its segmentation vocabulary); AUC / F1: over those with slices inside and "
-                 "outside; station: argmax over 4 station prompts, slices with a station label from the masks.")
+                 "outside; station: argmax over 4 station prompts, slices with a station label from the masks. An organ whose "
+                 "training CTs hold one class only (e.g. inside every slice of the 20-slice series) gets no threshold, "
+                 "hence no accuracy / F1: `thr` counts the organs that have one, and the means are over those.")
     lines.append("")
-    lines.append("| variant | held-out CT | organs (both) | accuracy | Δ acc | AUC | F1 | station acc |")
+    lines.append("| variant | held-out CT | organs (both, thr) | accuracy | Δ acc | AUC | F1 | station acc |")
     lines.append("|---|---|---|---|---|---|---|---|")
     by = {(r["variant"], r["held_out"], r["model"]): r for r in rows}
     for v in dict.fromkeys(r["variant"] for r in rows):
@@ -206,8 +209,9 @@ def render_summary(plan: LocoPlan, rows: list[dict], header: str = "") -> str:
             if not (a and b):
                 continue
             d = (a["accuracy_all"] - b["accuracy_all"]) if a["accuracy_all"] is not None and b["accuracy_all"] is not None else None
-            lines.append(f"| {v} | {'**mean**' if held == 'mean' else held} | {_f(a['n_organs'], 0) if held != 'mean' else _f(a['n_organs'], 1)} "
-                         f"({_f(a['n_organs_both'], 0) if held != 'mean' else _f(a['n_organs_both'], 1)}) | "
+            nd = 0 if held != "mean" else 1
+            lines.append(f"| {v} | {'**mean**' if held == 'mean' else held} | {_f(a['n_organs'], nd)} "
+                         f"({_f(a['n_organs_both'], nd)}, {_f(a.get('n_organs_thresholded'), nd)}) | "
                          f"{_f(b['accuracy_all'])} → {_f(a['accuracy_all'])} | {'+' if d is not None and d >= 0 else ''}{_f(d)} | "
                          f"{_f(b['auc_both'])} → {_f(a['auc_both'])} | {_f(b['f1_both'])} → {_f(a['f1_both'])} | "
                          f"{_f(b['station_accuracy'])} → {_f(a['station_accuracy'])} |")
