@@ -18,6 +18,16 @@ A summary of both runs (before -> after, with after/before ratios) is printed an
 about 5 CPU-minutes of training per config on the reference machine.
 
     python benchmarks/bench_finetune.py [CONFIG ...] [--work DIR] [--results DIR] [--threads 2]
+
+Leave-one-CT-out (``--loco CONFIG``, e.g. ``configs/finetune_loco_blind.yaml``): every CT of the config's pool is
+held out in turn, for every variant; tables (each held-out CT and the mean, before -> after), ``loco.csv``,
+``loco.json`` and ``plots/loco.png`` go to ``benchmarks/results/finetune/<config name>/``, rewritten after each
+fold. Per-fold run folders (checkpoints: rerun to resume) stay in ``--work``.
+
+    python benchmarks/bench_finetune.py --loco configs/finetune_loco_blind.yaml --work runs/loco [--variants a,b]
+        [--held-out x,y]          # a subset of variants / folds (several processes can share one --work)
+    python benchmarks/bench_finetune.py --loco configs/finetune_loco_blind.yaml --work runs/loco --rescore
+                                  # the tables of every finished fold in --work, from the saved scores
 """
 
 from __future__ import annotations
@@ -141,17 +151,74 @@ def summary_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def run_loco_bench(args) -> int:
+    from keyslice.finetune.loco import load_loco, run_loco, write_results
+
+    import torch
+
+    plan = load_loco(args.loco.resolve())
+    work = args.work or Path(tempfile.mkdtemp(prefix="keyslice-bench-loco-"))
+    dest = args.results / plan.name
+    header = (f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, {args.threads} "
+              f"torch threads, load average at start {os.getloadavg()[0]:.1f}; config "
+              f"`{args.loco.resolve().relative_to(ROOT) if args.loco.resolve().is_relative_to(ROOT) else args.loco}`")
+    t0 = time.perf_counter()
+
+    def on_fold(rows):
+        write_results(plan, rows, dest, header + f"; {time.perf_counter() - t0:.0f} s so far")
+        print(f"  -> {dest / 'summary.md'} ({len(rows) // 2} fold(s) done)", flush=True)
+
+    variants = args.variants.split(",") if args.variants else None
+    held_out = args.held_out.split(",") if args.held_out else None
+    rows = run_loco(plan, work, progress=lambda m: print(m, flush=True), variants=variants, on_fold=on_fold,
+                    held_out=held_out)
+    summary = write_results(plan, rows, dest, header + f"; {time.perf_counter() - t0:.0f} s in all")
+    print(summary.read_text())
+    return 0
+
+
+def rescore_loco(args) -> int:
+    from keyslice.finetune.loco import fold_config, load_loco, rescore_fold, write_results
+
+    if args.work is None:
+        raise SystemExit("--rescore needs --work (the folder of the finished folds)")
+    plan = load_loco(args.loco.resolve())
+    rows, done = [], []
+    for variant in plan.variants:
+        for held in plan.source_names:
+            out = fold_config(plan, held, variant, args.work).out
+            if (out / "eval" / "scores.parquet").exists() and (out / "model").is_dir():
+                rows += rescore_fold(plan, held, variant, args.work)
+                done.append(f"{variant}/{held}")
+    missing = [f"{v}/{h}" for v in plan.variants for h in plan.source_names if f"{v}/{h}" not in done]
+    header = (f"Folds finished: {', '.join(done) or 'none'}. Not run (out of time on the shared CPU): "
+              f"{', '.join(missing) or 'none'}. Tables recomputed from the saved per-slice scores (`--rescore`).")
+    summary = write_results(plan, rows, args.results / plan.name, header)
+    print(summary.read_text())
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="*", type=Path, default=list(DEFAULT_CONFIGS))
     ap.add_argument("--work", type=Path, default=None, help="run folders (checkpoints, models); default: a temp dir")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "finetune")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--loco", type=Path, default=None, help="a leave-one-CT-out config: run it instead of CONFIGs")
+    ap.add_argument("--variants", default=None, help="comma-separated subset of the LOCO config's variants")
+    ap.add_argument("--held-out", default=None, help="comma-separated subset (and order) of the LOCO folds")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --loco and --work: recompute the tables of every finished fold in WORK from its saved "
+                         "per-slice scores (no encoding) and write them to the results folder")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.loco is not None and args.rescore:
+        return rescore_loco(args)
+    if args.loco is not None:
+        return run_loco_bench(args)
     work_ctx = tempfile.TemporaryDirectory(prefix="keyslice-bench-finetune-") if args.work is None else None
     work = Path(work_ctx.name) if work_ctx else args.work
     args.results.mkdir(parents=True, exist_ok=True)

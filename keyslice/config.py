@@ -38,6 +38,7 @@ class BuildConfig:
     top_k: int = 5
     window: str = "auto"
     use_masks: bool = True
+    spatial_normalise: bool = False        # selector: resample slices to fixed mm/px around the body before windowing
     save_curves: bool = False
     vqa_mask_negatives: bool = False       # "no" for mask-visible organs the report never mentions (marked rows)
     uncertain_margin: float = 0.01         # a selection whose margin is below this is flagged `uncertain`

@@ -17,8 +17,15 @@ run draws the same augmentations):
 3. **cutout**: with probability ``cutout_p`` a square of side ``cutout_frac`` x image side is set
    to black (window minimum).
 
-Training slices are cached per source as float32 HU ``[n, H, W]``, downsampled (antialiased)
-when the short side exceeds twice the model's input size.
+Training slices are cached per source as float32 HU ``[n, H, W]``, spatially normalised first when the
+config asks for it (:mod:`keyslice.selector.spatial`: fixed mm per pixel, a square centred on the body, the
+same transform as the selector's), then downsampled (antialiased) when the short side exceeds twice the
+model's input size.
+
+**Regions** (anatomy-level alignment): a row may name an organ whose region it shows. Its image is a masked
+crop: the square around the organ's in-plane mask on that slice (plus ``REGION_MARGIN`` of its side), every
+pixel outside the mask set to below the window (black), resampled to the model's input; window jitter and
+cutout apply, the random crop does not. Pixels outside the mask cannot change the image, hence the embedding.
 """
 
 from __future__ import annotations
@@ -34,30 +41,65 @@ from keyslice.selector.windows import Window, get_window
 
 _UNIT = Window("unit", 1.0, 0.5)  # low 0, high 1: HU pre-mapped to the (jittered) window
 AIR_HU = -1024.0
+OUTSIDE_HU = -100000.0            # outside a region's mask: below any window
+REGION_MARGIN = 0.1
 
 
 class SliceBank:
     """HU slices of the training sources on the device, and batch rendering with augmentation."""
 
-    def __init__(self, sources, image_size: int, mean, std, resize_mode: str, device: torch.device):
+    def __init__(self, sources, image_size: int, mean, std, resize_mode: str, device: torch.device,
+                 spatial=None):
+        from keyslice.selector.spatial import plan_for_volume
+
         self.image_size = int(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.resize_mode = resize_mode
         self.device = device
+        self.sources = {s.name: s for s in sources}
         self.hu: dict[str, torch.Tensor] = {}
+        self.plans: dict[str, object] = {}
+        self._regions: dict[tuple[str, str], torch.Tensor] = {}
         for s in sources:
             hu = torch.from_numpy(s.volume.hu.astype("float32", copy=False))
-            n, h, w = hu.shape
-            short = min(h, w)
-            if short > 2 * self.image_size:
-                f = 2 * self.image_size / short
-                hu = F.interpolate(hu[:, None], size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear",
-                                   align_corners=False, antialias=True)[:, 0]
-            self.hu[s.name] = hu.contiguous().to(device)
+            if spatial is not None and spatial.enabled:
+                plan = plan_for_volume(s.volume, spatial)
+                self.plans[s.name] = plan
+                hu = plan.apply(hu)
+            self.hu[s.name] = self._shrink(hu, "bilinear").contiguous().to(device)
+
+    def _shrink(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        n, h, w = x.shape
+        short = min(h, w)
+        if short <= 2 * self.image_size:
+            return x
+        f = 2 * self.image_size / short
+        size = (max(1, round(h * f)), max(1, round(w * f)))
+        if mode == "nearest":
+            return F.interpolate(x[:, None].float(), size=size, mode="nearest-exact")[:, 0]
+        return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False, antialias=True)[:, 0]
+
+    def region_mask(self, source: str, organ: str) -> torch.Tensor:
+        """bool ``[n, H, W]`` on the bank's grid: the organ's in-plane mask (spatially normalised like the HU)."""
+        key = (source, organ)
+        if key not in self._regions:
+            from keyslice.finetune.prompts import organ_ts_labels
+
+            src = self.sources[source]
+            m = torch.from_numpy(src.masks.resample(list(organ_ts_labels(organ)), src.volume).astype("float32"))
+            if source in self.plans:
+                m = self.plans[source].apply(m, fill=0.0, mode="nearest")
+            self._regions[key] = (self._shrink(m, "nearest") > 0.5).to(self.device)
+        return self._regions[key]
+
+    def has_region(self, source: str, organ: str | None, k: int) -> bool:
+        if organ is None or self.sources[source].masks is None:
+            return False
+        return bool(self.region_mask(source, organ)[k].any())
 
     def render(self, source_names: list[str], slices: list[int], windows: list[str], cfg: AugmentConfig,
-               generator: torch.Generator) -> torch.Tensor:
-        """Model input ``[B, 3, S, S]`` for the rows (source, slice, window name)."""
+               generator: torch.Generator, regions: list[str | None] | None = None) -> torch.Tensor:
+        """Model input ``[B, 3, S, S]`` for the rows (source, slice, window name[, region organ])."""
         b = len(slices)
         aug = cfg.enabled
         # every random number is drawn up front, in a fixed order, on the CPU generator
@@ -72,7 +114,18 @@ class SliceBank:
             theta = torch.zeros(len(rows), 2, 3, dtype=torch.float64)
             lows, widths = [], []
             for j, i in enumerate(rows):
-                if aug:
+                organ = regions[i] if regions is not None else None
+                if organ is not None:
+                    m = self.region_mask(name, organ)[slices[i]]
+                    if not bool(m.any()):
+                        raise ValueError(f"row {i}: {organ!r} has no pixel on slice {slices[i]} of {name}")
+                    hu[j] = torch.where(m, hu[j], torch.full_like(hu[j], OUTSIDE_HU))
+                    ys, xs = torch.nonzero(m, as_tuple=True)
+                    y0, y1 = float(ys.min()), float(ys.max()) + 1
+                    x0, x1 = float(xs.min()), float(xs.max()) + 1
+                    bw = bh = max(y1 - y0, x1 - x0, 4.0) * (1 + REGION_MARGIN)
+                    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                elif aug:
                     scale = cfg.crop_scale[0] + (cfg.crop_scale[1] - cfg.crop_scale[0]) * float(u[i, 0])
                     lr = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
                     ratio = math.exp(lr[0] + (lr[1] - lr[0]) * float(u[i, 1]))

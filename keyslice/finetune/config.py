@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from keyslice.selector.spatial import SpatialConfig
+
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -23,8 +25,11 @@ class SourceConfig:
 
     name: str
     ct: str                          # NIfTI file, or a folder / list of DICOM files of ONE series
-    masks: str | None = None         # multi-label NIfTI, per-structure folder, DICOM-SEG, or study folder
+    #: multi-label NIfTI, per-structure folder, DICOM-SEG, study folder, or a list of per-structure NIfTI files
+    masks: str | tuple[str, ...] | None = None
     labels: str | None = None        # label map JSON of a multi-label NIfTI (default: TS v2 "total")
+    #: TotalSegmentator aorta report JSON (landmark cross-sections with true/false lumen areas) -> lesion queries
+    aorta_report: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class PairConfig:
     reviews: str | None = None       # corpus folder: its `reviews` (keyslice review) -> lesion pairs +/-
     reviews_input: str | None = None  # the studies folder that corpus was built from (the reviewed series' CTs)
     lesion_weight: float = 1.0       # relative sampling weight of lesion rows vs organ rows
+    organ_pairs: bool = True         # False: lesion rows only (the lesion-only ablation)
+    station_pairs: int = 0           # rows per body station with multi-organ station prompts (0: none)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     window: str = "organ"            # "organ": the selector's window for the organ; or a window name
+    #: "slice": whole windowed slices vs texts; "anatomy": each row's organ region (in-plane mask, masked crop)
+    #: vs texts, one contrastive problem per anatomy plus one across anatomies
+    alignment: str = "slice"
+    #: True: normal findings of one organ, and findings of one organ + abnormality type, are positives of each
+    #: other (fVLM's false negatives); False: only identical sentences are (the ablation)
+    false_negatives: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,10 @@ class EvalConfig:
     organs: tuple[str, ...] = ()     # empty: the training organs
     plots: bool = True
     batch_size: int = 64
+    #: True: an organ is scored on a CT only when all its labels are in that CT's segmentation vocabulary (a CT
+    #: segmented for a few structures says nothing about the others: unknown, not absent)
+    only_segmented: bool = False
+    station: bool = False            # station accuracy: argmax over head/neck, chest, abdomen, pelvis prompts
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,7 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
     name: str = "finetune"
     #: corpus folder that receives the run's metrics (tables finetune_runs / finetune_metrics); None: not recorded
     metrics_corpus: str | None = None
@@ -164,6 +182,7 @@ class FinetuneConfig:
             augment=_sub(AugmentConfig, data.pop("augment", None)),
             train=_sub(TrainConfig, data.pop("train", None)),
             eval=_sub(EvalConfig, data.pop("eval", None)),
+            spatial=_sub(SpatialConfig, data.pop("spatial", None)),
             **data,
         )
         cfg.validate()
@@ -181,6 +200,10 @@ class FinetuneConfig:
             raise ValueError("train.steps must be >= 1 and train.batch_size >= 2")
         if not 0 <= self.train.warmup_steps <= self.train.steps:
             raise ValueError("train.warmup_steps must be in [0, steps]")
+        if self.train.alignment not in ("slice", "anatomy"):
+            raise ValueError(f"train.alignment must be 'slice' or 'anatomy', got {self.train.alignment!r}")
+        if self.pairs.station_pairs < 0:
+            raise ValueError("pairs.station_pairs must be >= 0")
         lo, hi = self.augment.crop_scale
         if not 0 < lo <= hi:
             raise ValueError(f"augment.crop_scale must be 0 < low <= high, got {self.augment.crop_scale}")
@@ -255,5 +278,7 @@ def _source(data: dict, ctx: _PathContext) -> SourceConfig:
     for key in ("name", "ct"):
         if key not in data:
             raise ValueError(f"a data source needs `{key}`: {data}")
-    return SourceConfig(name=str(data["name"]), ct=ctx.path(data["ct"]), masks=ctx.path(data.get("masks")),
-                        labels=ctx.path(data.get("labels")))
+    masks = data.get("masks")
+    masks = tuple(ctx.path(m) for m in masks) if isinstance(masks, (list, tuple)) else ctx.path(masks)
+    return SourceConfig(name=str(data["name"]), ct=ctx.path(data["ct"]), masks=masks,
+                        labels=ctx.path(data.get("labels")), aorta_report=ctx.path(data.get("aorta_report")))

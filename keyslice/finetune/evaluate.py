@@ -45,18 +45,23 @@ Progress = Callable[[str], None]
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_volume(encoder, volume, window: str, batch_size: int = 64) -> np.ndarray:
-    """Unit-norm embeddings ``[n, D]`` of every slice, preprocessed as the selector does."""
+def encode_volume(encoder, volume, window: str, batch_size: int = 64, spatial=None) -> np.ndarray:
+    """Unit-norm embeddings ``[n, D]`` of every slice, preprocessed as the selector does (spatially
+    normalised first when ``spatial`` is an enabled :class:`~keyslice.selector.spatial.SpatialConfig`)."""
     import torch
 
     from keyslice.selector.preprocess import preprocess_batch
+    from keyslice.selector.spatial import plan_for_volume
     from keyslice.selector.windows import get_window
 
     w = get_window(window)
+    plan = plan_for_volume(volume, spatial) if spatial is not None and spatial.enabled else None
     out = []
     for a in range(0, volume.n_slices, batch_size):
         b = min(volume.n_slices, a + batch_size)
         hu = torch.from_numpy(np.ascontiguousarray(volume.slab(a, b))).to(encoder.device)
+        if plan is not None:
+            hu = plan.apply(hu)
         x = preprocess_batch(hu, w, encoder.image_size, encoder.mean, encoder.std, resize_mode=encoder.resize_mode)
         out.append(encoder.encode_images(x).numpy())
     return np.concatenate(out).astype(np.float32)
@@ -65,16 +70,17 @@ def encode_volume(encoder, volume, window: str, batch_size: int = 64) -> np.ndar
 class _Scorer:
     """Slice embeddings per (source, window) and text embeddings per prompt, for one model."""
 
-    def __init__(self, encoder, batch_size: int):
+    def __init__(self, encoder, batch_size: int, spatial=None):
         self.encoder = encoder
         self.batch_size = batch_size
+        self.spatial = spatial
         self._img: dict[tuple[str, str], np.ndarray] = {}
         self._txt: dict[str, np.ndarray] = {}
 
     def image(self, source, window: str) -> np.ndarray:
         key = (source.name, window)
         if key not in self._img:
-            self._img[key] = encode_volume(self.encoder, source.volume, window, self.batch_size)
+            self._img[key] = encode_volume(self.encoder, source.volume, window, self.batch_size, self.spatial)
         return self._img[key]
 
     def text(self, prompts: list[str]) -> np.ndarray:
@@ -89,6 +95,51 @@ class _Scorer:
 
 
 # --------------------------------------------------------------------------- evaluation
+
+
+def _loc_row(tag: str, split: str, src, kind: str, query: str, style: str, scores: np.ndarray, lo: int, hi: int,
+             tol: float, ks: tuple[int, ...], valid: np.ndarray, origin: str | None = None) -> dict:
+    """One localisation row: top-1 error (slices, mm) and hits at k within ``tol`` mm and at 0 mm (inside the gold
+    range itself)."""
+    r = rank_query(scores, src.z_mm, lo, hi, tolerance_mm=tol, ks=ks, valid=valid)
+    r0 = rank_query(scores, src.z_mm, lo, hi, tolerance_mm=0.0, ks=ks, valid=valid)
+    return {"model": tag, "split": split, "source": src.name, "kind": kind, "query": query, "style": style,
+            "origin": origin, "gt_lo": int(lo), "gt_hi": int(hi), "gt_fraction": (hi - lo + 1) / max(1, src.n_slices),
+            "top1": r.top1, "err_slices": r.err_slices, "err_mm": r.err_mm, **{f"hit@{k}": r.hits[k] for k in ks},
+            **{f"hit0@{k}": r0.hits[k] for k in ks}}
+
+
+def _station_rows(tag: str, scorer, encoder, train_sources, eval_sources) -> list[dict]:
+    """Per slice with a station label (from its masks): the station whose canonical prompt scores highest."""
+    from keyslice.finetune.pairs import STATIONS, slice_stations
+    from keyslice.finetune.prompts import canonical_station_prompt
+
+    window = _window_for(None, encoder)
+    txt = scorer.text([canonical_station_prompt(st) for st in STATIONS])
+    rows = []
+    for split, srcs in (("train", train_sources), ("eval", eval_sources)):
+        for src in srcs:
+            gold = slice_stations(src)
+            pred = (scorer.image(src, window) @ txt.T).argmax(1)
+            valid = np.asarray(src.volume.valid, bool)
+            for k, g in enumerate(gold):
+                if g is None or not valid[k]:
+                    continue
+                rows.append({"model": tag, "split": split, "source": src.name, "slice": k, "gold": g,
+                             "pred": STATIONS[int(pred[k])], "correct": STATIONS[int(pred[k])] == g})
+    return rows
+
+
+def summarize_stations(rows: list[dict], tags: list[str]) -> list[dict]:
+    """Station accuracy per (model, split, source) over the slices with a station label."""
+    out = []
+    for tag in tags:
+        for key in dict.fromkeys((r["split"], r["source"]) for r in rows if r["model"] == tag):
+            rr = [r for r in rows if r["model"] == tag and (r["split"], r["source"]) == key]
+            out.append({"model": tag, "split": key[0], "source": key[1], "n_slices": len(rr),
+                        "stations": sorted({r["gold"] for r in rr}),
+                        "accuracy": float(np.mean([r["correct"] for r in rr])) if rr else math.nan})
+    return out
 
 
 @dataclass
@@ -138,22 +189,31 @@ def evaluate_models(cfg: FinetuneConfig, models: dict[str, str], out: Path, *, p
     organ_rows: list[dict] = []
     loc_rows: list[dict] = []
     score_rows: list[dict] = []
+    station_rows: list[dict] = []
     for tag, spec in models.items():
         encoder = load_model(spec, device=device)
-        scorer = _Scorer(encoder, cfg.eval.batch_size)
+        scorer = _Scorer(encoder, cfg.eval.batch_size, cfg.spatial)
         scorer.text([canonical_prompt(o, st) for o in organs for st in cfg.eval.styles]
                     + [lb.sentence for lb in lesions])          # one batch of prompts
+        if cfg.eval.station:
+            station_rows += _station_rows(tag, scorer, encoder, train_sources, eval_sources)
         for organ in organs:
             window = _window_for(organ, encoder)
             for style in cfg.eval.styles:
                 prompt = canonical_prompt(organ, style)
                 # threshold fitted on the training CTs (all of them together)
-                tr_s = np.concatenate([scorer.scores(s, window, prompt) for s in train_sources])
-                tr_y = np.concatenate([s.inside(organ) for s in train_sources])
-                tr_valid = np.concatenate([np.asarray(s.volume.valid, bool) for s in train_sources])
-                t_train, j_train = youden_threshold(tr_s[tr_valid], tr_y[tr_valid])
+                fit = [s for s in train_sources if not cfg.eval.only_segmented or s.segments_organ(organ)]
+                if fit:
+                    tr_s = np.concatenate([scorer.scores(s, window, prompt) for s in fit])
+                    tr_y = np.concatenate([s.inside(organ) for s in fit])
+                    tr_valid = np.concatenate([np.asarray(s.volume.valid, bool) for s in fit])
+                    t_train, j_train = youden_threshold(tr_s[tr_valid], tr_y[tr_valid])
+                else:
+                    t_train, j_train = math.nan, math.nan
                 for split, srcs in (("train", train_sources), ("eval", eval_sources)):
                     for src in srcs:
+                        if cfg.eval.only_segmented and not src.segments_organ(organ):
+                            continue          # never segmented on this CT: unknown, not absent
                         s = scorer.scores(src, window, prompt)
                         y = src.inside(organ)
                         valid = np.asarray(src.volume.valid, bool)
@@ -170,27 +230,24 @@ def evaluate_models(cfg: FinetuneConfig, models: dict[str, str], out: Path, *, p
                                                "inside": bool(y[k])})
                         if y.any() and (~y).any():
                             kk = np.nonzero(y)[0]
-                            r = rank_query(s, src.z_mm, int(kk[0]), int(kk[-1]), tolerance_mm=tol, ks=ks, valid=valid)
-                            loc_rows.append({"model": tag, "split": split, "source": src.name, "kind": "organ",
-                                             "query": organ, "style": style, "gt_lo": int(kk[0]), "gt_hi": int(kk[-1]),
-                                             "top1": r.top1, "err_slices": r.err_slices, "err_mm": r.err_mm,
-                                             **{f"hit@{k}": r.hits[k] for k in ks}})
+                            loc_rows.append(_loc_row(tag, split, src, "organ", organ, style, s, int(kk[0]), int(kk[-1]),
+                                                     tol, ks, valid))
         by_name = {s.name: s for s in eval_sources}
         for lb in lesions:
             src = by_name[lb.source]
             window = _window_for(lb.organ, encoder)
             s = scorer.scores(src, window, lb.sentence)
-            r = rank_query(s, src.z_mm, lb.slice, lb.slice, tolerance_mm=tol, ks=ks,
-                           valid=np.asarray(src.volume.valid, bool))
-            loc_rows.append({"model": tag, "split": "eval", "source": src.name, "kind": "lesion", "query": lb.sentence,
-                             "style": "sentence", "gt_lo": lb.slice, "gt_hi": lb.slice, "top1": r.top1,
-                             "err_slices": r.err_slices, "err_mm": r.err_mm, **{f"hit@{k}": r.hits[k] for k in ks}})
+            kind = "normal" if lb.status == "normal" else "lesion"
+            loc_rows.append(_loc_row(tag, "eval", src, kind, lb.sentence, "sentence", s, lb.slice, lb.hi, tol, ks,
+                                     np.asarray(src.volume.valid, bool), origin=lb.origin))
         progress(f"evaluated {tag} ({spec}) on {len(train_sources)} training and {len(eval_sources)} evaluation CT(s)")
 
     _write(out / "organ_awareness.parquet", organ_rows)
     _write(out / "localization.parquet", loc_rows)
     _write(out / "scores.parquet", score_rows)
+    _write(out / "stations.parquet", station_rows)
     summary = summarize(organ_rows, loc_rows, list(models), cfg)
+    summary["station"] = summarize_stations(station_rows, list(models))
     summary["eval_seconds"] = round(time.perf_counter() - t0, 2)
     summary["models"] = dict(models)
     report = out / "report.md"
@@ -247,13 +304,15 @@ def summarize(organ_rows: list[dict], loc_rows: list[dict], tags: list[str], cfg
                     out["organ_awareness"].append({
                         "model": tag, "split": split, "style": style, "threshold_on": how,
                         "n_organs": len(rows), "n_organs_both_classes": len(both),
+                        # organs with a threshold (a training CT set with one class for an organ gives none)
+                        "n_organs_thresholded": sum(1 for r in rows if not math.isnan(r["threshold"])),
                         "accuracy_both": _nanmean(r["accuracy"] for r in both),
                         "f1_both": _nanmean(r["f1"] for r in both),
                         "auc_both": _nanmean(r["auc"] for r in both),
                         "accuracy_all": _nanmean(r["accuracy"] for r in rows),
                         "f1_all": _nanmean(r["f1"] for r in rows),
                     })
-            for kind in ("organ", "lesion"):
+            for kind in ("organ", "lesion", "normal"):
                 for style in cfg.eval.styles:
                     rows = [r for r in loc_rows if r["model"] == tag and r["split"] == split and r["kind"] == kind
                             and r["style"] == style]
@@ -261,7 +320,8 @@ def summarize(organ_rows: list[dict], loc_rows: list[dict], tags: list[str], cfg
                         continue
                     agg = {"n": len(rows), "mae_slices": _nanmean(r["err_slices"] for r in rows),
                            "mae_mm": _nanmean(r["err_mm"] for r in rows),
-                           **{f"acc@{k}": _nanmean(float(r[f"hit@{k}"]) for r in rows) for k in cfg.eval.ks}}
+                           **{f"acc@{k}": _nanmean(float(r[f"hit@{k}"]) for r in rows) for k in cfg.eval.ks},
+                           **{f"acc0@{k}": _nanmean(float(r[f"hit0@{k}"]) for r in rows) for k in cfg.eval.ks}}
                     out["localization"].append({"model": tag, "split": split, "kind": kind, "style": style, **agg})
     return out
 

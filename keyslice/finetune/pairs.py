@@ -44,6 +44,7 @@ studies folder it was built from)
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -52,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from keyslice.finetune.config import SourceConfig
-from keyslice.finetune.prompts import normalize_sentence, organ_ts_labels
+from keyslice.finetune.prompts import PROMPT_STATION_WORDS, normalize_sentence, organ_ts_labels
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class LoadedSource:
     masks: object | None              # keyslice.selector.masks.OrganMasks
     config: SourceConfig
     _inside: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _stations: list | None = field(default=None, repr=False)
 
     @property
     def n_slices(self) -> int:
@@ -96,6 +98,16 @@ class LoadedSource:
             self._inside[organ] = out
         return self._inside[organ]
 
+    def segments_organ(self, organ: str) -> bool:
+        """Whether every TotalSegmentator label of the organ is in this CT's segmentation vocabulary, so that its
+        absence on a slice means absent (a CT segmented for T12 alone says nothing about the rest of the spine)."""
+        if self.masks is None:
+            return False
+        from keyslice.selector.masks import normalize_label
+
+        vocab = self.masks.labels()
+        return all(normalize_label(x) in vocab for x in organ_ts_labels(organ))
+
     def has_organ_labels(self, organ: str) -> bool:
         if self.masks is None:
             return False
@@ -106,8 +118,11 @@ def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
+@functools.lru_cache(maxsize=8)
 def load_source(src: SourceConfig) -> LoadedSource:
-    """Read a source's CT and masks (the selector's readers; masks checked against the CT's world extent)."""
+    """Read a source's CT and masks (the selector's readers; masks checked against the CT's world extent).
+    Read-only once loaded, so a process that trains and evaluates several runs on the same CTs (leave-one-CT-out)
+    reads and resamples each once (the last 8 sources are kept)."""
     from keyslice.selector.masks import OrganMasks, find_masks
     from keyslice.selector.volume import load_volume, volume_from_nifti
 
@@ -121,7 +136,13 @@ def load_source(src: SourceConfig) -> LoadedSource:
     else:
         volume = load_volume([ct], decode="eager")
     masks = None
-    if src.masks:
+    if isinstance(src.masks, (tuple, list)):
+        missing = [m for m in src.masks if not Path(m).is_file()]
+        if missing:
+            raise FileNotFoundError(f"source {src.name!r}: mask file(s) {missing} do not exist")
+        masks = OrganMasks.from_files([Path(m) for m in src.masks])
+        masks.check_overlap(volume)
+    elif src.masks:
         m = Path(src.masks)
         if not m.exists():
             raise FileNotFoundError(f"source {src.name!r}: masks {m} do not exist")
@@ -158,13 +179,15 @@ def default_organs(sources: list[LoadedSource]) -> list[str]:
 
 @dataclass(frozen=True)
 class Pair:
-    kind: str            # "organ" or "lesion"
+    kind: str            # "organ", "lesion" or "station"
     source: str
     slice: int
     label: int           # 1: the slice shows the text; 0: it does not (organ negative)
     organ: str | None    # organ of the prompt (lesion: the sentence's organ, may be None)
-    text: str | None     # lesion sentence; organ prompts are drawn per batch from `organ`
-    group: str           # false-negative group: organ name, or the normalised sentence
+    text: str | None     # lesion sentence; organ and station prompts are drawn per batch
+    group: str           # false-negative group: organ name, station, or the normalised sentence
+    #: finding-level false-negative keys (:func:`finding_group_keys`): rows sharing a key are positives
+    fn_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -226,7 +249,16 @@ class LesionLabel:
     slice: int
     sentence: str
     organ: str | None = None
-    label: int = 1          # 0: a reviewer rejected this slice for this sentence
+    slice_hi: int | None = None          # gold is the range slice..slice_hi (None: the one slice)
+    status: str | None = None            # abnormal / normal / uncertain / non_finding (None: unknown)
+    abnormalities: tuple[str, ...] = ()  # abnormality type keys asserted by the sentence
+    origin: str = "label"                # where the label comes from (csv, corpus, selections, aorta_report)
+    negated_abnormalities: tuple[str, ...] = ()
+    label: int = 1                       # 0: a reviewer rejected this slice for this sentence
+
+    @property
+    def hi(self) -> int:
+        return self.slice if self.slice_hi is None else self.slice_hi
 
 
 def _slice_from_instance(src: LoadedSource, instance_number: int) -> int | None:
@@ -309,7 +341,9 @@ def lesion_labels_from_corpus(corpus: Path, sources: list[LoadedSource]) -> list
                 continue
             k = _slice_from_instance(src, ref.get("instance_number"))
             if k is not None:
-                out.append(LesionLabel(src.name, k, row["text"], row.get("organ")))
+                out.append(LesionLabel(src.name, k, row["text"], row.get("organ"), None, row.get("status"),
+                                       tuple(row.get("abnormalities") or ()), "corpus",
+                                       tuple(row.get("negated_abnormalities") or ())))
     return out
 
 
@@ -409,12 +443,14 @@ def lesion_labels_from_reviews(corpus: Path, sources: list[LoadedSource]) -> lis
             rows.append((r["selection_top1_index"], 0))
         for k, label in rows:
             if k is not None and 0 <= int(k) < src.n_slices:
-                out.append(LesionLabel(src.name, int(k), r["text"], organ, label))
+                out.append(LesionLabel(src.name, int(k), r["text"], organ, label=label))
     return out
 
 
 def collect_lesion_labels(pair_cfg, sources: list[LoadedSource]) -> list[LesionLabel]:
     labels: list[LesionLabel] = []
+    for s in sources:
+        labels += lesion_labels_from_aorta_report(s)
     if pair_cfg.lesion_csv:
         labels += lesion_labels_from_csv(Path(pair_cfg.lesion_csv), sources)
     if pair_cfg.corpus:
@@ -427,9 +463,182 @@ def collect_lesion_labels(pair_cfg, sources: list[LoadedSource]) -> list[LesionL
     return labels
 
 
+def finding_group_keys(organ: str | None, status: str | None, abnormalities=(), negated_abnormalities=()) -> tuple[str, ...]:
+    """False-negative keys of a finding (after fVLM): two findings sharing a key describe images that are not
+    negatives of each other.
+
+    * a normal finding of an organ -> ``normal:<organ>`` (every "normal liver" sentence is a positive of every
+      other, however worded; so is an abnormal-type sentence whose abnormalities are all negated: "no dissection");
+    * an abnormal finding with abnormality types -> ``abnormal:<organ>:<type>`` per asserted type;
+    * anything else (uncertain, non-finding, abnormal without a type, no organ) -> no key: only identical
+      sentences are grouped (the normalised-sentence group of :class:`Pair`).
+    """
+    if not organ:
+        return ()
+    asserted = tuple(a for a in (abnormalities or ()) if a)
+    if status == "normal" or (status == "abnormal" and not asserted and negated_abnormalities):
+        return (f"normal:{organ}",)
+    if status == "abnormal" and asserted:
+        return tuple(f"abnormal:{organ}:{a}" for a in dict.fromkeys(asserted))
+    return ()
+
+
+def finding_row_keys(row: dict) -> tuple[str, ...]:
+    """:func:`finding_group_keys` of a ``findings`` table row (fields organ, status, abnormalities,
+    negated_abnormalities; the last two may be absent in older corpora: then status/organ alone decide)."""
+    return finding_group_keys(row.get("organ"), row.get("status"), row.get("abnormalities") or (),
+                              row.get("negated_abnormalities") or ())
+
+
 def lesion_pairs(labels: list[LesionLabel]) -> list[Pair]:
-    return [Pair("lesion", lb.source, lb.slice, lb.label, lb.organ, lb.sentence,
-                 "s:" + normalize_sentence(lb.sentence)) for lb in labels]
+    """One row per gold slice of each label (a range label gives one row per slice of its range): positive,
+    or negative for a slice a reviewer rejected for the sentence."""
+    out = []
+    for lb in labels:
+        keys = finding_group_keys(lb.organ, lb.status, lb.abnormalities, lb.negated_abnormalities)
+        for k in range(lb.slice, lb.hi + 1):
+            out.append(Pair("lesion", lb.source, k, lb.label, lb.organ, lb.sentence,
+                            "s:" + normalize_sentence(lb.sentence), keys))
+    return out
+
+
+# --------------------------------------------------------------------------- aorta report (lesion masks)
+
+#: TotalSegmentator aorta-report landmark names -> words of a report sentence.
+AORTA_LANDMARK_WORDS = {
+    "annulus": "aortic annulus", "sinuses of valsalva": "sinuses of Valsalva",
+    "sinotub. junc.": "sinotubular junction", "mid asc. aorta": "mid ascending aorta",
+    "distal asc. aorta": "distal ascending aorta", "mid aortic arch": "mid aortic arch",
+    "proximal desc. aorta": "proximal descending aorta", "mid desc. aorta": "mid descending aorta",
+    "desc. aorta (T12)": "descending aorta at the level of T12",
+    "abd. aorta (celiac artery)": "abdominal aorta at the celiac artery",
+}
+
+
+def _slice_of_world_z(src: LoadedSource, z: float) -> int:
+    zs = np.asarray(src.volume.positions, dtype=np.float64)[:, 2]
+    return int(np.argmin(np.abs(zs - z)))
+
+
+def lesion_labels_from_aorta_report(src: LoadedSource) -> list[LesionLabel]:
+    """Lesion queries of a CT with an aortic dissection, from TotalSegmentator's aorta report and masks (both
+    made by models, not by a radiologist):
+
+    * per landmark cross-section (annulus ... abdominal aorta at the celiac artery): a sentence that states a
+      false lumen there (``area_fl > 0``: abnormal, type ``dissection``) or its absence (normal), with the
+      aortic diameter; gold = the slices spanned by the cross-section's end points (its world z-range);
+    * "Aortic dissection with a false lumen in the descending aorta.": gold = the slices from the proximal
+      descending aorta landmark down to the lowest landmark with a false lumen that hold the false-lumen mask.
+    """
+    import json
+
+    if not src.config.aorta_report:
+        return []
+    data = json.loads(Path(src.config.aorta_report).read_text())
+    marks = sorted(data.get("landmarks", {}).items(), key=lambda kv: int(kv[0]))
+    out: list[LesionLabel] = []
+    z_of: dict[str, tuple[int, int]] = {}
+    for _, lm in marks:
+        if not lm.get("start") or not lm.get("end"):
+            continue                      # a landmark outside the scan (e.g. the bifurcation of a chest CTA)
+        name = lm.get("name", "")
+        words = AORTA_LANDMARK_WORDS.get(name, name)
+        ks = sorted({_slice_of_world_z(src, float(lm["start"][2])), _slice_of_world_z(src, float(lm["end"][2]))})
+        z_of[name] = (ks[0], ks[-1])
+        d = lm.get("diameter")
+        size = f" (aortic diameter {d:.1f} cm)" if isinstance(d, (int, float)) else ""
+        if float(lm.get("area_fl") or 0.0) > 0:
+            out.append(LesionLabel(src.name, ks[0], f"Aortic dissection with a false lumen at the {words}{size}.",
+                                   "aorta", ks[-1], "abnormal", ("dissection",), "aorta_report"))
+        else:
+            out.append(LesionLabel(src.name, ks[0], f"No dissection flap at the {words}{size}.", "aorta", ks[-1],
+                                   "normal", (), "aorta_report"))
+    fl = src.presence("aorta_false_lumen") if src.masks is not None else np.zeros(src.n_slices, bool)
+    with_fl = [z_of[lm["name"]] for _, lm in marks if float(lm.get("area_fl") or 0.0) > 0 and lm["name"] in z_of]
+    top = z_of.get("proximal desc. aorta")
+    if fl.any() and with_fl and top is not None:
+        lo, hi = min(r[0] for r in with_fl), top[1]
+        k = np.nonzero(fl[lo:hi + 1])[0] + lo
+        if len(k):
+            out.append(LesionLabel(src.name, int(k[0]), "Aortic dissection with a false lumen in the descending aorta.",
+                                   "aorta", int(k[-1]), "abnormal", ("dissection",), "aorta_report"))
+    return out
+
+
+# --------------------------------------------------------------------------- body stations
+
+#: Body stations of the station prompts and metric (PMC-MSA's head/neck, chest, abdomen, pelvis).
+STATIONS: tuple[str, ...] = tuple(PROMPT_STATION_WORDS)
+
+
+def label_station(label: str) -> str | None:
+    """Station of one TotalSegmentator label (head and neck merged), None when it spans several."""
+    from keyslice.finetune.prompts import organ_station
+
+    st = organ_station(label)
+    if st in ("head", "neck"):
+        return "head_neck"
+    return st
+
+
+def _structure(label: str) -> str:
+    """A label's structure without side and number (``rib_left_7`` -> ``rib``), so that 24 ribs count once."""
+    import re
+
+    return re.sub(r"(_(left|right))?(_\d+)?$", "", label.lower())
+
+
+def slice_stations(src: LoadedSource) -> list[str | None]:
+    """Per slice, the station with the most distinct segmented structures present on it (sides and numbered
+    copies such as ribs count once; None: no structure with a station on the slice; ties go to the earlier
+    station of :data:`STATIONS`)."""
+    if src._stations is not None:
+        return list(src._stations)
+    n = src.n_slices
+    if src.masks is None:
+        return [None] * n
+    by_structure: dict[tuple[str, str], np.ndarray] = {}
+    for label in sorted(src.masks.labels()):
+        st = label_station(label)
+        if st is None:
+            continue
+        p = np.asarray(src.masks.presence([label], src.volume), dtype=bool)
+        key = (st, _structure(label))
+        by_structure[key] = by_structure.get(key, np.zeros(n, dtype=bool)) | p
+    counts = np.zeros((n, len(STATIONS)), dtype=np.int32)
+    for (st, _), p in by_structure.items():
+        counts[p, STATIONS.index(st)] += 1
+    src._stations = [STATIONS[int(np.argmax(c))] if c.max() > 0 else None for c in counts]
+    return list(src._stations)
+
+
+def slice_organs(src: LoadedSource, organs: list[str]) -> list[list[str]]:
+    """Per slice, the organs of ``organs`` present on it (in-plane presence, list order)."""
+    n = src.n_slices
+    out: list[list[str]] = [[] for _ in range(n)]
+    for organ in organs:
+        if not src.has_organ_labels(organ):
+            continue
+        for k in np.nonzero(src.presence(organ))[0]:
+            out[int(k)].append(organ)
+    return out
+
+
+def build_station_pairs(sources: list[LoadedSource], rows_per_station: int, seed: int) -> list[Pair]:
+    """``rows_per_station`` rows per station (slices whose station label is that station, all training CTs);
+    the station prompt (station + organs on the slice) is drawn per batch."""
+    pairs: list[Pair] = []
+    if rows_per_station <= 0:
+        return pairs
+    per_src = {s.name: slice_stations(s) for s in sources}
+    for st in STATIONS:
+        pool = [(s.name, k) for s in sources for k, x in enumerate(per_src[s.name])
+                if x == st and bool(np.asarray(s.volume.valid, bool)[k])]
+        if not pool:
+            continue
+        rng = _organ_rng(seed, "station:" + st)
+        pairs += [Pair("station", src, k, 1, None, None, "station:" + st) for src, k in _draw(pool, rows_per_station, rng)]
+    return pairs
 
 
 def pairs_table(pairs: list[Pair]):
@@ -441,6 +650,7 @@ def pairs_table(pairs: list[Pair]):
         "slice": pa.array(cols["slice"], pa.int32()), "label": pa.array(cols["label"], pa.int8()),
         "organ": pa.array(cols["organ"], pa.string()), "text": pa.array(cols["text"], pa.string()),
         "group": pa.array(cols["group"], pa.string()),
+        "fn_keys": pa.array([list(p.fn_keys) for p in pairs], pa.list_(pa.string())),
     })
 
 

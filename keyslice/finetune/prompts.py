@@ -161,3 +161,34 @@ def normalize_sentence(text: str) -> str:
     t = re.sub(r"\d+(?:\.\d+)?", "#", text.lower())
     t = re.sub(r"[^a-z#]+", " ", t)
     return " ".join(t.split())
+
+
+#: Words of the four body stations of the station prompts and metric: the vocabulary's stations with head
+#: and neck merged, after PMC-MSA.
+PROMPT_STATION_WORDS: dict[str, tuple[str, ...]] = {
+    "head_neck": ("head and neck", "neck"), **{k: STATION_WORDS[k] for k in ("chest", "abdomen", "pelvis")}}
+
+
+def _join(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def canonical_station_prompt(station: str) -> str:
+    """The evaluation prompt of a body station (``"An axial CT image of the chest."``)."""
+    return f"An axial CT image of the {PROMPT_STATION_WORDS[station][0]}."
+
+
+def station_prompt(station: str, organs: list[str], rng: random.Random, max_organs: int = 3) -> str:
+    """A PMC-MSA-style prompt naming the station and up to ``max_organs`` organs of the slice
+    (``"Axial CT of the abdomen showing the liver, spleen and stomach."``); a third are the canonical prompt."""
+    if not organs or rng.random() < 1 / 3:
+        return canonical_station_prompt(station)
+    picked = rng.sample(organs, min(len(organs), max_organs))
+    names = [rng.choice(ORGANS[o].synonyms or (organ_display_name(o),)) if o in ORGANS else organ_display_name(o)
+             for o in picked]
+    o, m = rng.choice(_ORIENTATION), rng.choice(_MODALITY)
+    s = rng.choice(PROMPT_STATION_WORDS[station])
+    return (f"{_article(o).capitalize()} {o} {m} image of the {s} showing the {_join(names)}." if rng.random() < 0.5
+            else f"{o.capitalize()} {m} of the {s}: {_join(names)}.")

@@ -234,10 +234,11 @@ class _Run:
 
     def __init__(self, cfg: FinetuneConfig, progress: Progress):
         from keyslice.finetune.augment import SliceBank
-        from keyslice.finetune.pairs import (build_organ_pairs, collect_lesion_labels, default_organs, lesion_pairs,
-                                             load_source, pairs_table, stats_rows)
-        from keyslice.selector.model import resolve_device, resolve_precision
+        from keyslice.finetune.pairs import (build_organ_pairs, build_station_pairs, collect_lesion_labels,
+                                             default_organs, lesion_pairs, load_source, pairs_table, slice_organs,
+                                             slice_stations, stats_rows)
         from keyslice.selector.loaders import load_model
+        from keyslice.selector.model import resolve_device, resolve_precision
 
         t0 = time.perf_counter()
         self.cfg = cfg
@@ -257,24 +258,36 @@ class _Run:
 
             self.sources += review_sources(Path(cfg.pairs.reviews), Path(cfg.pairs.reviews_input))
         self.by_name = {s.name: s for s in self.sources}
+        enc = self.encoder
+        self.bank = SliceBank(self.sources, enc.image_size, enc.mean, enc.std, enc.resize_mode, self.device,
+                              spatial=cfg.spatial)
+        self.anatomy = cfg.train.alignment == "anatomy"
         organs = list(cfg.pairs.organs) or default_organs(self.sources)
         organ_pairs, self.stats = build_organ_pairs(self.sources, organs, pairs_per_organ=cfg.pairs.pairs_per_organ,
                                                     seed=cfg.seed, min_slices=cfg.pairs.min_slices)
         self.organs = [s.organ for s in self.stats if s.skipped is None]
+        if not cfg.pairs.organ_pairs:
+            organ_pairs = []
+        elif self.anatomy:
+            # a region exists only where the organ is on the slice: positive rows with in-plane mask pixels
+            organ_pairs = [p for p in organ_pairs if p.label == 1 and self.bank.has_region(p.source, p.organ, p.slice)]
         lesion = lesion_pairs(collect_lesion_labels(cfg.pairs, self.sources))
-        self.pairs = organ_pairs + lesion
+        self.stations = {s.name: slice_stations(s) for s in self.sources}
+        self.slice_organs = {s.name: slice_organs(s, self.organs) for s in self.sources}
+        station = build_station_pairs(self.sources, cfg.pairs.station_pairs, cfg.seed)
+        self.pairs = organ_pairs + lesion + station
         if not self.pairs:
-            raise ValueError("no training pairs: no organ of the list has slices in the training masks and no "
-                             "lesion labels were given")
+            raise ValueError("no training pairs: no organ of the list has slices in the training masks (or "
+                             "pairs.organ_pairs is false) and no lesion labels were given")
+        self.regions = [p.organ if self.anatomy and p.kind in ("organ", "lesion")
+                        and self.bank.has_region(p.source, p.organ, p.slice) else None for p in self.pairs]
         from keyslice.corpus.atomic import write_parquet_atomic
 
         write_parquet_atomic(out / "pairs.parquet", pairs_table(self.pairs))
         _write_parquet(out / "pair_stats.parquet", stats_rows(self.stats))
-        w = [1.0 if p.kind == "organ" else cfg.pairs.lesion_weight for p in self.pairs]
+        w = [cfg.pairs.lesion_weight if p.kind == "lesion" else 1.0 for p in self.pairs]
         self.row_weights = torch.tensor(w, dtype=torch.float64)
 
-        enc = self.encoder
-        self.bank = SliceBank(self.sources, enc.image_size, enc.mean, enc.std, enc.resize_mode, self.device)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay, cfg.train.freeze),
                                            lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -288,9 +301,9 @@ class _Run:
         self.setup_seconds = time.perf_counter() - t0
         n_neg = sum(1 for p in lesion if p.label == 0)
         progress(f"{len(self.pairs)} training rows ({len(organ_pairs)} organ, {len(lesion)} lesion of which {n_neg} "
-                 f"negative) over "
-                 f"{len(self.organs)} organs from {len(self.sources)} CT(s); model {self.init_spec} on "
-                 f"{self.device} ({self.precision})")
+                 f"negative, {len(station)} station) over {len(self.organs)} organs from {len(self.sources)} CT(s); "
+                 f"{cfg.train.alignment}-level alignment, spatial normalisation "
+                 f"{'on' if cfg.spatial.enabled else 'off'}; model {self.init_spec} on {self.device} ({self.precision})")
 
     # ------------------------------------------------------------ batches
     def _window(self, pair) -> str:
@@ -307,9 +320,12 @@ class _Run:
             return False
         return bool(self.by_name[source].inside(organ)[k])
 
+    def _station(self, source: str, k: int) -> str | None:
+        return self.stations[source][k]
+
     def batch(self, step: int):
         from keyslice.finetune.loss import target_matrix
-        from keyslice.finetune.prompts import augmented_prompt, canonical_prompt
+        from keyslice.finetune.prompts import augmented_prompt, canonical_prompt, station_prompt
 
         cfg = self.cfg
         g = torch.Generator().manual_seed(step_seed(cfg.seed, step))
@@ -317,22 +333,28 @@ class _Run:
         b = cfg.train.batch_size
         idx = torch.multinomial(self.row_weights, b, replacement=len(self.pairs) < b, generator=g).tolist()
         rows = [self.pairs[i] for i in idx]
+        regions = [self.regions[i] for i in idx]
         texts = []
         for r in rows:
             if r.kind == "lesion":
                 texts.append(r.text)
+            elif r.kind == "station":
+                texts.append(station_prompt(r.group.split(":", 1)[1], self.slice_organs[r.source][r.slice], rng))
             elif cfg.prompts.language_augment:
                 texts.append(augmented_prompt(r.organ, rng, tuple(cfg.prompts.styles)))
             else:
                 texts.append(canonical_prompt(r.organ, rng.choice(tuple(cfg.prompts.styles))))
         images = self.bank.render([r.source for r in rows], [r.slice for r in rows], [self._window(r) for r in rows],
-                                  cfg.augment, g)
+                                  cfg.augment, g, regions=regions)
         tokens = self.encoder.tokenizer(texts, context_length=self.encoder.context_length).to(self.device)
-        targets = torch.from_numpy(target_matrix(rows, self._inside, soft=cfg.train.soft_targets)).to(self.device)
+        targets = torch.from_numpy(target_matrix(rows, self._inside, soft=cfg.train.soft_targets,
+                                                 false_negatives=cfg.train.false_negatives,
+                                                 station_lookup=self._station, regions=regions)).to(self.device)
+        self.last_regions = regions      # the region organ of each row of the batch just drawn (loss_on's default)
         return images, tokens, targets, texts
 
-    def loss_on(self, images, tokens, targets) -> torch.Tensor:
-        from keyslice.finetune.loss import soft_clip_loss
+    def loss_on(self, images, tokens, targets, regions: list[str | None] | None = None) -> torch.Tensor:
+        from keyslice.finetune.loss import anatomy_clip_loss, soft_clip_loss
 
         amp = self.precision in ("bf16", "fp16")
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
@@ -341,7 +363,10 @@ class _Run:
             txt = self.model.encode_text(tokens)
         img = F.normalize(img.float(), dim=-1)
         txt = F.normalize(txt.float(), dim=-1)
-        return soft_clip_loss(img, txt, self.model.logit_scale.exp().float(), targets)
+        scale = self.model.logit_scale.exp().float()
+        if self.anatomy:
+            return anatomy_clip_loss(img, txt, scale, targets, regions if regions is not None else self.last_regions)
+        return soft_clip_loss(img, txt, scale, targets)
 
     def train_step(self, step: int) -> dict:
         t0 = time.perf_counter()
@@ -423,8 +448,11 @@ def data_provenance(cfg: FinetuneConfig) -> list[dict]:
     out = []
     for split, srcs in (("train", cfg.train_sources), ("eval", cfg.eval_sources)):
         for s in srcs:
+            masks = list(s.masks) if isinstance(s.masks, tuple) else [s.masks]
             out.append({"split": split, "name": s.name, "ct": s.ct, "ct_sha256": digest(s.ct), "masks": s.masks,
-                        "masks_sha256": digest(s.masks), "labels": s.labels})
+                        "masks_sha256": [digest(m) for m in masks] if len(masks) > 1 else digest(masks[0]),
+                        "labels": s.labels, "aorta_report": s.aorta_report,
+                        "aorta_report_sha256": digest(s.aorta_report)})
     return out
 
 

@@ -106,6 +106,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     from keyslice.pipeline.registry import resource_lock
     from keyslice.selector import (EmbeddingCache, Query, SelectorConfig, find_masks, load_model,
                                    load_volume, plot_similarity_curve, render_png, select_key_slices)
+    from keyslice.selector.spatial import SpatialConfig
 
     cfg = ctx.config
     sid = study.study_id
@@ -122,7 +123,8 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     files = series_file_lists(study.path, ctx.pseudonymize, max_files=cfg.max_files_per_study)
     selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks,
                                   uncertain_margin=cfg.uncertain_margin,
-                                  confidence_tolerance_mm=cfg.confidence_tolerance_mm)
+                                  confidence_tolerance_mm=cfg.confidence_tolerance_mm,
+                                  spatial=SpatialConfig(enabled=cfg.spatial_normalise))
     cache = EmbeddingCache(ctx.cache_dir / "embeddings")
     rows: Rows = []
     missing = sorted(set(by_series) - set(files))

@@ -177,13 +177,14 @@ class _NiftiLabels(_Source):
 
 
 class _StructureFolder(_Source):
-    """TotalSegmentator-style folder: one binary NIfTI per structure."""
+    """TotalSegmentator-style folder: one binary NIfTI per structure (all of a folder, or the listed files)."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.description = str(self.folder)
+    def __init__(self, folder: Path | None = None, files: list[Path] | None = None):
+        self.folder = Path(folder) if folder is not None else None
+        paths = sorted(self.folder.iterdir()) if self.folder is not None else [Path(f) for f in files or []]
+        self.description = str(self.folder) if self.folder is not None else ", ".join(p.name for p in paths)
         self.files: dict[str, Path] = {}
-        for p in sorted(self.folder.iterdir()):
+        for p in paths:
             if p.name.endswith(".nii.gz") or p.name.endswith(".nii"):
                 stem = p.name[:-7] if p.name.endswith(".nii.gz") else p.name[:-4]
                 self.files[normalize_label(stem)] = p
@@ -355,6 +356,11 @@ class OrganMasks:
     def from_folder(cls, folder: Path) -> "OrganMasks":
         """A folder of per-structure binary NIfTI files (TotalSegmentator's output)."""
         return cls([_StructureFolder(Path(folder))])
+
+    @classmethod
+    def from_files(cls, files: list[Path]) -> "OrganMasks":
+        """Listed per-structure binary NIfTI files (the structure name is the file name)."""
+        return cls([_StructureFolder(files=[Path(f) for f in files])])
 
     @classmethod
     def from_dicom_seg(cls, path: Path) -> "OrganMasks":

@@ -32,6 +32,7 @@ from keyslice.errors import MaskError, TransientError
 from keyslice.selector.cache import EmbeddingCache, geometry_fingerprint, text_hash
 from keyslice.selector.model import ClipEncoder
 from keyslice.selector.preprocess import PREPROCESS_VERSION, prepare_chunk
+from keyslice.selector.spatial import SpatialConfig, plan_for_volume
 from keyslice.selector.windows import choose_window, get_window
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class SelectorConfig:
     # (the same tolerance as Acc@1), and a margin below ``uncertain_margin`` flags the selection.
     confidence_tolerance_mm: float = 10.0
     uncertain_margin: float = 0.01
+    #: spatial normalisation between HU and windowing (fixed mm/px, body-centred field of view); off by default
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -135,10 +138,11 @@ def auto_batch_size(encoder: ClipEncoder, slice_hw: tuple[int, int]) -> int:
 # --------------------------------------------------------------------------- slice embeddings
 
 
-def _encode_batch(encoder: ClipEncoder, batch: "_Stored", windows: list) -> list[torch.Tensor]:
+def _encode_batch(encoder: ClipEncoder, batch: "_Stored", windows: list, plan=None) -> list[torch.Tensor]:
+    # plan: spatial normalisation (HU -> fixed mm/px, body-centred square), applied before windowing
     inputs = prepare_chunk(batch.stored.to(encoder.device, non_blocking=True), batch.slope, batch.intercept, windows,
                            encoder.image_size, encoder.mean, encoder.std, valid=batch.valid,
-                           resize_mode=encoder.resize_mode)
+                           spatial=plan.apply if plan is not None else None, resize_mode=encoder.resize_mode)
     return [encoder.encode_images(x, keep_on_device=True) for x in inputs]
 
 
@@ -158,16 +162,17 @@ class _Stored:
         return _Stored(self.stored[a:b], self.slope[a:b], self.intercept[a:b], self.valid[a:b])
 
 
-def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: dict) -> list[list[torch.Tensor]]:
+def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: dict,
+                   plan=None) -> list[list[torch.Tensor]]:
     """Embeddings per window (a list of parts each), halving the batch on CUDA out-of-memory;
     later batches of the series are cut to the size that fitted, so that the device runs out
     of memory once per series, not once per batch."""
     bs, n = state["batch_size"], len(batch)
     if n > bs:
-        parts = [_encode_robust(encoder, batch.part(s, s + bs), windows, state) for s in range(0, n, bs)]
+        parts = [_encode_robust(encoder, batch.part(s, s + bs), windows, state, plan) for s in range(0, n, bs)]
         return [[e for p in parts for e in p[w]] for w in range(len(windows))]
     try:
-        return [[e] for e in _encode_batch(encoder, batch, windows)]
+        return [[e] for e in _encode_batch(encoder, batch, windows, plan)]
     except torch.OutOfMemoryError as e:
         if encoder.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -176,22 +181,24 @@ def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: d
         half = n // 2
         state["batch_size"] = max(1, half)
         log.warning("CUDA OOM at batch %d; retrying with %d", n, half)
-        first = _encode_robust(encoder, batch.part(0, half), windows, state)
-        second = _encode_robust(encoder, batch.part(half, n), windows, state)
+        first = _encode_robust(encoder, batch.part(0, half), windows, state, plan)
+        second = _encode_robust(encoder, batch.part(half, n), windows, state, plan)
         return [a + b for a, b in zip(first, second)]
 
 
 def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder, batch_size: int | str = "auto",
-                          prefetch: int = 2) -> dict[str, torch.Tensor]:
+                          prefetch: int = 2, spatial: SpatialConfig | None = None) -> dict[str, torch.Tensor]:
     """Embed every slice of ``volume`` in each window: ``{window: [n, D]}`` float32 unit vectors (CPU).
 
     The series is decoded once for all windows: :meth:`Volume.chunks` streams stored values
     in chunks of one batch, ``prefetch`` chunks decoded ahead by the worker pool (into
     pinned memory on CUDA) while the current chunk is moved to the device as int16,
     preprocessed there for every window (:func:`prepare_chunk`) and encoded. Embeddings stay
-    on the device until the series is done and come back in one copy.
+    on the device until the series is done and come back in one copy. ``spatial`` (when enabled):
+    one plan per series (:func:`~keyslice.selector.spatial.plan_for_volume`) applied to the HU.
     """
     windows = [get_window(w) for w in window_names]
+    plan = plan_for_volume(volume, spatial) if spatial is not None and spatial.enabled else None
     n, rows, cols = volume.shape
     bs = auto_batch_size(encoder, (rows, cols)) if batch_size == "auto" else int(batch_size)
     cuda = encoder.device.type == "cuda"
@@ -208,7 +215,7 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
             copied.record()
             chunk.release(wait=copied.synchronize)
         try:
-            for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
+            for w, embs in enumerate(_encode_robust(encoder, batch, windows, state, plan)):
                 out[w].extend(embs)
         finally:
             chunk.release()
@@ -217,51 +224,53 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
 
 
 def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: int | str = "auto",
-                  prefetch: int = 2) -> torch.Tensor:
+                  prefetch: int = 2, spatial: SpatialConfig | None = None) -> torch.Tensor:
     """Embed every slice of ``volume`` in one window: ``[n, D]`` (see :func:`encode_volume_windows`)."""
-    return encode_volume_windows(volume, [window_name], encoder, batch_size, prefetch)[window_name]
+    return encode_volume_windows(volume, [window_name], encoder, batch_size, prefetch, spatial)[window_name]
 
 
 def slice_embeddings_windows(volume, window_names: list[str], encoder: ClipEncoder, *,
                              batch_size: int | str = "auto", cache: EmbeddingCache | None = None,
-                             cache_key: str | None = None, prefetch: int = 2) -> dict[str, torch.Tensor]:
+                             cache_key: str | None = None, prefetch: int = 2,
+                             spatial: SpatialConfig | None = None) -> dict[str, torch.Tensor]:
     """Slice embeddings of one series in several windows: each from the Volume's memo, the disk
     cache, or computed (all missing windows in one decoding pass), then stored in both.
     float16-rounded float32 ``[n, D]`` per window."""
+    version = PREPROCESS_VERSION + (f"+{spatial.key()}" if spatial is not None and spatial.enabled else "")
     memo = volume._emb_memo
     result: dict[str, torch.Tensor] = {}
     missing: dict[str, str | None] = {}
     for window_name in dict.fromkeys(window_names):
-        memo_key = (encoder.model_id, encoder.weights_sha256, window_name, PREPROCESS_VERSION)
+        memo_key = (encoder.model_id, encoder.weights_sha256, window_name, version)
         if memo_key in memo:
             result[window_name] = memo[memo_key]
             continue
         disk_key = None
         if cache is not None and cache_key is not None:
             disk_key = cache.image_key(cache_key, encoder.model_id, encoder.weights_sha256, window_name,
-                                       PREPROCESS_VERSION, geometry_fingerprint(volume))
+                                       version, geometry_fingerprint(volume))
             hit = cache.get_images(disk_key)
             if hit is not None and hit.shape[0] == volume.n_slices:
                 result[window_name] = memo[memo_key] = torch.from_numpy(hit)
                 continue
         missing[window_name] = disk_key
     if missing:
-        computed = encode_volume_windows(volume, list(missing), encoder, batch_size, prefetch)
+        computed = encode_volume_windows(volume, list(missing), encoder, batch_size, prefetch, spatial)
         for window_name, disk_key in missing.items():
             emb16 = computed[window_name].to(torch.float16)
             if disk_key is not None:
                 cache.put_images(disk_key, emb16.numpy())
-            memo_key = (encoder.model_id, encoder.weights_sha256, window_name, PREPROCESS_VERSION)
+            memo_key = (encoder.model_id, encoder.weights_sha256, window_name, version)
             result[window_name] = memo[memo_key] = emb16.float()
     return result
 
 
 def slice_embeddings(volume, window_name: str, encoder: ClipEncoder, *, batch_size: int | str = "auto",
                      cache: EmbeddingCache | None = None, cache_key: str | None = None,
-                     prefetch: int = 2) -> torch.Tensor:
+                     prefetch: int = 2, spatial: SpatialConfig | None = None) -> torch.Tensor:
     """Slice embeddings of one (series, model, window) (see :func:`slice_embeddings_windows`)."""
     return slice_embeddings_windows(volume, [window_name], encoder, batch_size=batch_size, cache=cache,
-                                    cache_key=cache_key, prefetch=prefetch)[window_name]
+                                    cache_key=cache_key, prefetch=prefetch, spatial=spatial)[window_name]
 
 
 def text_embeddings(texts: list[str], encoder: ClipEncoder, cache: EmbeddingCache | None = None) -> torch.Tensor:
@@ -367,10 +376,10 @@ def select_key_slices(volume, queries: list[Query], encoder: ClipEncoder, config
     results: list[SliceChoice | None] = [None] * len(queries)
     # every window's slice embeddings from one decoding pass over the series
     slice_embeddings_windows(volume, list(groups), encoder, batch_size=config.batch_size, cache=cache,
-                             cache_key=cache_key, prefetch=config.prefetch_batches)
+                             cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial)
     for window_name, idxs in groups.items():
         img = slice_embeddings(volume, window_name, encoder, batch_size=config.batch_size, cache=cache,
-                               cache_key=cache_key, prefetch=config.prefetch_batches)
+                               cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial)
         volume.wait()  # decode finished: validity of every slice is known
         valid = torch.from_numpy(np.asarray(volume.valid, dtype=bool))
         raw = texts[idxs] @ img.T                                    # [q, n] cosine similarities
