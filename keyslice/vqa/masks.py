@@ -25,7 +25,7 @@ SliceKey = tuple[str, int]
 
 def organ_labels() -> dict[str, tuple[str, ...]]:
     """Canonical organ -> its TotalSegmentator labels, for organs asked about in "no" answers."""
-    from keyslice.report.lexicon import ORGAN_TS_LABELS
+    from keyslice.vocab import ORGAN_TS_LABELS
 
     return {organ: tuple(labels) for organ, labels in ORGAN_TS_LABELS.items()
             if organ in ORGANS and ORGANS[organ].negative_ok and labels}
