@@ -21,3 +21,18 @@ def shipped_config(out_dir: Path, steps: int) -> dict:
     d["train"].update({"steps": steps, "warmup_steps": max(1, steps // 10), "device": "cpu", "precision": "fp32"})
     d["eval"]["plots"] = False
     return d
+
+
+#: TotalSegmentator's reference CTs inside the real data folder.
+REF = Path("totalsegmentator_reference/tests/reference_files")
+
+
+def load_example_ct(data_dir: Path):
+    """The real example CT with its 61-label TotalSegmentator mask, as a fine-tuning source."""
+    from keyslice.finetune.config import SourceConfig
+    from keyslice.finetune.pairs import load_source
+
+    ref = data_dir / REF
+    return load_source(SourceConfig("example_ct", str(ref / "example_ct.nii.gz"),
+                                    str(ref / "example_seg_fast_force_split.nii.gz"),
+                                    str(data_dir / "totalsegmentator_reference/totalsegmentator_total_labels.json")))

@@ -12,6 +12,8 @@ and PUT, the NDJSON commit), recording every request.
 
 from __future__ import annotations
 
+import contextlib
+
 import base64
 import datetime as dt
 import hashlib
@@ -566,3 +568,17 @@ def _near_twin(row: dict, exported) -> dict | None:
                 other["slice_index"] - row["slice_index"]) <= 1:
             return other
     return None
+
+
+@contextlib.contextmanager
+def serving_fake_hub(monkeypatch):
+    """A :class:`FakeHub` on loopback with the real huggingface_hub client pointed at it (a token, no
+    proxy for loopback, no Xet transfers)."""
+    import huggingface_hub.constants as constants
+
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        yield fake

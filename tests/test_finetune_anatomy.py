@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,17 +15,14 @@ from keyslice.finetune.loss import anatomy_clip_loss, soft_clip_loss, target_mat
 from keyslice.finetune.pairs import (STATIONS, Pair, finding_group_keys, finding_row_keys, lesion_labels_from_aorta_report,
                                      lesion_pairs, load_source, slice_stations)
 from keyslice.finetune.prompts import canonical_station_prompt, station_prompt
+from tests.finetune_utils import REF, load_example_ct
 
-REF = Path("totalsegmentator_reference/tests/reference_files")
 AORTA = REF / "aorta_report"
 
 
 @pytest.fixture(scope="module")
 def example_ct(data_dir):
-    ref = data_dir / REF
-    return load_source(SourceConfig("example_ct", str(ref / "example_ct.nii.gz"),
-                                    str(ref / "example_seg_fast_force_split.nii.gz"),
-                                    str(data_dir / "totalsegmentator_reference/totalsegmentator_total_labels.json")))
+    return load_example_ct(data_dir)
 
 
 @pytest.fixture(scope="module")

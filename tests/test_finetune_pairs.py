@@ -4,7 +4,6 @@ lesion labels from a CSV, prompts and the soft-target matrix."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,16 +12,13 @@ from keyslice.finetune.config import SourceConfig
 from keyslice.finetune.loss import target_matrix
 from keyslice.finetune.pairs import (Pair, build_organ_pairs, lesion_labels_from_csv, lesion_pairs, load_source)
 from keyslice.finetune.prompts import augmented_prompt, canonical_prompt, normalize_sentence, organ_display_name
+from tests.finetune_utils import REF, load_example_ct
 
-REF = Path("totalsegmentator_reference/tests/reference_files")
 
 
 @pytest.fixture(scope="module")
 def example_ct(data_dir):
-    ref = data_dir / REF
-    return load_source(SourceConfig("example_ct", str(ref / "example_ct.nii.gz"),
-                                    str(ref / "example_seg_fast_force_split.nii.gz"),
-                                    str(data_dir / "totalsegmentator_reference/totalsegmentator_total_labels.json")))
+    return load_example_ct(data_dir)
 
 
 def test_organ_pairs_counts_and_balance_on_real_masks(example_ct):

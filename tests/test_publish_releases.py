@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from keyslice.pseudonym import Pseudonymizer
-from tests.publish_fixtures import FakeHub, FixtureStudy, copy_fixture_corpus, load_config, write_fixture_corpus
+from tests.publish_fixtures import (FixtureStudy, copy_fixture_corpus, load_config, serving_fake_hub,
+                                    write_fixture_corpus)
 
 TEST_KEY = "keyslice-release-test-key"
 REPO = "keyslice-test/ct-vqa"
@@ -34,13 +35,7 @@ def corpus(template, tmp_path, monkeypatch):
 
 @pytest.fixture
 def hub(monkeypatch):
-    import huggingface_hub.constants as constants
-
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    with serving_fake_hub(monkeypatch) as fake:
         yield fake
 
 
