@@ -106,10 +106,10 @@ class Server:
     procs: Processes
 
     def post(self, path: str, body: dict | None = None) -> httpx.Response:
-        return httpx.post(f"{self.api}{path}", json=body or {}, timeout=30)
+        return httpx.post(f"{self.api}{path}", json=body or {}, timeout=60)
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.api}{path}", timeout=30)
+        return httpx.get(f"{self.api}{path}", timeout=60)
 
     def deployment_id(self, name: str) -> str | None:
         r = self.get(f"/deployments/name/{FLOW_NAME}/{name}")
@@ -123,16 +123,23 @@ class Server:
 
 
 def _wait(what: str, probe, procs: Processes, timeout: float, poll_s: float = 2.0):
+    """Poll ``probe`` until it returns a value; a poll that the busy server (SQLite, two builds on two
+    cores) does not answer in time is only a poll missed: the deadline is what fails the test."""
     deadline = time.monotonic() + timeout
+    missed = 0
     while time.monotonic() < deadline:
         for name, proc in procs.running.items():
             if proc.poll() is not None:
                 pytest.fail(f"{name} exited with code {proc.returncode} while waiting for {what}\n{procs.report()}")
-        value = probe()
+        try:
+            value = probe()
+        except httpx.TransportError:   # ReadTimeout, ConnectError...: ask again
+            missed += 1
+            value = None
         if value:
             return value
         time.sleep(poll_s)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{procs.report()}")
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} ({missed} polls unanswered)\n{procs.report()}")
 
 
 def _base_env(home: Path, api: str) -> dict[str, str]:
