@@ -131,8 +131,8 @@ def chat_completion(
                 last = (f"http_{status}", _short(exc))
                 wait = retry_after_s(exc)
             else:
-                hint = (" (a server that does not take response_format needs llm.json_mode: false)"
-                        if status in (400, 422) and endpoint.json_mode and "response_format" in str(exc) else "")
+                hint = (" (if the server does not take response_format, set llm.json_mode: false)"
+                        if status in (400, 422) and endpoint.json_mode else "")
                 raise LLMRequestError(f"http_{status}", _short(exc) + hint, attempt + 1) from exc
         except openai.OpenAIError as exc:  # malformed response body and the like: not retried
             raise LLMRequestError("api_error", f"{type(exc).__name__}: {_short(exc)}", attempt + 1) from exc

@@ -35,7 +35,7 @@ class LLMEndpoint:
     after a ~1.5k-token prompt (the answer schema is embedded). A 7-8B model decodes ~20-60
     tokens/s per sequence while vLLM batches the requests of a build (``max_workers`` studies
     times ``max_concurrency`` requests, 16 at once with the defaults), so such an answer takes
-    ~7-20 s, more behind a busy queue. 30 s left too little margin: a timeout does not stop
+    ~7-20 s, more behind a busy queue. 30 s would leave too little margin: a timeout does not stop
     the server's work, it resends the whole request, which adds load exactly when the server
     is already slow. 60 s is three times the slow estimate and also covers the longest request
     a build sends, the LLM segmenter's answer for a whole report (one unit per sentence, ~1k

@@ -338,7 +338,10 @@ def test_json_mode_sends_response_format(server):
 def test_a_refused_response_format_says_what_to_set(server):
     server.push(Reply.error(400, "response_format json_object is not supported by this model"))
     _, failures = make_gen(server).generate([finding()], [selection()])
-    assert failures[0].error_type == "http_400" and "llm.json_mode: false" in failures[0].message
+    assert failures[0].error_type == "http_400" and "set llm.json_mode: false" in failures[0].message
+    server.push(Reply.error(400, "unknown parameter"))
+    _, failures = make_gen(server, json_mode=False).generate([finding()], [selection()])
+    assert "json_mode" not in failures[0].message
 
 
 def test_llm_rows_fit_the_vqa_table_beside_rule_rows(server):
