@@ -6,25 +6,12 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
-
-@dataclass(frozen=True)
-class LLMSettings:
-    """An OpenAI-compatible endpoint for VQA generation; off unless ``base_url`` and ``model`` are set."""
-
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    prompt_version: str = "vqa_generate.v2"
-    max_concurrency: int = 4
-    timeout_s: float = 30.0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.base_url and self.model)
+from keyslice.llm_endpoint import LLMEndpoint
+from keyslice.vqa import LLM_PROMPT_VERSION
 
 
 @dataclass(frozen=True)
@@ -44,7 +31,10 @@ class BuildConfig:
     uncertain_margin: float = 0.01         # a selection whose margin is below this is flagged `uncertain`
     confidence_tolerance_mm: float = 10.0  # the margin compares with slices farther than this from the top-1
     segmenter: str = "rules"
-    llm: LLMSettings = field(default_factory=LLMSettings)
+    # the OpenAI-compatible endpoint of every LLM use of the build: VQA generation (on while base_url
+    # and model are set) and the report segmenter when segmenter is "llm"
+    llm: LLMEndpoint = field(default_factory=LLMEndpoint)
+    vqa_prompt_version: str = LLM_PROMPT_VERSION   # prompt file of LLM VQA generation (prompts/<version>.md)
     max_workers: int = 4                   # studies processed concurrently
     force_stages: tuple[str, ...] = ()
     retries: int | None = None             # retries of transient errors, every stage; None: each stage's own
@@ -64,14 +54,27 @@ class BuildConfig:
         return cls.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BuildConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> "BuildConfig":
+        """A config from plain values: a YAML file's mapping, keyword settings or :meth:`to_dict`'s output.
+
+        ``llm`` may be a mapping of :class:`LLMEndpoint` fields; its ``prompt_version`` key (how build
+        configs have always named the VQA prompt) is read as ``vqa_prompt_version``.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown build config key(s): {sorted(unknown)}; known: {sorted(known)}")
         data = dict(data)
-        if isinstance(data.get("llm"), dict):
-            data["llm"] = LLMSettings(**data["llm"])
+        if data.get("llm") is None:
+            data.pop("llm", None)                  # `llm:` with nothing under it: no endpoint
+        elif isinstance(data["llm"], Mapping):
+            llm = dict(data["llm"])
+            if "prompt_version" in llm:
+                version = llm.pop("prompt_version")
+                if data.setdefault("vqa_prompt_version", version) != version:
+                    raise ValueError(f"llm.prompt_version ({version!r}) and vqa_prompt_version "
+                                     f"({data['vqa_prompt_version']!r}) disagree; give one of them")
+            data["llm"] = LLMEndpoint.from_dict(llm)
         for key in ("input_dir", "out_dir", "manifest"):
             if data.get(key) is not None:
                 data[key] = Path(data[key])

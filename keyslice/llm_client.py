@@ -1,18 +1,18 @@
 """A small helper around the official ``openai`` client for any OpenAI-compatible endpoint
-(OpenAI, vLLM, Ollama, Azure-style gateways: a base URL, a model name and a key).
+(OpenAI, vLLM, Ollama, Azure-style gateways), described by one
+:class:`keyslice.llm_endpoint.LLMEndpoint` (address, model, key variable, timeout, retries,
+temperature, JSON mode); ``endpoint.client()`` builds the ``openai.OpenAI`` client.
 
 What it adds to ``openai.OpenAI``:
 
-* :func:`make_client` - the client with the library's own retries switched off
-  (``max_retries=0``) so that :func:`chat_completion` controls retries and backoff;
-* :func:`chat_completion` - retries timeouts, connection errors, 5xx and 429 with
-  exponential backoff; a 429's ``Retry-After`` (or ``retry-after-ms``) header is honoured;
+* :func:`chat_completion` - retries timeouts, connection errors, 5xx and 429 with the
+  endpoint's exponential backoff; a 429's ``Retry-After`` (or ``retry-after-ms``) header is honoured;
 * :func:`chat_json` - asks for a JSON answer, validates it (parse, JSON Schema, caller's
   checks) and, when invalid, sends the errors back in the conversation and asks again;
 * :class:`ResponseCache` - validated answers on disk under a content hash, written atomically;
 * :func:`load_prompt` - versioned prompt files ``prompts/<name>.v<N>.md``.
 
-Used by ``keyslice.vqa.llm``; meant to be reused by any other step that calls an LLM.
+Used by ``keyslice.vqa.llm`` and ``keyslice.report.llm_segmenter``; meant for any step that calls an LLM.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
-import os
-import random
 import re
 import string
 import time
@@ -34,6 +32,7 @@ import openai
 
 from keyslice.corpus.atomic import write_bytes_atomic
 from keyslice.errors import KeysliceError, TransientError
+from keyslice.llm_endpoint import LLMEndpoint
 from keyslice.resources import resource_dir
 
 
@@ -69,28 +68,7 @@ class LLMAnswerError(LLMError):
     """The model kept answering invalid JSON, off-schema or ungrounded content."""
 
 
-# ---------------------------------------------------------------- client and retries
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 3              # retries after the first try, per request
-    backoff_base_s: float = 0.5       # delay before retry n: base * 2**n (+ up to 10% jitter)
-    backoff_max_s: float = 8.0
-    max_retry_after_s: float = 60.0   # a server's Retry-After is honoured up to this
-
-    def backoff(self, retry: int) -> float:
-        delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** retry))
-        return delay * (1.0 + 0.1 * random.random())
-
-
-def make_client(base_url: str, *, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 30.0) -> openai.OpenAI:
-    """An ``openai.OpenAI`` client for ``base_url``; the key is read from ``api_key_env``.
-
-    Local servers (vLLM, Ollama) accept any key: when the variable is unset, "EMPTY" is sent.
-    """
-    api_key = os.environ.get(api_key_env) or "EMPTY"
-    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
-
+# ---------------------------------------------------------------- requests and retries
 
 def retry_after_s(exc: BaseException) -> float | None:
     """Seconds a 429/503 response asks the client to wait (``retry-after-ms`` or ``Retry-After``)."""
@@ -120,21 +98,23 @@ def retry_after_s(exc: BaseException) -> float | None:
 
 def chat_completion(
     client: openai.OpenAI,
+    endpoint: LLMEndpoint,
     *,
-    model: str,
     messages: Sequence[Mapping[str, str]],
-    temperature: float = 0.0,
-    policy: RetryPolicy = RetryPolicy(),
-    extra: Mapping[str, Any] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
-    """The assistant message content of one chat completion, retried on transient errors."""
+    """The assistant message content of one chat completion, retried on transient errors.
+
+    ``client`` is ``endpoint.client()`` (built once and shared); the model, temperature, JSON
+    mode and retries are the endpoint's.
+    """
+    extra = {"response_format": {"type": "json_object"}} if endpoint.json_mode else {}
     last: tuple[str, str] = ("unknown", "")
-    for attempt in range(policy.max_retries + 1):
+    for attempt in range(endpoint.max_retries + 1):
         wait: float | None = None
         try:
             resp = client.chat.completions.create(
-                model=model, messages=list(messages), temperature=temperature, **dict(extra or {}))
+                model=endpoint.model, messages=list(messages), temperature=endpoint.temperature, **extra)
             if not resp.choices:
                 raise LLMAnswerError("empty_response", "the response has no choices", attempt + 1)
             return resp.choices[0].message.content or ""
@@ -151,17 +131,19 @@ def chat_completion(
                 last = (f"http_{status}", _short(exc))
                 wait = retry_after_s(exc)
             else:
-                raise LLMRequestError(f"http_{status}", _short(exc), attempt + 1) from exc
+                hint = (" (if the server does not take response_format, set llm.json_mode: false)"
+                        if status in (400, 422) and endpoint.json_mode else "")
+                raise LLMRequestError(f"http_{status}", _short(exc) + hint, attempt + 1) from exc
         except openai.OpenAIError as exc:  # malformed response body and the like: not retried
             raise LLMRequestError("api_error", f"{type(exc).__name__}: {_short(exc)}", attempt + 1) from exc
-        if attempt == policy.max_retries:
+        if attempt == endpoint.max_retries:
             break
-        delay = policy.backoff(attempt)
+        delay = endpoint.backoff(attempt)
         if wait is not None:
-            delay = max(delay, min(wait, policy.max_retry_after_s))
+            delay = max(delay, min(wait, endpoint.max_retry_after_s))
         sleep(delay)
-    raise LLMTransportError(last[0], f"{last[1]} (gave up after {policy.max_retries + 1} tries)",
-                            policy.max_retries + 1)
+    raise LLMTransportError(last[0], f"{last[1]} (gave up after {endpoint.max_retries + 1} tries)",
+                            endpoint.max_retries + 1)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -213,14 +195,11 @@ Problem = tuple[str, str]   # (error_type, message), error_type in {"invalid_jso
 
 def chat_json(
     client: openai.OpenAI,
+    endpoint: LLMEndpoint,
     *,
-    model: str,
     messages: Sequence[Mapping[str, str]],
     check: Callable[[Any], list[Problem]],
-    max_repairs: int = 2,
-    temperature: float = 0.0,
-    policy: RetryPolicy = RetryPolicy(),
-    extra: Mapping[str, Any] | None = None,
+    max_repairs: int,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[Any, str, int]:
     """Ask for a JSON answer until ``check`` finds no problem: (answer, raw content, tries).
@@ -232,8 +211,7 @@ def chat_json(
     convo = [dict(m) for m in messages]
     problems: list[Problem] = []
     for attempt in range(max_repairs + 1):
-        content = chat_completion(client, model=model, messages=convo, temperature=temperature,
-                                  policy=policy, extra=extra, sleep=sleep)
+        content = chat_completion(client, endpoint, messages=convo, sleep=sleep)
         try:
             answer = parse_json_content(content)
         except ValueError as exc:

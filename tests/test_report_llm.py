@@ -7,7 +7,7 @@ import pytest
 from keyslice.errors import EmptyReportError
 from keyslice.llm_client import LLMAnswerError
 from keyslice.report import Finding, ReportConfig, segment_report
-from keyslice.report.llm_segmenter import LLMSegmenterSettings
+from keyslice.llm_endpoint import LLMEndpoint
 from tests.llm_server import Reply, ScriptedLLMServer
 
 REPORT = ("TECHNIQUE: Portal venous phase.\nFINDINGS: The liver is normal and the spleen is enlarged. "
@@ -26,8 +26,8 @@ CANNED = {"findings": [
 
 
 def config(server: ScriptedLLMServer, **kw) -> ReportConfig:
-    return ReportConfig(segmenter="llm", llm=LLMSegmenterSettings(base_url=server.base_url, model="test-model",
-                                                                   timeout_s=10, **kw))
+    return ReportConfig(segmenter="llm", llm=LLMEndpoint(base_url=server.base_url, model="test-model", timeout_s=10),
+                        **kw)
 
 
 def test_llm_segmenter_returns_the_same_finding_objects():
@@ -54,7 +54,7 @@ def test_llm_segmenter_keeps_only_requested_sections():
     with ScriptedLLMServer() as server:
         server.push(Reply.ok(CANNED))
         got = segment_report(REPORT, ReportConfig(segmenter="llm", sections=("impression",),
-                                                  llm=LLMSegmenterSettings(base_url=server.base_url, model="m")))
+                                                  llm=LLMEndpoint(base_url=server.base_url, model="m")))
     assert [f.text for f in got] == ["Splenomegaly."]
 
 
@@ -121,7 +121,7 @@ def test_a_build_with_segmenter_llm_uses_the_endpoint_of_its_config(tmp_path):
     """steps.segment_step -> report_config_for_build -> the LLM segmenter, against the loopback server."""
     from types import SimpleNamespace
 
-    from keyslice.config import BuildConfig, LLMSettings
+    from keyslice.config import BuildConfig
     from keyslice.report import report_config_for_build
     from keyslice.pipeline.stage_functions import segment_step
 
@@ -131,7 +131,7 @@ def test_a_build_with_segmenter_llm_uses_the_endpoint_of_its_config(tmp_path):
     with ScriptedLLMServer() as server:
         server.push(Reply.ok(CANNED))
         cfg = BuildConfig(input_dir=tmp_path, out_dir=tmp_path, segmenter="llm",
-                          llm=LLMSettings(base_url=server.base_url, model="build-model"))
+                          llm=LLMEndpoint(base_url=server.base_url, model="build-model"))
         rows = segment_step(study, SimpleNamespace(config=cfg))["findings"]
         assert server.requests[0]["body"]["model"] == "build-model"
     assert [r["finding_id"] for r in rows] == ["s1:0", "s1:1", "s1:2", "s1:3"]
@@ -139,6 +139,6 @@ def test_a_build_with_segmenter_llm_uses_the_endpoint_of_its_config(tmp_path):
     rules_rows = segment_step(study, SimpleNamespace(config=BuildConfig(input_dir=tmp_path, out_dir=tmp_path)))
     assert {r["segmenter"] for r in rules_rows["findings"]} == {"rules-v2"}
     with pytest.raises(ValueError, match="llm.base_url"):
-        report_config_for_build("llm", LLMSettings())               # no endpoint configured
+        report_config_for_build("llm", LLMEndpoint())               # no endpoint configured
     with pytest.raises(ValueError, match="'rules' or 'llm'"):
-        report_config_for_build("gpt", None)
+        report_config_for_build("gpt", LLMEndpoint())

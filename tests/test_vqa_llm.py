@@ -23,7 +23,8 @@ except ImportError:  # tests/ run without being a package
     from llm_server import Reply, ScriptedLLMServer  # noqa: E402
 
 from keyslice.llm_client import ResponseCache, load_prompt  # noqa: E402
-from keyslice.vqa import LLMConfig, LLMFailure, LLMGenerator  # noqa: E402
+from keyslice.llm_endpoint import LLMEndpoint  # noqa: E402
+from keyslice.vqa import LLMFailure, LLMGenerator  # noqa: E402
 from keyslice.vqa.llm import FindingFacts, check_answer  # noqa: E402
 
 MODEL = "test-model"
@@ -73,12 +74,16 @@ def server():
         yield srv
 
 
+GENERATOR_SETTINGS = ("prompt_version", "max_repairs", "cache_dir", "sleep")
+
+
 def make_gen(server: ScriptedLLMServer, **kw) -> LLMGenerator:
-    sleep = kw.pop("sleep", time.sleep)
-    cfg = dict(base_url=server.base_url, model=MODEL, timeout_s=5, max_retries=3, backoff_base_s=0.01,
-               backoff_max_s=0.05, max_repairs=2)
-    cfg.update(kw)
-    return LLMGenerator(LLMConfig(**cfg), sleep=sleep)
+    """A generator for ``server``; ``kw`` sets endpoint fields and the generator's own settings."""
+    own = {k: kw.pop(k) for k in GENERATOR_SETTINGS if k in kw}
+    endpoint = dict(base_url=server.base_url, model=MODEL, timeout_s=5, max_retries=3, backoff_base_s=0.01,
+                    backoff_max_s=0.05)
+    endpoint.update(kw)
+    return LLMGenerator(LLMEndpoint(**endpoint), **{"max_repairs": 2, **own})
 
 
 def test_valid_json_answer_becomes_rows(server):
@@ -155,8 +160,8 @@ def test_timeouts_exhaust_retries(server):
 def test_429_retry_after_is_honoured(server):
     server.push(Reply.rate_limited(retry_after=1), Reply.ok(VALID))
     sleeps = SleepRecorder()
-    gen = LLMGenerator(LLMConfig(base_url=server.base_url, model=MODEL, timeout_s=5, backoff_base_s=0.01,
-                                 backoff_max_s=0.05), sleep=sleeps)
+    gen = LLMGenerator(LLMEndpoint(base_url=server.base_url, model=MODEL, timeout_s=5, backoff_base_s=0.01,
+                                   backoff_max_s=0.05), sleep=sleeps)
     t0 = time.monotonic()
     rows, failures = gen.generate([finding()], [selection()])
     assert failures == [] and len(rows) == 3
@@ -323,9 +328,20 @@ def test_api_key_is_read_from_the_configured_variable(server, monkeypatch):
 
 
 def test_json_mode_sends_response_format(server):
-    server.push(Reply.ok(VALID))
-    make_gen(server, json_mode=True).generate([finding()], [selection()])
+    server.push(Reply.ok(VALID), Reply.ok(VALID))
+    make_gen(server).generate([finding()], [selection()])                          # the endpoint's default
+    make_gen(server, json_mode=False).generate([finding()], [selection()])
     assert server.requests[0]["body"]["response_format"] == {"type": "json_object"}
+    assert "response_format" not in server.requests[1]["body"]
+
+
+def test_a_refused_response_format_says_what_to_set(server):
+    server.push(Reply.error(400, "response_format json_object is not supported by this model"))
+    _, failures = make_gen(server).generate([finding()], [selection()])
+    assert failures[0].error_type == "http_400" and "set llm.json_mode: false" in failures[0].message
+    server.push(Reply.error(400, "unknown parameter"))
+    _, failures = make_gen(server, json_mode=False).generate([finding()], [selection()])
+    assert "json_mode" not in failures[0].message
 
 
 def test_llm_rows_fit_the_vqa_table_beside_rule_rows(server):

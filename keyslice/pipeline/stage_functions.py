@@ -179,13 +179,11 @@ def vqa_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
 
         mask_organs = study_mask_organs(study.path, selections, ctx.pseudonymize)
     rows = generate_rule_vqa(findings, selections, series, mask_organs=mask_organs)
-    llm = ctx.config.llm
-    if llm.enabled:
-        from keyslice.vqa import LLMConfig, LLMGenerator
+    if ctx.config.llm.enabled:
+        from keyslice.vqa import LLMGenerator
 
-        generator = LLMGenerator(LLMConfig(base_url=llm.base_url, model=llm.model, api_key_env=llm.api_key_env,
-                                           prompt_version=llm.prompt_version, max_concurrency=llm.max_concurrency,
-                                           timeout_s=llm.timeout_s, cache_dir=ctx.cache_dir / "llm"))
+        generator = LLMGenerator(ctx.config.llm, prompt_version=ctx.config.vqa_prompt_version,
+                                 cache_dir=ctx.cache_dir / "llm")
         llm_rows, failures = generator.generate(findings, selections)
         rows.extend(llm_rows)
         for failure in failures:

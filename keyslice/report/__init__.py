@@ -1,8 +1,8 @@
 """Step 1: segment a free-text CT report (or figure caption) into finding units.
 
 Entry point :func:`segment_report` (rules by default; an optional LLM segmenter sits
-behind the same interface, ``ReportConfig(segmenter="llm", llm=LLMSegmenterSettings(...))``
-from :mod:`.llm_segmenter`; a build picks it with ``segmenter: llm`` in its config, see
+behind the same interface, ``ReportConfig(segmenter="llm", llm=LLMEndpoint(...))``
+(:mod:`.llm_segmenter`); a build picks it with ``segmenter: llm`` in its config, see
 :func:`report_config_for_build`). Each :class:`Finding` carries its section, organs (with
 TotalSegmentator labels), status, laterality, measurements, phase hint and image
 references; ``Finding.to_row()`` is a ``findings`` table row without study_id,
@@ -54,8 +54,7 @@ compound sentence inherit the sentence's named phase.
 
 from __future__ import annotations
 
-from typing import Any
-
+from keyslice.llm_endpoint import LLMEndpoint
 from keyslice.vocab import ORGAN_TS_LABELS, ts_labels_for
 
 from .model import Finding, ReportConfig
@@ -76,24 +75,19 @@ def segment_report(text: str, config: ReportConfig | None = None) -> list[Findin
     return segment_report_rules(text, config)
 
 
-def report_config_for_build(segmenter: str, llm: Any = None) -> ReportConfig:
+def report_config_for_build(segmenter: str, llm: LLMEndpoint) -> ReportConfig:
     """The ReportConfig of a build (``BuildConfig.segmenter`` and ``BuildConfig.llm``).
 
-    A build has one OpenAI-compatible endpoint (``llm``: base_url, model, api_key_env,
-    timeout_s), shared with VQA generation, so that ``segmenter: llm`` needs no second
-    endpoint; the segmenter uses its own prompt, not the endpoint's VQA prompt_version.
+    A build has one OpenAI-compatible endpoint (``llm``), shared with VQA generation, so that
+    ``segmenter: llm`` needs no second one and both send requests alike (same timeout,
+    retries, key variable); the segmenter keeps its own prompt (``ReportConfig.llm_prompt_version``).
     """
     if segmenter == "rules":
         return ReportConfig()
     if segmenter != "llm":
         raise ValueError(f"segmenter must be 'rules' or 'llm', got {segmenter!r}")
-    if not (llm is not None and getattr(llm, "base_url", None) and getattr(llm, "model", None)):
-        raise ValueError("segmenter 'llm' needs an OpenAI-compatible endpoint: set llm.base_url and llm.model "
-                         "in the build config")
-    from .llm_segmenter import LLMSegmenterSettings
-
-    return ReportConfig(segmenter="llm", llm=LLMSegmenterSettings(
-        base_url=llm.base_url, model=llm.model, api_key_env=llm.api_key_env, timeout_s=llm.timeout_s))
+    llm.require("segmenter 'llm'")
+    return ReportConfig(segmenter="llm", llm=llm)
 
 
 __all__ = ["Finding", "ReportConfig", "segment_report", "report_config_for_build", "ORGAN_TS_LABELS",

@@ -4,7 +4,8 @@ It exists for the languages and report styles the rules miss, so unlike the rule
 accepts any language: the units keep the report's own words, the organs are the
 canonical (English) vocabulary, and ``Finding.language`` records the report's language.
 
-The model (any OpenAI-compatible endpoint, through :mod:`keyslice.llm_client`) returns
+The model (any OpenAI-compatible endpoint, ``ReportConfig.llm``: a
+:class:`keyslice.llm_endpoint.LLMEndpoint`, through :mod:`keyslice.llm_client`) returns
 units with section, text, organs, status, laterality and phase hint (prompt
 ``prompts/segment_report.v1.md``). The code then keeps only units whose text occurs in the
 report (an invented sentence is sent back for repair), only vocabulary organs, and derives
@@ -15,28 +16,15 @@ exactly as in the rules path and the model cannot invent numbers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
-from keyslice.llm_client import chat_json, load_prompt, make_client, schema_errors
+from keyslice.llm_client import chat_json, load_prompt, schema_errors
 from keyslice.vocab import ORGAN_TS_LABELS, ts_labels_for
 
 from .extract import image_refs, measurements_mm
 from .language import detect_language
 from .model import LATERALITIES, PHASES, STATUSES, Finding, ReportConfig
 from .rules import LANGUAGE_SAMPLE_CHARS, require_text
-
-
-@dataclass(frozen=True)
-class LLMSegmenterSettings:
-    """Endpoint of the LLM segmenter; the key is read from the environment variable ``api_key_env``."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 60.0
-    prompt_version: str = "segment_report.v1"
-    max_repairs: int = 1
 
 
 ANSWER_SCHEMA: dict[str, Any] = {
@@ -73,11 +61,12 @@ def segment_report_llm(text: str, config: ReportConfig) -> list[Finding]:
     """Segment ``text`` with the LLM; same output as the rules (see :func:`keyslice.report.segment_report`).
 
     Raises EmptyReportError before any request, and keyslice.llm_client's LLMError family
-    when the endpoint fails or no valid answer comes back after ``max_repairs`` rounds.
+    when the endpoint fails or no valid answer comes back after ``config.llm_max_repairs`` rounds.
     """
-    settings = config.llm
-    if not isinstance(settings, LLMSegmenterSettings):
-        raise ValueError("ReportConfig(segmenter='llm') needs llm=LLMSegmenterSettings(base_url=..., model=...)")
+    endpoint = config.llm
+    if endpoint is None:
+        raise ValueError("ReportConfig(segmenter='llm') needs llm=LLMEndpoint(base_url=..., model=...)")
+    endpoint.require("the LLM segmenter")
     require_text(text)
     report_norm = _norm(text)
 
@@ -90,11 +79,10 @@ def segment_report_llm(text: str, config: ReportConfig) -> list[Finding]:
                 problems.append(("ungrounded", f"findings[{k}].text is not copied verbatim from the report"))
         return problems
 
-    prompt = load_prompt(settings.prompt_version)
+    prompt = load_prompt(config.llm_prompt_version)
     messages = prompt.messages(organs=", ".join(ORGAN_TS_LABELS), report=text)
-    client = make_client(settings.base_url, api_key_env=settings.api_key_env, timeout_s=settings.timeout_s)
-    answer, _, _ = chat_json(client, model=settings.model, messages=messages, check=check,
-                             max_repairs=settings.max_repairs, extra={"response_format": {"type": "json_object"}})
+    answer, _, _ = chat_json(endpoint.client(), endpoint, messages=messages, check=check,
+                             max_repairs=config.llm_max_repairs)
     # the model's ISO 639-1 code when it gave one, else the stopword heuristic's ("und": undetermined)
     guess = detect_language(text[:LANGUAGE_SAMPLE_CHARS])[0]
     language = answer.get("language") or (guess if guess != "non-latin" else "und")
@@ -112,6 +100,6 @@ def segment_report_llm(text: str, config: ReportConfig) -> list[Finding]:
             organs=organs, ts_labels=ts, status=unit["status"], laterality=lat,
             measurements_mm=measurements_mm(unit["text"]), phase_hint=unit.get("phase_hint"),
             image_refs=image_refs(unit["text"]), language=language,
-            segmenter=f"llm-v1:{settings.prompt_version}:{settings.model}",
+            segmenter=f"llm-v1:{config.llm_prompt_version}:{endpoint.model}",
         ))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from keyslice.llm_endpoint import LLMEndpoint
 from keyslice.vocab import HINT_PHASES, STATEMENTS
 
 #: phases a sentence can ask for (``Finding.phase_hint``)
@@ -86,8 +87,11 @@ class ReportConfig:
     inherit_sentence_phase: the clauses of a split sentence share its named phase.
     max_chunk_chars: paragraphs longer than this are cut at sentence ends before spaCy
         sees them (memory and spaCy's max_length stay bounded on huge reports).
-    segmenter: "rules" (default) or "llm" (needs ``llm``: keyslice.report.llm_segmenter.LLMSegmenterSettings;
-        typed ``object`` here so that this module does not import the OpenAI client).
+    segmenter: "rules" (default) or "llm" (needs ``llm``, the endpoint; a build passes its ``llm`` endpoint).
+    llm: the OpenAI-compatible endpoint of the LLM segmenter (:class:`keyslice.llm_endpoint.LLMEndpoint`).
+    llm_prompt_version: the LLM segmenter's prompt file (``prompts/segment_report.v1.md``), recorded in
+        ``Finding.segmenter``.
+    llm_max_repairs: re-asks after an answer that is not valid or not copied from the report.
     """
 
     sections: tuple[str, ...] = ("findings", "impression")
@@ -98,7 +102,9 @@ class ReportConfig:
     inherit_sentence_phase: bool = True
     max_chunk_chars: int = 20_000
     segmenter: str = "rules"
-    llm: object | None = field(default=None, compare=False)
+    llm: LLMEndpoint | None = None
+    llm_prompt_version: str = "segment_report.v1"
+    llm_max_repairs: int = 1
 
     def __post_init__(self) -> None:
         if self.segmenter not in ("rules", "llm"):

@@ -6,8 +6,9 @@ pipeline adds):
 * :func:`generate_rule_vqa` - templates over step 1's structured finding fields (status,
   organs, laterality, measurements, abnormality types asserted and negated) and the series
   header (generator ``"rule"``, deterministic for a seed);
-* :class:`LLMGenerator` - an OpenAI-compatible chat endpoint prompted with a versioned
-  prompt from ``prompts/`` that carries the same fields (generator ``"llm:<model>"``),
+* :class:`LLMGenerator` - an OpenAI-compatible chat endpoint
+  (:class:`keyslice.llm_endpoint.LLMEndpoint`) prompted with a versioned prompt from
+  ``prompts/`` (:data:`LLM_PROMPT_VERSION` unless given) that carries the same fields (generator ``"llm:<model>"``),
   answers validated against ``schemas/llm/vqa_answer.v1.json``, grounded in the sentence
   and checked against the fields.
 
@@ -21,11 +22,14 @@ the rules or running ``keyslice sql`` / ``keyslice check`` does not import them.
 
 from keyslice.vqa.rules import RULES_VERSION, generate_rule_vqa
 
-__all__ = ["generate_rule_vqa", "LLMConfig", "LLMGenerator", "LLMFailure", "RULES_VERSION"]
+# the prompt of LLM VQA generation (prompts/vqa_generate.v2.md); a changed prompt text is a new file and version
+LLM_PROMPT_VERSION = "vqa_generate.v2"
+
+__all__ = ["generate_rule_vqa", "LLMGenerator", "LLMFailure", "LLM_PROMPT_VERSION", "RULES_VERSION"]
 
 
 def __getattr__(name: str):
-    if name in ("LLMConfig", "LLMGenerator", "LLMFailure"):
+    if name in ("LLMGenerator", "LLMFailure"):
         from keyslice.vqa import llm
 
         return getattr(llm, name)

@@ -36,38 +36,20 @@ from keyslice.llm_client import (
     LLMTransportError,
     Problem,
     ResponseCache,
-    RetryPolicy,
     chat_json,
     is_transient_error_type,
     load_json_schema,
     load_prompt,
-    make_client,
     schema_errors,
 )
+from keyslice.llm_endpoint import LLMEndpoint
 from keyslice.vocab import ABNORMALITY_GROUP, ORGANS, find_abnormalities
 from keyslice.vqa.lexicon import find_organs, numbers_in
 from keyslice.vqa.rows import make_row, slice_ref
+from keyslice.vqa import LLM_PROMPT_VERSION
 from keyslice.vqa.rules import ASKED_STATUSES
 
 ANSWER_SCHEMA = "vqa_answer.v1"
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    prompt_version: str = "vqa_generate.v2"
-    max_concurrency: int = 4
-    timeout_s: float = 30
-    max_retries: int = 3            # transport retries per request (timeouts, 429, 5xx)
-    cache_dir: Path | None = None
-    temperature: float = 0.0
-    max_repairs: int = 2            # re-asks after an invalid / ungrounded answer
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 8.0
-    max_retry_after_s: float = 60.0
-    json_mode: bool = False         # send response_format={"type": "json_object"} (vLLM, OpenAI)
 
 
 @dataclass(frozen=True)
@@ -249,24 +231,31 @@ def _subject(qa: Mapping[str, Any], facts: FindingFacts) -> dict[str, Any]:
 
 
 class LLMGenerator:
-    """VQA rows from an OpenAI-compatible endpoint; see the module docstring."""
+    """VQA rows from an OpenAI-compatible endpoint; see the module docstring.
 
-    def __init__(self, config: LLMConfig, *, sleep: Callable[[float], None] = time.sleep):
-        self.config = config
-        self.prompt = load_prompt(config.prompt_version)
-        self.generator = f"llm:{config.model}"
-        self.policy = RetryPolicy(max_retries=config.max_retries, backoff_base_s=config.backoff_base_s,
-                                  backoff_max_s=config.backoff_max_s,
-                                  max_retry_after_s=config.max_retry_after_s)
-        self.cache = ResponseCache(Path(config.cache_dir)) if config.cache_dir else None
+    ``endpoint`` says where and how to send requests (shared with the other LLM uses of a
+    build); what is this use's own: ``prompt_version`` (the prompt file, recorded in every row
+    and part of the cache key), ``max_repairs`` (re-asks after an invalid, ungrounded or
+    contradicting answer) and ``cache_dir`` (validated answers; None: no cache).
+    """
+
+    def __init__(self, endpoint: LLMEndpoint, *, prompt_version: str = LLM_PROMPT_VERSION, max_repairs: int = 2,
+                 cache_dir: Path | None = None, sleep: Callable[[float], None] = time.sleep):
+        endpoint.require("LLM VQA generation")
+        self.endpoint = endpoint
+        self.prompt_version = prompt_version
+        self.max_repairs = max_repairs
+        self.prompt = load_prompt(prompt_version)
+        self.generator = f"llm:{endpoint.model}"
+        self.cache = ResponseCache(Path(cache_dir)) if cache_dir else None
         # one client for all worker threads (openai clients are thread-safe); no request is made here
-        self.client = make_client(config.base_url, api_key_env=config.api_key_env, timeout_s=config.timeout_s)
+        self.client = endpoint.client()
         self._sleep = sleep
         self._schema_text = json.dumps(load_json_schema(ANSWER_SCHEMA), indent=1)
 
     def cache_key(self, text: str, facts: FindingFacts | None = None) -> str:
         parts = (text,) if facts is None else (text, facts.key())
-        return ResponseCache.key(self.config.prompt_version, self.config.model, *parts)
+        return ResponseCache.key(self.prompt_version, str(self.endpoint.model), *parts)
 
     # ------------------------------------------------------------ public
     def generate(self, findings: list[dict], selections: list[dict]) -> tuple[list[dict], list[LLMFailure]]:
@@ -281,7 +270,7 @@ class LLMGenerator:
 
         results: dict[tuple[str, FindingFacts], dict | LLMError] = {}
         if requests:
-            with ThreadPoolExecutor(max_workers=max(1, self.config.max_concurrency),
+            with ThreadPoolExecutor(max_workers=self.endpoint.max_concurrency,
                                     thread_name_prefix="keyslice-llm") as pool:
                 for request, result in zip(requests, pool.map(self._answer_or_error, requests)):
                     results[request] = result
@@ -318,13 +307,10 @@ class LLMGenerator:
             if hit is not None and isinstance(hit.get("answer"), dict) and not check(hit["answer"]):
                 return hit["answer"]
         messages = self.prompt.messages(text=text, schema=self._schema_text, **facts.prompt_values())
-        extra = {"response_format": {"type": "json_object"}} if self.config.json_mode else None
-        answer, content, tries = chat_json(
-            self.client, model=self.config.model, messages=messages,
-            check=check, max_repairs=self.config.max_repairs,
-            temperature=self.config.temperature, policy=self.policy, extra=extra, sleep=self._sleep)
+        answer, content, tries = chat_json(self.client, self.endpoint, messages=messages, check=check,
+                                           max_repairs=self.max_repairs, sleep=self._sleep)
         if self.cache is not None:
-            self.cache.put(key, {"prompt_version": self.config.prompt_version, "model": self.config.model,
+            self.cache.put(key, {"prompt_version": self.prompt_version, "model": self.endpoint.model,
                                  "text": text, "facts": dataclasses.asdict(facts), "content": content,
                                  "answer": answer, "tries": tries})
         return answer
@@ -342,7 +328,7 @@ class LLMGenerator:
             row = make_row(finding_id=finding_id, question=" ".join(qa["question"].split()), answer=value,
                            answer_type=answer_type, question_type=qa["question_type"],
                            options=options,
-                           generator=self.generator, prompt_version=self.config.prompt_version, ref=ref,
+                           generator=self.generator, prompt_version=self.prompt_version, ref=ref,
                            evidence_finding_id=finding_id, **_subject(qa, facts))
             if row["qa_id"] not in seen:
                 seen.add(row["qa_id"])
