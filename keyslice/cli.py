@@ -462,6 +462,7 @@ def segment(
     from keyslice.config import BuildConfig
     from keyslice.pipeline.organ_masks import segment_studies
     from keyslice.selector import totalsegmentator_segmenter
+    from keyslice.selector.totalseg import check_totalsegmentator
 
     if not input_dir.is_dir():
         raise typer.BadParameter(f"input folder {input_dir} does not exist; --input must be a folder of studies")
@@ -482,7 +483,8 @@ def segment(
             console.print(Text(line.replace("\t", "  "), style=colour[outcome.status]), soft_wrap=True)
 
     outcomes = segment_studies(input_dir, masks, totalsegmentator_segmenter(fast=fast, device=device.value),
-                               config=cfg, overwrite=overwrite, progress=show)
+                               config=cfg, overwrite=overwrite, progress=show,
+                               check=lambda: check_totalsegmentator(fast))
     counts = {status: sum(o.status == status for o in outcomes) for status in ("segmented", "skipped", "failed")}
     summary = (f"{len(outcomes)} studies: {counts['segmented']} segmented, {counts['skipped']} already had masks, "
                f"{counts['failed']} failed")

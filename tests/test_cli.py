@@ -49,8 +49,8 @@ def test_segment_flags_reach_the_runner_and_failures_set_the_exit_status(tmp_pat
         seen["segmenter_options"] = kwargs
         return "SEGMENTER"
 
-    def fake_segment_studies(input_dir, masks_dir, segmenter, *, config, overwrite, progress):
-        seen.update(input_dir=input_dir, masks_dir=masks_dir, segmenter=segmenter, overwrite=overwrite)
+    def fake_segment_studies(input_dir, masks_dir, segmenter, *, config, overwrite, progress, check):
+        seen.update(input_dir=input_dir, masks_dir=masks_dir, segmenter=segmenter, overwrite=overwrite, check=check)
         outcomes = [SegmentOutcome("a", "segmented", "3 labels on ..."), SegmentOutcome("b", "failed", "[red]x[/red]")]
         for o in outcomes:
             progress(o)

@@ -220,3 +220,19 @@ def test_segmented_masks_are_found_and_restrict_the_build(sample_studies, tmp_pa
         assert "liver" in row["restricted_to"]
         assert row["z_range_mm"] == pytest.approx([min(z[SLAB[0]], z[SLAB[1]]), max(z[SLAB[0]], z[SLAB[1]])])
         assert SLAB[0] <= row["top1_index"] <= SLAB[1]
+
+
+def test_a_failing_check_fails_each_study_before_its_series_is_read(sample_studies, tmp_path, monkeypatch):
+    import keyslice.pipeline.organ_masks as organ_masks
+
+    monkeypatch.setattr(organ_masks, "choose_series", lambda *a: pytest.fail("read a study the check refused"))
+
+    def check():
+        raise ModelWeightsMissingError("no weights here")
+
+    outcomes = segment_studies(sample_studies, tmp_path / "masks", lambda ct, out: pytest.fail("segmented"),
+                               check=check)
+    assert {o.folder: o.status for o in outcomes} == {"abdomen_siemens_j2k": "skipped", "colonography_ge_3slice":
+                                                      "skipped", "head_ge_tilt": "failed",
+                                                      "phantom_philips_mixed": "failed"}
+    assert all(o.detail == "ModelWeightsMissingError: no weights here" for o in outcomes if o.status == "failed")

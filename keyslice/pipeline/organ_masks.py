@@ -69,12 +69,15 @@ def choose_series(study, pseudonymize: Callable[[str, str], str], config: BuildC
 
 def segment_studies(input_dir: Path, masks_dir: Path, segmenter: "Segmenter", *, config: BuildConfig | None = None,
                     overwrite: bool = False, progress: Callable[[SegmentOutcome], None] | None = None,
-                    ) -> list[SegmentOutcome]:
+                    check: Callable[[], None] | None = None) -> list[SegmentOutcome]:
     """Segment every study of ``input_dir`` without masks into ``masks_dir`` (see the module docstring).
 
     ``segmenter``: :func:`keyslice.selector.totalsegmentator_segmenter` or any callable of that shape.
     ``config``: the build config whose report segmenter and limits apply (default: the defaults).
-    ``progress`` is called with each study's outcome as soon as it is known."""
+    ``progress`` is called with each study's outcome as soon as it is known. ``check`` runs before each
+    study that needs masks is read: its exception fails that study without decoding any pixels (the real
+    runner passes :func:`keyslice.selector.totalseg.check_totalsegmentator`, so a machine without weights
+    learns it in seconds per study, not after each CT is decoded)."""
     from keyslice.pipeline.studies import discover_studies
     from keyslice.selector import find_masks, load_volume, segment_volume
     from keyslice.selector.totalseg import LABELMAP_NAME
@@ -92,6 +95,8 @@ def segment_studies(input_dir: Path, masks_dir: Path, segmenter: "Segmenter", *,
                 outcome = SegmentOutcome(study.source_key, "skipped", f"has masks ({len(names)} labels: "
                                          f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
             else:
+                if check is not None:
+                    check()
                 files, why = choose_series(study, pseudonymize, config)
                 masks = segment_volume(load_volume(files), folder, segmenter)
                 outcome = SegmentOutcome(study.source_key, "segmented", f"{len(masks.labels())} labels on {why}",
