@@ -50,11 +50,12 @@ class SegmentOutcome:
 def choose_series(study, pseudonymize: Callable[[str, str], str], config: BuildConfig) -> tuple[list[Path], str]:
     """The files of the series step 2 would read most of the study's findings on, and why (in words)."""
     from keyslice.dicom import assign_series, index_study
+    from keyslice.pipeline.stage_functions import finding_row
     from keyslice.report import report_config_for_build, segment_report
 
     index = index_study(study.path, pseudonymize, max_files=config.max_files_per_study)
     text = study.read_report(config.max_report_bytes)
-    findings = [{**f.to_row(), "finding_id": str(f.finding_index), "organ": f.organs[0] if f.organs else None}
+    findings = [finding_row(f, study.study_id)
                 for f in segment_report(text, report_config_for_build(config.segmenter, config.llm))]
     findings = [f for f in findings if f.get("status") != "non_finding"]
     assignments = assign_series(findings or [{"finding_id": "default", "status": "abnormal"}],

@@ -43,13 +43,19 @@ def segment_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
                                  "raise the limit in the build config")
     rows = []
     for f in findings:
-        row = f.to_row()
-        row["finding_id"] = f"{study.study_id}:{f.finding_index}"
-        row["organ"] = f.organs[0] if f.organs else None
+        row = finding_row(f, study.study_id)
         row["deid_version"] = DEID_VERSION
         row["report_phi_masked"] = masked
         rows.append(row)
     return {"findings": _stamp(rows, study.study_id)}
+
+
+def finding_row(finding, study_id: str) -> dict[str, Any]:
+    """A report finding as step 2 reads it from the findings table: its row, id and first organ."""
+    row = finding.to_row()
+    row["finding_id"] = f"{study_id}:{finding.finding_index}"
+    row["organ"] = finding.organs[0] if finding.organs else None
+    return row
 
 
 def series_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
