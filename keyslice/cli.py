@@ -456,8 +456,9 @@ def segment(
     """Organ masks for the studies that have none: TotalSegmentator on the series step 2 would choose, written
     under MASKS (never into INPUT), where `keyslice build --masks MASKS` finds them.
 
-    One line per study on standard output (folder, status, detail), then a summary. Exit status: 0 every study
-    segmented or already had masks; 1 some study failed (its line says why, e.g. weights missing); 2 bad options.
+    One line per study on standard output (folder, status, detail; tab-separated in a pipe), the summary on
+    standard error. Exit status: 0 every study segmented or already had masks; 1 some study failed (its line
+    says why, e.g. weights missing) or none was found; 2 bad options.
     """
     from keyslice.config import BuildConfig
     from keyslice.pipeline.organ_masks import segment_studies
