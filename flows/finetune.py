@@ -28,7 +28,8 @@ def train_task(config: dict[str, Any], max_steps: int | None = None, restart: bo
 
 @task(name="finetune-eval", cache_policy=NONE, persist_result=False)
 def eval_task(config: dict[str, Any]) -> dict[str, Any]:
-    from keyslice.finetune.evaluate import evaluate_run, jsonable
+    from keyslice.finetune.evaluate import evaluate_run
+    from keyslice.finetune.report import jsonable
 
     logger = get_run_logger()
     result = evaluate_run(FinetuneConfig.from_dict(config), progress=logger.info)

@@ -25,6 +25,7 @@ class BuildConfig:
     top_k: int = 5
     window: str = "auto"
     use_masks: bool = True
+    masks_dir: Path | None = None          # masks root mirroring the input (keyslice segment), after each study's own
     spatial_normalise: bool = False        # selector: resample slices to fixed mm/px around the body before windowing
     save_curves: bool = False
     vqa_mask_negatives: bool = False       # "no" for mask-visible organs the report never mentions (marked rows)
@@ -75,7 +76,7 @@ class BuildConfig:
                     raise ValueError(f"llm.prompt_version ({version!r}) and vqa_prompt_version "
                                      f"({data['vqa_prompt_version']!r}) disagree; give one of them")
             data["llm"] = LLMEndpoint.from_dict(llm)
-        for key in ("input_dir", "out_dir", "manifest"):
+        for key in ("input_dir", "out_dir", "manifest", "masks_dir"):
             if data.get(key) is not None:
                 data[key] = Path(data[key])
         data["force_stages"] = tuple(data.get("force_stages") or ())

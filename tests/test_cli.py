@@ -29,11 +29,45 @@ def test_build_flags_reach_run_build(tmp_path, monkeypatch):
     monkeypatch.setattr(flows.server, "build_api_server", contextlib.nullcontext)  # no Prefect server for a fake
     result = CliRunner().invoke(app, ["build", "--input", str(tmp_path), "--out", str(tmp_path / "c"),
                                       "--runner", "dask", "--dask-address", "tcp://10.0.0.1:8786",
-                                      "--force-stage", "keyslice", "--workers", "3", "--model", "m"])
+                                      "--force-stage", "keyslice", "--workers", "3", "--model", "m",
+                                      "--masks", str(tmp_path / "masks")])
     assert result.exit_code == 0, result.output
     assert seen["task_runner"] == "dask" and seen["dask_address"] == "tcp://10.0.0.1:8786"
     cfg = seen["cfg"]
     assert cfg.force_stages == ("keyslice",) and cfg.max_workers == 3 and cfg.model == "m"
+    assert cfg.masks_dir == tmp_path / "masks"
+
+
+def test_segment_flags_reach_the_runner_and_failures_set_the_exit_status(tmp_path, monkeypatch):
+    import keyslice.pipeline.organ_masks as organ_masks
+    import keyslice.selector as selector
+    from keyslice.pipeline.organ_masks import SegmentOutcome
+
+    seen = {}
+
+    def fake_segmenter(**kwargs):
+        seen["segmenter_options"] = kwargs
+        return "SEGMENTER"
+
+    def fake_segment_studies(input_dir, masks_dir, segmenter, *, config, overwrite, progress, check):
+        seen.update(input_dir=input_dir, masks_dir=masks_dir, segmenter=segmenter, overwrite=overwrite, check=check)
+        outcomes = [SegmentOutcome("a", "segmented", "3 labels on ..."), SegmentOutcome("b", "failed", "[red]x[/red]")]
+        for o in outcomes:
+            progress(o)
+        return outcomes
+
+    monkeypatch.setattr(selector, "totalsegmentator_segmenter", fake_segmenter)
+    monkeypatch.setattr(organ_masks, "segment_studies", fake_segment_studies)
+    result = CliRunner().invoke(app, ["segment", "--input", str(tmp_path), "--masks", str(tmp_path / "m"),
+                                      "--full", "--device", "cpu", "--overwrite"])
+    assert result.exit_code == 1, result.output
+    assert seen["segmenter_options"] == {"fast": False, "device": "cpu"} and seen["segmenter"] == "SEGMENTER"
+    assert seen["overwrite"] is True and seen["masks_dir"] == tmp_path / "m"
+    assert "a\tsegmented\t3 labels on ...\n" in result.output
+    assert "b\tfailed\t[red]x[/red]\n" in result.output  # printed as given: no markup in a pipe
+    assert "2 studies: 1 segmented, 0 already had masks, 1 failed" in result.output
+    missing = CliRunner().invoke(app, ["segment", "--input", str(tmp_path / "nope"), "--masks", str(tmp_path)])
+    assert missing.exit_code == 2 and "does not exist" in _message(missing)
 
 
 def test_sql_refuses_a_corpus_folder_that_does_not_exist(tmp_path):

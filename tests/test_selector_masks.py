@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from keyslice.errors import MaskError, ModelWeightsMissingError
+from keyslice.errors import MaskError
 from keyslice.selector import (
     OrganMasks,
     Query,
@@ -20,7 +20,6 @@ from keyslice.selector import (
     find_masks,
     load_model,
     load_volume,
-    run_totalsegmentator,
     save_tiny_checkpoint,
     select_key_slices,
     volume_from_nifti,
@@ -241,55 +240,6 @@ def test_find_masks_conventions(tmp_path, siemens):
     shutil.copy(LIVER_SEG, study3 / "SEG0001")
     m4 = find_masks(tmp_path / "s3")
     assert m4 is not None and "liver" in m4.labels()
-
-
-@pytest.fixture
-def no_totalsegmentator(monkeypatch):
-    """Import of totalsegmentator fails, as on a machine without the extra installed."""
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("totalsegmentator"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-
-
-def test_totalsegmentator_not_installed(tmp_path, no_totalsegmentator):
-    with pytest.raises(ModelWeightsMissingError, match="TotalSegmentator is not installed"):
-        run_totalsegmentator(REF / "example_ct.nii.gz", tmp_path / "out")
-
-
-def test_totalsegmentator_weights_missing(tmp_path, monkeypatch):
-    import sys
-    import types
-
-    api = types.ModuleType("totalsegmentator.python_api")
-    api.totalsegmentator = lambda *a, **k: pytest.fail("must not run without weights")
-    monkeypatch.setitem(sys.modules, "totalsegmentator", types.ModuleType("totalsegmentator"))
-    monkeypatch.setitem(sys.modules, "totalsegmentator.python_api", api)
-    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "tshome"))
-    with pytest.raises(ModelWeightsMissingError, match="totalseg_download_weights"):
-        run_totalsegmentator(REF / "example_ct.nii.gz", tmp_path / "out")
-
-
-def test_segment_volume_without_totalsegmentator(tmp_path, no_totalsegmentator, siemens):
-    """The TotalSegmentator path writes the series as NIfTI first, then stops with a clear error."""
-    from keyslice.selector import segment_volume
-
-    with pytest.raises(ModelWeightsMissingError, match="pip install 'keyslice\\[totalsegmentator\\]'"):
-        segment_volume(siemens, tmp_path / "ts")
-    # The NIfTI it wrote is world-consistent with the DICOM series (RAS on disk, LPS in memory).
-    back = volume_from_nifti(tmp_path / "ts" / "ct.nii.gz")
-    assert back.shape == siemens.shape
-    assert np.allclose(back.z_mm, siemens.z_mm)
-    masks = OrganMasks.from_nifti(SEG_DICOM)
-    for label in ("pancreas", "rib_left_6"):
-        assert masks.z_range([label], back) == pytest.approx(masks.z_range([label], siemens))
-    assert np.array_equal(back.hu, siemens.hu)
 
 
 # --------------------------------------------------------------------------- per-structure folder found in a study

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from keyslice.corpus.atomic import write_bytes_atomic, write_parquet_atomic
-from keyslice.pipeline.registry import STAGE_TABLES, downstream
+from keyslice.corpus.layout import STAGE_TABLES, STAGES, downstream
 from keyslice.corpus.schemas import to_table, utcnow, validate_table
 from keyslice.corpus.shards import read_compacted, shard_count
 
@@ -154,8 +154,6 @@ class CheckpointStore:
 
     def damaged(self, study_ids: Iterable[str] | None = None, deep: bool = False) -> list[Damage]:
         """Every damaged file of every done stage (of ``study_ids``, default all studies with a marker)."""
-        from keyslice.pipeline.registry import STAGES
-
         if study_ids is None:
             study_ids = sorted(set().union(*(self.done_studies(s) for s in STAGES)))
         return [d for sid in study_ids for stage in STAGES for d in self.verify(stage, sid, deep)]
@@ -173,8 +171,6 @@ class CheckpointStore:
     def repair(self, study_id: str) -> list[Damage]:
         """Forget the earliest damaged stage of a study and every later one, so the build redoes them,
         and move the damaged files aside. Returns what was found (empty: nothing to do)."""
-        from keyslice.pipeline.registry import STAGES
-
         for stage in STAGES:
             found = self.verify(stage, study_id)
             if found:

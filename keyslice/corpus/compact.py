@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from keyslice.corpus.atomic import fsync_dir, tmp_name
-from keyslice.pipeline.registry import TABLE_STAGE
+from keyslice.corpus.layout import TABLE_STAGE
 from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.corpus.schemas import table_schema, validate_table
 from keyslice.corpus.shards import APPEND_TABLES, SETTINGS_FILE, is_compacted, shard_count, shard_name, shard_of

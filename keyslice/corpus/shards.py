@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from keyslice.corpus.schemas import table_schema, validate_table
-from keyslice.pipeline.registry import TABLE_STAGE
+from keyslice.corpus.layout import TABLE_STAGE
 
 if TYPE_CHECKING:
     from keyslice.corpus.checkpoints import CheckpointStore

@@ -23,7 +23,8 @@ import pyarrow as pa
 from keyslice.corpus.schemas import TABLES, sql_defaults, sql_literal, table_schema
 from keyslice.errors import KeysliceError
 from keyslice.corpus.shards import APPEND_TABLES, PREFIX
-from keyslice.pipeline.registry import TABLE_STAGE
+from keyslice.corpus.layout import TABLE_STAGE
+from keyslice.corpus.views import create_views
 
 
 def view_sql(table: str, pattern: str) -> str:
@@ -111,9 +112,7 @@ def connect(corpus_dir: Path | str) -> duckdb.DuckDBPyConnection:
                             f"SELECT * FROM _empty_{table} WHERE (SELECT error({message})) IS NULL")
         else:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}")
-    from keyslice.review.metrics import create_views
-
-    create_views(con)  # review_judgements, review_acceptance_by_* (see keyslice.review.metrics)
+    create_views(con)  # review_judgements, review_acceptance_by_* (see keyslice.corpus.views)
     lock_down(con, root)
     return con
 
@@ -165,12 +164,3 @@ SELECT generator, question_type, answer_type, count(*) AS n,
        round(100.0 * n / sum(n) OVER (PARTITION BY generator), 1) AS pct
 FROM vqa GROUP BY generator, question_type, answer_type ORDER BY generator, n DESC"""
 
-
-def __getattr__(name: str):
-    """``VQA_CONTRADICTIONS``: the answers that contradict their finding (0 rows expected), defined with
-    its rules in :mod:`keyslice.vqa.consistency` (``keyslice check`` runs it); loaded on first use."""
-    if name == "VQA_CONTRADICTIONS":
-        from keyslice.vqa.consistency import VQA_CONTRADICTIONS
-
-        return VQA_CONTRADICTIONS
-    raise AttributeError(name)

@@ -13,7 +13,7 @@ import duckdb
 
 from keyslice.corpus.checkpoints import CheckpointStore, Damage
 from keyslice.corpus.sql import connect
-from keyslice.pipeline.registry import STAGES, TABLE_STAGE
+from keyslice.corpus.layout import STAGES, TABLE_STAGE
 
 STATUS_TABLES = (*TABLE_STAGE, "failures")
 

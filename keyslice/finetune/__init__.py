@@ -5,8 +5,9 @@
 * :mod:`.augment`: batched crop/scale, cutout and window-jitter augmentation (torch);
 * :mod:`.loss`: contrastive loss with soft targets for false negatives (fVLM);
 * :mod:`.train`: AdamW + warmup/cosine, bf16 autocast on CUDA, resumable checkpoints;
-* :mod:`.evaluate` / :mod:`.metrics`: MAE, Acc@k, per-organ accuracy/F1 at a Youden threshold,
-  before/after tables and plots;
+* :mod:`.evaluate` / :mod:`.metrics`: the evaluation run and its scoring: MAE, Acc@k, per-organ
+  accuracy/F1 at a Youden threshold;
+* :mod:`.report` / :mod:`.plots`: its summary, before/after markdown report and figures;
 * :mod:`.record`: the run's metrics into a corpus (tables ``finetune_runs``, ``finetune_metrics``).
 
 Heavy modules (torch, open_clip) are imported by the submodules, not here.

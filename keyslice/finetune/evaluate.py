@@ -23,7 +23,8 @@ Slice localisation:
     evaluated CTs): MAE in slices and mm, Acc@k within ``tolerance_mm`` (see :mod:`.metrics`).
 
 Outputs (``out``): ``organ_awareness.parquet``, ``localization.parquet``, ``scores.parquet``
-(per-slice scores, for the curves), ``report.md`` (before/after tables), ``plots/*.png``.
+(per-slice scores, for the curves), ``stations.parquet``, ``summary.json`` and ``report.md``
+(macro means and before/after tables: :mod:`.report`), ``plots/*.png`` (:mod:`.plots`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import numpy as np
 
 from keyslice.finetune.config import FinetuneConfig
 from keyslice.finetune.metrics import binary_metrics, rank_query, youden_threshold
+from keyslice.finetune.plots import plot_all
+from keyslice.finetune.report import render_report, summarize, summarize_stations, summary_json
 
 Progress = Callable[[str], None]
 
@@ -128,18 +131,6 @@ def _station_rows(tag: str, scorer, encoder, train_sources, eval_sources) -> lis
                 rows.append({"model": tag, "split": split, "source": src.name, "slice": k, "gold": g,
                              "pred": STATIONS[int(pred[k])], "correct": STATIONS[int(pred[k])] == g})
     return rows
-
-
-def summarize_stations(rows: list[dict], tags: list[str]) -> list[dict]:
-    """Station accuracy per (model, split, source) over the slices with a station label."""
-    out = []
-    for tag in tags:
-        for key in dict.fromkeys((r["split"], r["source"]) for r in rows if r["model"] == tag):
-            rr = [r for r in rows if r["model"] == tag and (r["split"], r["source"]) == key]
-            out.append({"model": tag, "split": key[0], "source": key[1], "n_slices": len(rr),
-                        "stations": sorted({r["gold"] for r in rr}),
-                        "accuracy": float(np.mean([r["correct"] for r in rr])) if rr else math.nan})
-    return out
 
 
 @dataclass
@@ -254,25 +245,8 @@ def evaluate_models(cfg: FinetuneConfig, models: dict[str, str], out: Path, *, p
     report.write_text(render_report(organ_rows, loc_rows, summary, cfg, list(models)))
     if cfg.eval.plots:
         plot_all(organ_rows, score_rows, out / "plots", list(models), cfg)
-    import json
-
-    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=1, default=_json_default))
+    (out / "summary.json").write_text(summary_json(summary))
     return EvalResult(out, organ_rows, loc_rows, summary, report)
-
-
-def _json_default(o):
-    return str(o)
-
-
-def jsonable(obj):
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -281,211 +255,6 @@ def _write(path: Path, rows: list[dict]) -> None:
     from keyslice.corpus.atomic import write_parquet_atomic
 
     write_parquet_atomic(path, pa.Table.from_pylist(rows) if rows else pa.table({}))
-
-
-def _nanmean(xs) -> float:
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return float(np.mean(xs)) if xs else math.nan
-
-
-def summarize(organ_rows: list[dict], loc_rows: list[dict], tags: list[str], cfg: FinetuneConfig) -> dict:
-    """Macro means per (model, split, style, threshold_on): over organs with both classes, and over all."""
-    out: dict = {"threshold_on": cfg.eval.threshold_on, "tolerance_mm": cfg.eval.tolerance_mm, "organ_awareness": [],
-                 "localization": []}
-    for tag in tags:
-        for split in ("train", "eval"):
-            for style in cfg.eval.styles:
-                for how in ("train", "eval"):
-                    rows = [r for r in organ_rows if r["model"] == tag and r["split"] == split and r["style"] == style
-                            and r["threshold_on"] == how]
-                    if not rows:
-                        continue
-                    both = [r for r in rows if r["both_classes"]]
-                    out["organ_awareness"].append({
-                        "model": tag, "split": split, "style": style, "threshold_on": how,
-                        "n_organs": len(rows), "n_organs_both_classes": len(both),
-                        # organs with a threshold (a training CT set with one class for an organ gives none)
-                        "n_organs_thresholded": sum(1 for r in rows if not math.isnan(r["threshold"])),
-                        "accuracy_both": _nanmean(r["accuracy"] for r in both),
-                        "f1_both": _nanmean(r["f1"] for r in both),
-                        "auc_both": _nanmean(r["auc"] for r in both),
-                        "accuracy_all": _nanmean(r["accuracy"] for r in rows),
-                        "f1_all": _nanmean(r["f1"] for r in rows),
-                    })
-            for kind in ("organ", "lesion", "normal"):
-                for style in cfg.eval.styles:
-                    rows = [r for r in loc_rows if r["model"] == tag and r["split"] == split and r["kind"] == kind
-                            and r["style"] == style]
-                    if not rows:
-                        continue
-                    agg = {"n": len(rows), "mae_slices": _nanmean(r["err_slices"] for r in rows),
-                           "mae_mm": _nanmean(r["err_mm"] for r in rows),
-                           **{f"acc@{k}": _nanmean(float(r[f"hit@{k}"]) for r in rows) for k in cfg.eval.ks},
-                           **{f"acc0@{k}": _nanmean(float(r[f"hit0@{k}"]) for r in rows) for k in cfg.eval.ks}}
-                    out["localization"].append({"model": tag, "split": split, "kind": kind, "style": style, **agg})
-    return out
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _f(x, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}"
-
-
-def render_report(organ_rows: list[dict], loc_rows: list[dict], summary: dict, cfg: FinetuneConfig,
-                  tags: list[str]) -> str:
-    how = cfg.eval.threshold_on
-    lines = [f"# Organ awareness and slice localisation: {', '.join(tags)}", ""]
-    lines.append(f"Threshold: Youden's J chosen on the **{'training CT(s)' if how == 'train' else 'evaluated CT (optimistic)'}**"
-                 f" (`eval.threshold_on: {how}`); tolerance {cfg.eval.tolerance_mm:g} mm. "
-                 f"Training CT(s): {', '.join(s.name for s in cfg.train_sources)}; evaluated CT(s): "
-                 f"{', '.join(s.name for s in cfg.eval_sources) or '(none)'}.")
-    lines.append("")
-    for split in ("eval", "train"):
-        srcs = cfg.eval_sources if split == "eval" else cfg.train_sources
-        for src in srcs:
-            lines.append(f"## {'Evaluated' if split == 'eval' else 'Training'} CT `{src.name}`"
-                         + (" (in-sample)" if split == "train" else ""))
-            lines.append("")
-            head = "| organ | in / out |"
-            sep = "|---|---|"
-            for style in cfg.eval.styles:
-                for metric in ("Acc", "F1", "AUC"):
-                    for tag in tags:
-                        head += f" {style} {metric} {tag} |"
-                        sep += "---|"
-            lines += [head, sep]
-            organs = list(dict.fromkeys(r["organ"] for r in organ_rows if r["source"] == src.name))
-            for organ in organs:
-                first = next(r for r in organ_rows if r["source"] == src.name and r["organ"] == organ)
-                line = f"| {organ} | {first['n_pos']} / {first['n_neg']} |"
-                for style in cfg.eval.styles:
-                    for metric in ("accuracy", "f1", "auc"):
-                        for tag in tags:
-                            r = next((r for r in organ_rows if r["source"] == src.name and r["organ"] == organ
-                                      and r["style"] == style and r["model"] == tag and r["threshold_on"] == how), None)
-                            line += f" {_f(r[metric]) if r else '–'} |"
-                lines.append(line)
-            lines.append("")
-    lines.append("## Macro means")
-    lines.append("")
-    lines.append("| model | CT | style | threshold on | organs (both classes) | Acc (both) | F1 (both) | AUC (both) "
-                 "| Acc (all) | F1 (all) |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for r in summary["organ_awareness"]:
-        lines.append(f"| {r['model']} | {r['split']} | {r['style']} | {r['threshold_on']} | {r['n_organs']} "
-                     f"({r['n_organs_both_classes']}) | {_f(r['accuracy_both'])} | {_f(r['f1_both'])} | "
-                     f"{_f(r['auc_both'])} | {_f(r['accuracy_all'])} | {_f(r['f1_all'])} |")
-    lines.append("")
-    if summary["localization"]:
-        ks = cfg.eval.ks
-        lines.append("## Slice localisation (top-k slices vs the organ's z-range / the labelled key slice)")
-        lines.append("")
-        lines.append("| model | CT | queries | style | n | MAE (slices) | MAE (mm) | "
-                     + " | ".join(f"Acc@{k}" for k in ks) + " |")
-        lines.append("|---|---|---|---|---|---|---|" + "---|" * len(ks))
-        for r in summary["localization"]:
-            lines.append(f"| {r['model']} | {r['split']} | {r['kind']} | {r['style']} | {r['n']} | "
-                         f"{_f(r['mae_slices'])} | {_f(r['mae_mm'], 1)} | "
-                         + " | ".join(_f(r[f'acc@{k}']) for k in ks) + " |")
-        lines.append("")
-    if not any(r["kind"] == "lesion" for r in loc_rows):
-        lines.append("No lesion queries: no lesion labels (CSV, corpus image references or reviewed selections) "
-                     "name an evaluated CT, so slice localisation is measured for organ prompts only (a hit: one "
-                     "of the top-k slices within the tolerance of the organ's z-range).")
-        lines.append("")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_all(organ_rows: list[dict], score_rows: list[dict], folder: Path, tags: list[str], cfg: FinetuneConfig,
-             max_curves: int = 8) -> list[Path]:
-    """Per-organ F1/accuracy bars (one figure per CT and style) and similarity curves (score vs z per
-    organ, the organ's z-range shaded, one line per model). Matplotlib Agg, PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    how = cfg.eval.threshold_on
-    written = []
-    sources = list(dict.fromkeys(r["source"] for r in organ_rows))
-    for src in sources:
-        for style in cfg.eval.styles:
-            rows = [r for r in organ_rows if r["source"] == src and r["style"] == style and r["threshold_on"] == how]
-            organs = list(dict.fromkeys(r["organ"] for r in rows))
-            if not organs:
-                continue
-            fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(organs) + 2), 6), sharex=True)
-            width = 0.8 / len(tags)
-            x = np.arange(len(organs))
-            for ax, metric in zip(axes, ("f1", "accuracy")):
-                for i, tag in enumerate(tags):
-                    vals = []
-                    for o in organs:
-                        r = next((r for r in rows if r["organ"] == o and r["model"] == tag), None)
-                        v = r[metric] if r else math.nan
-                        vals.append(math.nan if v is None else v)
-                    vals = np.array(vals, dtype=float)
-                    xs = x + (i - (len(tags) - 1) / 2) * width
-                    ax.bar(xs, np.nan_to_num(vals), width, label=tag, color=f"C{i}")
-                    undefined = np.isnan(vals)      # e.g. F1 of an organ absent from the CT: a hatched "n/a" frame
-                    ax.bar(xs[undefined], np.ones(undefined.sum()), width, fill=False, hatch="//", lw=0.5,
-                           edgecolor=f"C{i}")
-                ax.set_ylabel(metric)
-                ax.set_ylim(0, 1)
-            axes[0].legend(loc="upper right", fontsize=8)
-            axes[0].set_title(f"{src}: per-organ {style} prompts (threshold on {how}; hatched = undefined)")
-            axes[1].set_xticks(x)
-            axes[1].set_xticklabels(organs, rotation=60, ha="right", fontsize=8)
-            fig.tight_layout()
-            path = folder / f"organ_bars_{src}_{style}.png"
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            written.append(path)
-        # curves of the organs with slices inside and outside the range on this CT (the informative ones)
-        both = {r["organ"] for r in organ_rows if r["source"] == src and r["both_classes"]}
-        organs = [o for o in dict.fromkeys(r["organ"] for r in score_rows if r["source"] == src) if o in both]
-        organs = organs[:max_curves]
-        if not organs:
-            continue
-        ncol = 4
-        nrow = math.ceil(len(organs) / ncol)
-        src_rows = [r for r in score_rows if r["source"] == src]
-        for style in cfg.eval.styles:
-            fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow), squeeze=False)
-            for ax, organ in zip(axes.ravel(), organs):
-                rows = [r for r in src_rows if r["organ"] == organ and r["style"] == style]
-                if not rows:
-                    continue
-                ref = [r for r in rows if r["model"] == tags[0]]
-                z = np.array([r["z_mm"] for r in ref])
-                inside = np.array([r["inside"] for r in ref])
-                if inside.any():
-                    ax.axvspan(z[inside].min(), z[inside].max(), color="0.9")
-                for tag in tags:
-                    rr = [r for r in rows if r["model"] == tag]
-                    s = np.array([r["score"] for r in rr])
-                    ax.plot([r["z_mm"] for r in rr], (s - s.mean()) / (s.std() + 1e-9), label=tag, lw=1,
-                            color=f"C{tags.index(tag)}")
-                ax.set_title(organ, fontsize=8)
-                ax.tick_params(labelsize=6)
-            for ax in axes.ravel()[len(organs):]:
-                ax.axis("off")
-            axes.ravel()[0].legend(fontsize=6)
-            fig.suptitle(f"{src}: z-scored similarity vs z (mm), {style} prompts; grey = organ z-range", fontsize=9)
-            fig.tight_layout()
-            path = folder / f"similarity_{src}_{style}.png"
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            written.append(path)
-    return written
 
 
 # --------------------------------------------------------------------------- run helpers

@@ -316,7 +316,7 @@ def rescore_fold(plan: LocoPlan, held_out: str, variant: str, work: Path) -> lis
     scored on it nor used to fit the threshold (``eval.only_segmented``)."""
     import pyarrow.parquet as pq
 
-    from keyslice.finetune.evaluate import summarize, summarize_stations
+    from keyslice.finetune.report import summarize, summarize_stations
     from keyslice.finetune.pairs import load_source
 
     cfg = fold_config(plan, held_out, variant, work)

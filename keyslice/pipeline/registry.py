@@ -1,10 +1,13 @@
 """The stages of a build, declared once.
 
-Everything else is derived from this list: which tables a stage's checkpoint holds
-(:class:`keyslice.corpus.checkpoints.CheckpointStore`), the order and the upstream of each
-stage (:mod:`keyslice.pipeline.run`), the Prefect tasks and their tags (``tasks/``), the CPU/GPU
-phases of the split deployment (``flows/deploy.py``) and the status counts. A new stage is one
-:class:`Stage` here plus its function in :mod:`keyslice.pipeline.stage_functions`.
+The stage names, their order and the tables each one's checkpoint holds are the corpus'
+shape, declared as data in :mod:`keyslice.corpus.layout` (the corpus layer reads and verifies
+checkpoints without importing the pipeline). This module binds each of those stages to what it
+runs: its function, resources and retries. Everything else is derived from the two: the order
+and the upstream of each stage (:mod:`keyslice.pipeline.run`), the Prefect tasks and their tags
+(``tasks/``), the CPU/GPU phases of the split deployment (``flows/deploy.py``) and the status
+counts. A new stage is its tables in :data:`keyslice.corpus.layout.STAGE_TABLES`, one
+:class:`Stage` here and its function in :mod:`keyslice.pipeline.stage_functions`.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from keyslice.pipeline import stage_functions as fn
+from keyslice.corpus.layout import STAGE_TABLES, STAGES, TABLE_STAGE, check_stage, downstream
 from keyslice.errors import is_transient
+from keyslice.pipeline import stage_functions as fn
+
+__all__ = ["REGISTRY", "STAGES", "STAGE_TABLES", "Stage", "TABLE_STAGE", "device_phases", "downstream", "get_stage",
+           "resource_lock", "select_stages"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,6 @@ class Stage:
     """
 
     name: str
-    tables: tuple[str, ...]
     function: Callable[..., dict[str, list[dict]]]
     resources: tuple[str, ...] = ("cpu",)
     retries: int = 2
@@ -36,20 +42,23 @@ class Stage:
     transient: Callable[[BaseException], bool] = is_transient
 
     @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables this stage's checkpoint holds (:data:`keyslice.corpus.layout.STAGE_TABLES`)."""
+        return STAGE_TABLES[self.name]
+
+    @property
     def uses_gpu(self) -> bool:
         return "gpu" in self.resources
 
 
 REGISTRY: tuple[Stage, ...] = (
-    Stage("segment", ("findings",), fn.segment_step),
-    Stage("series", ("studies", "series", "assignments"), fn.series_step, resources=("cpu", "io")),
-    Stage("keyslice", ("selections",), fn.keyslice_step, resources=("gpu",)),
-    Stage("vqa", ("vqa",), fn.vqa_step),
+    Stage("segment", fn.segment_step),
+    Stage("series", fn.series_step, resources=("cpu", "io")),
+    Stage("keyslice", fn.keyslice_step, resources=("gpu",)),
+    Stage("vqa", fn.vqa_step),
 )
-
-STAGES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
-STAGE_TABLES: dict[str, tuple[str, ...]] = {s.name: s.tables for s in REGISTRY}
-TABLE_STAGE: dict[str, str] = {t: s.name for s in REGISTRY for t in s.tables}
+if tuple(s.name for s in REGISTRY) != STAGES:  # a stage bound here must be the corpus' stage, in its order
+    raise RuntimeError(f"pipeline stages {[s.name for s in REGISTRY]} differ from the corpus layout {list(STAGES)}")
 
 
 _RESOURCE_LOCKS: dict[str, threading.Lock] = {"gpu": threading.Lock()}
@@ -63,15 +72,7 @@ def resource_lock(resource: str) -> threading.Lock:
 
 
 def get_stage(name: str) -> Stage:
-    for stage in REGISTRY:
-        if stage.name == name:
-            return stage
-    raise ValueError(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
-
-
-def downstream(name: str) -> tuple[str, ...]:
-    """The stage itself and every stage after it: recomputing one invalidates those."""
-    return STAGES[STAGES.index(get_stage(name).name):]
+    return REGISTRY[STAGES.index(check_stage(name))]
 
 
 def select_stages(names: list[str] | tuple[str, ...] | None) -> list[str]:

@@ -43,13 +43,19 @@ def segment_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
                                  "raise the limit in the build config")
     rows = []
     for f in findings:
-        row = f.to_row()
-        row["finding_id"] = f"{study.study_id}:{f.finding_index}"
-        row["organ"] = f.organs[0] if f.organs else None
+        row = finding_row(f, study.study_id)
         row["deid_version"] = DEID_VERSION
         row["report_phi_masked"] = masked
         rows.append(row)
     return {"findings": _stamp(rows, study.study_id)}
+
+
+def finding_row(finding, study_id: str) -> dict[str, Any]:
+    """A report finding as step 2 reads it from the findings table: its row, id and first organ."""
+    row = finding.to_row()
+    row["finding_id"] = f"{study_id}:{finding.finding_index}"
+    row["organ"] = finding.organs[0] if finding.organs else None
+    return row
 
 
 def series_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
@@ -119,7 +125,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         by_series[a["series_id"]].append(a)
 
     encoder = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
-    masks = find_masks(study.path) if cfg.use_masks else None
+    masks = find_masks(study.path, *_mask_roots(study, cfg)) if cfg.use_masks else None
     files = series_file_lists(study.path, ctx.pseudonymize, max_files=cfg.max_files_per_study)
     selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks,
                                   uncertain_margin=cfg.uncertain_margin,
@@ -151,6 +157,11 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     return {"selections": _stamp(rows, sid)}
 
 
+def _mask_roots(study: Study, cfg) -> tuple:
+    """The study's folder under the build's masks root (``keyslice segment``), read after its own masks."""
+    return (study.masks_folder(cfg.masks_dir),) if cfg.masks_dir else ()
+
+
 def _skipped_summary(series_id: str, volume) -> str:
     """What the selector left out of a series (keyslice.selector.volume's bad-input policy: a bad
     file is dropped, a slice whose pixels cannot be decoded is kept blank and never selected),
@@ -177,7 +188,7 @@ def vqa_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     if ctx.config.vqa_mask_negatives:  # opt-in: "no" for mask-visible organs the report never mentions
         from keyslice.vqa.masks import study_mask_organs
 
-        mask_organs = study_mask_organs(study.path, selections, ctx.pseudonymize)
+        mask_organs = study_mask_organs(study.path, selections, ctx.pseudonymize, _mask_roots(study, ctx.config))
     rows = generate_rule_vqa(findings, selections, series, mask_organs=mask_organs)
     if ctx.config.llm.enabled:
         from keyslice.vqa import LLMGenerator

@@ -33,6 +33,10 @@ class Study:
     path: Path
     report_text: str | None  # from the manifest; None means read report.txt
 
+    def masks_folder(self, masks_root: Path) -> Path:
+        """This study's folder under a masks root that mirrors the input (``keyslice segment --masks``)."""
+        return Path(masks_root) / self.source_key
+
     def private_strings(self) -> tuple[str, ...]:
         """The forms in which this study's folder can show up in an error message: never to be stored."""
         forms = {self.source_key, str(self.path), self.path.as_posix(), self.path.name}

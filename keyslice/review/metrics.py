@@ -1,4 +1,4 @@
-"""Review metrics: SQL views over ``reviews`` and the paper's acceptance and agreement figures.
+"""Review metrics: the paper's acceptance and agreement figures over the review views.
 
 Definitions (the README's "Reviewing key slices" section says the same):
 
@@ -12,55 +12,16 @@ Definitions (the README's "Reviewing key slices" section says the same):
   and their chosen slice when they chose one; a hit is within ``tolerance_mm`` of the first
   reader's slice (slice indices equal when a z is unknown). The first reader of a selection is
   the one who judged it first.
+
+The views themselves (``review_judgements``, ``review_acceptance_by_*``) are SQL over corpus tables,
+so they live with the corpus views in :mod:`keyslice.corpus.views`: every
+:func:`keyslice.corpus.sql.connect` has them, and this module only queries them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-
-JUDGEMENTS_SQL = "('accept', 'reject', 'choose', 'not_visible')"
-
-VIEWS = {
-    "review_judgements": f"""
-SELECT j.* EXCLUDE (rn),
-       j.decision = 'accept' AS accepted,
-       f.organ, se.phase,
-       EXISTS (SELECT 1 FROM selections s WHERE s.finding_id = j.finding_id AND s.series_id = j.series_id
-               AND s.model_id = j.model_id AND s.weights_sha256 = j.weights_sha256
-               AND s.top1_index = j.selection_top1_index) AS judged_current
-FROM (SELECT r.*, row_number() OVER (PARTITION BY reviewer, finding_id, selection_sha256
-                                     ORDER BY decided_at DESC, review_id DESC) AS rn
-      FROM reviews r
-      WHERE decision IN {JUDGEMENTS_SQL}
-        AND review_id NOT IN (SELECT undoes FROM reviews WHERE decision = 'undo' AND undoes IS NOT NULL)) j
-LEFT JOIN findings f ON f.study_id = j.study_id AND f.finding_id = j.finding_id
-LEFT JOIN series se ON se.study_id = j.study_id AND se.series_id = j.series_id
-WHERE j.rn = 1""",
-}
-
-_COUNTS = """count(*) AS n_judged, count(*) FILTER (WHERE accepted) AS n_accepted,
-       round(n_accepted / n_judged, 4) AS acceptance,
-       count(*) FILTER (WHERE decision = 'choose') AS n_chosen,
-       count(*) FILTER (WHERE decision = 'reject') AS n_rejected,
-       count(*) FILTER (WHERE decision = 'not_visible') AS n_not_visible"""
-
-for _name, _by in {"review_acceptance_by_model": "model_id, weights_sha256",
-                   "review_acceptance_by_organ": "organ", "review_acceptance_by_reviewer": "reviewer",
-                   "review_acceptance_by_phase": "phase"}.items():
-    VIEWS[_name] = (f"SELECT {_by}, {_COUNTS}, count(DISTINCT reviewer) AS n_reviewers, "
-                    f"min(decided_at) AS first_decided_at FROM review_judgements GROUP BY {_by} ORDER BY {_by}")
-VIEWS["review_acceptance_by_confidence"] = f"""
-SELECT s.uncertain, {_COUNTS}, round(avg(s.margin), 4) AS mean_margin
-FROM review_judgements j JOIN selections s ON s.finding_id = j.finding_id AND s.model_id = j.model_id
-     AND s.weights_sha256 = j.weights_sha256 AND s.top1_index = j.selection_top1_index
-GROUP BY s.uncertain ORDER BY s.uncertain"""
-
-
-def create_views(con) -> None:
-    """Create the review views on a connection that already has the corpus' table views."""
-    for name, sql in VIEWS.items():
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
 
 
 def cohen_kappa(a: list, b: list) -> float | None:

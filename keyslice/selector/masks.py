@@ -12,7 +12,9 @@
   are their SegmentLabel (or the property type's CodeMeaning), lower-cased with ``_`` for
   spaces, so "Liver" answers the TotalSegmentator label ``liver``.
 
-When several sources hold a label, the first in that order (then sorted path) is used.
+When several sources hold a label, the first in that order (then sorted path) is used; masks
+of further folders (``find_masks(study_dir, masks_folder)``: a masks root outside a read-only
+input, written by ``keyslice segment``) come after the study's own.
 
 World frames: NIfTI affines are RAS+ (+x toward the patient's right, +y anterior); DICOM
 (series and SEG) is LPS+ (+x toward the patient's left, +y posterior). Every NIfTI affine
@@ -48,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keyslice.errors import MaskError, ModelWeightsMissingError
+from keyslice.errors import MaskError
 from keyslice.selector.ts_labels import TOTAL_LABELS
 
 log = logging.getLogger(__name__)
@@ -539,9 +541,24 @@ def _is_dicom_seg(p: Path) -> bool:
         return False
 
 
-def find_masks(study_dir: Path) -> OrganMasks | None:
-    """Precomputed masks shipped with a study (see the module docstring), or None when there are none."""
-    study_dir = Path(study_dir)
+def find_masks(study_dir: Path, *more: Path) -> OrganMasks | None:
+    """Precomputed masks shipped with a study (see the module docstring), or None when there are none.
+
+    ``more``: further folders holding masks of the same study, read after the study's own (a
+    separate masks root that ``keyslice segment`` wrote; a folder that does not exist holds none,
+    a folder given twice is read once)."""
+    sources: list[_Source] = []
+    seen: set[Path] = set()
+    for folder in (study_dir, *more):
+        folder = Path(folder)
+        if not folder.is_dir() or folder.resolve() in seen:
+            continue
+        seen.add(folder.resolve())
+        sources += _sources_in(folder)
+    return OrganMasks(sources) if sources else None
+
+
+def _sources_in(study_dir: Path) -> list[_Source]:
     folders, niftis, segs = [], [], []
     for root, dirs, files in os.walk(study_dir):
         dirs.sort()
@@ -562,55 +579,4 @@ def find_masks(study_dir: Path) -> OrganMasks | None:
     sources: list[_Source] = [_StructureFolder(f) for f in folders]
     sources += [_NiftiLabels(p, names=_labels_for(p)) for p in niftis]
     sources += [_DicomSeg(p) for p in segs]
-    return OrganMasks(sources) if sources else None
-
-
-# --------------------------------------------------------------------------- TotalSegmentator
-
-
-def totalsegmentator_weights_dir() -> Path:
-    home = os.environ.get("TOTALSEG_HOME_DIR")
-    return Path(home) if home else Path.home() / ".totalsegmentator"
-
-
-def run_totalsegmentator(input_nifti: Path, output_dir: Path, *, fast: bool = True, device: str = "gpu",
-                         roi_subset: list[str] | None = None) -> OrganMasks:
-    """Segment a CT (NIfTI; see :func:`volume_to_nifti`) with TotalSegmentator's python API and return
-    its per-structure masks. Raises ModelWeightsMissingError when TotalSegmentator or its weights
-    are not installed (it is an optional extra and needs a download)."""
-    try:
-        from totalsegmentator.python_api import totalsegmentator
-    except ImportError as e:  # the optional extra is not installed
-        raise ModelWeightsMissingError(
-            "TotalSegmentator is not installed: `pip install 'keyslice[totalsegmentator]'` (TotalSegmentator==2.18.0), "
-            "then `totalseg_download_weights -t total_fast` (or `-t total`) with network; weights go to "
-            "$TOTALSEG_HOME_DIR (default ~/.totalsegmentator). Or ship precomputed masks with the study "
-            "(segmentations/*.nii.gz, *seg*.nii.gz or a DICOM-SEG; see keyslice.selector.masks)") from e
-    wdir = totalsegmentator_weights_dir() / "nnunet" / "results"
-    if not wdir.is_dir() or not any(wdir.iterdir()):
-        raise ModelWeightsMissingError(
-            f"TotalSegmentator weights are not in {wdir}: run `totalseg_download_weights -t "
-            f"{'total_fast' if fast else 'total'}` with network (set TOTALSEG_HOME_DIR to choose the folder)")
-    output_dir = Path(output_dir)
-    totalsegmentator(str(input_nifti), str(output_dir), fast=fast, roi_subset=roi_subset, device=device, quiet=True)
-    return OrganMasks.from_folder(output_dir)
-
-
-def segment_volume(volume, work_dir: Path, *, fast: bool = True, device: str = "gpu",
-                   roi_subset: list[str] | None = None) -> OrganMasks:
-    """Masks for a series that shipped none: write it as NIfTI and run TotalSegmentator on it
-    (ModelWeightsMissingError when TotalSegmentator or its weights are absent)."""
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    return run_totalsegmentator(volume_to_nifti(volume, work_dir / "ct.nii.gz"), work_dir / "segmentations",
-                                fast=fast, device=device, roi_subset=roi_subset)
-
-
-def volume_to_nifti(volume, path: Path) -> Path:
-    """Write a Volume as NIfTI (RAS affine) for tools such as TotalSegmentator."""
-    import nibabel as nib
-
-    data = np.transpose(volume.hu, (2, 1, 0))  # [i, j, k]
-    aff = RAS_TO_LPS @ volume.affine
-    nib.save(nib.Nifti1Image(data.astype(np.int16), aff), str(path))
-    return Path(path)
+    return sources

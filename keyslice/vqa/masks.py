@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from keyslice.vocab import ORGANS
 
@@ -46,14 +46,16 @@ def visible_organs(masks, volumes: Mapping[str, Any], slices: Iterable[SliceKey]
 
 
 def study_mask_organs(study_dir: Path, selections: list[Mapping[str, Any]],
-                      pseudonymize: Callable[[str, str], str]) -> dict[SliceKey, set[str]]:
+                      pseudonymize: Callable[[str, str], str], mask_folders: Sequence[Path] = ()
+                      ) -> dict[SliceKey, set[str]]:
     """:func:`visible_organs` for a study folder's key slices; {} when the study has no masks.
+    ``mask_folders``: further folders of the study's masks (a masks root, see ``find_masks``).
 
     Reads the selected series' headers again (only their geometry is needed)."""
     from keyslice.dicom import index_study
     from keyslice.selector import find_masks, load_volume
 
-    masks = find_masks(Path(study_dir))
+    masks = find_masks(Path(study_dir), *mask_folders)
     if masks is None or not selections:
         return {}
     slices = [(str(s["series_id"]), int(s["top1_index"])) for s in selections]
