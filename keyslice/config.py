@@ -1,4 +1,9 @@
-"""Explicit configuration of a build: one dataclass, loadable from YAML, recorded in `runs`."""
+"""Explicit configuration of a build: one dataclass, loadable from YAML, recorded in `runs`.
+
+The build flow takes a :class:`BuildConfig` itself as its parameter: Prefect validates flow parameters with
+pydantic, which builds this dataclass from the JSON a deployment run stores and serialises it for the API, so
+plain fields (paths, tuples, nested dataclasses, optionals) are all it may hold.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +70,7 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuildConfig":
+        """Plain values (a YAML mapping, CLI settings) as a config; a misspelt key is an error, not ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -87,9 +93,6 @@ class BuildConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls.from_yaml(Path(config_file), **given) if config_file else cls.from_dict(given)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe values (paths as strings): what a Prefect flow run's parameters hold."""
-        return json.loads(self.to_json())
-
     def to_json(self) -> str:
+        """The config as the ``runs`` table records it (paths as strings, sorted keys)."""
         return json.dumps(dataclasses.asdict(self), default=str, sort_keys=True)
