@@ -70,7 +70,6 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuildConfig":
-        """Plain values (a YAML mapping, CLI settings) as a config; a misspelt key is an error, not ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
