@@ -14,6 +14,7 @@ runs can be compared side by side.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +28,46 @@ from keyslice.pipeline.api import execute
 from keyslice.pipeline.context import BuildContext, make_context
 from keyslice.pipeline.progress import BuildObserver, LogLines
 from keyslice.pipeline.registry import get_stage
+from keyslice.pipeline.studies import Discovery
 from keyslice.pipeline.summary import artifact_key, run_summary, summary_markdown, summary_table
 from tasks import stage_task
 
-# The observer of the flow run started by run_build in this process (flow parameters are stored by
-# the Prefect API, so a live object cannot be one); None: log lines to the run's logger.
-_observer: BuildObserver | None = None
+@dataclass(frozen=True)
+class _InProcess:
+    """What :func:`run_build` hands the flow run it starts in this process besides its parameters, which
+    the Prefect API stores: the live progress observer, and the studies its caller's preflight found
+    (their folder names are private, so they never become a stored parameter)."""
+
+    observer: BuildObserver | None = None
+    discovery: Discovery | None = None
 
 
-@flow(name="keyslice-build", log_prints=True, validate_parameters=False)
-def build_flow(config: dict[str, Any], studies_filter: list[str] | None = None,
+# Set by run_build for the flow run it starts; empty for a run from a deployment: log lines, discover here.
+_in_process = _InProcess()
+
+
+@flow(name="keyslice-build", log_prints=True)
+def build_flow(config: BuildConfig, studies_filter: list[str] | None = None,
                incremental: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
-    """Build (or resume) a corpus. ``config`` is a :class:`BuildConfig` as plain values
-    (:meth:`BuildConfig.to_dict`: flow-run parameters are stored by the Prefect API).
+    """Build (or resume) a corpus. ``config``: the :class:`BuildConfig` itself when called from Python;
+    a deployment's parameters hold it as a JSON mapping of its fields (paths as strings), which Prefect
+    validates into the dataclass (an unknown or missing key fails the run before it starts).
 
     ``incremental`` and ``stages``: see :func:`keyslice.pipeline.api.execute` (and flows/deploy.py
     for the CPU/GPU phases).
     """
-    cfg = BuildConfig.from_dict(config)
-    ctx = make_context(cfg)
-    window = 2 * max(cfg.max_workers, 1)
+    ctx = make_context(config)
+    window = 2 * max(config.max_workers, 1)
     logger = get_run_logger()
-    observer = _observer or LogLines(logger.info)
-    with corpus_lock(cfg.out_dir):
+    observer = _in_process.observer or LogLines(logger.info)
+    with corpus_lock(config.out_dir):
         result = execute(ctx, lambda studies, names, c, on_outcome=None:
                          _run_studies(studies, names, c, window, on_outcome),
                          studies_filter=studies_filter, incremental=incremental, stages=stages,
-                         logger=logger, observer=observer, preflight_model=not _on_dask())
+                         logger=logger, observer=observer, preflight_model=not _on_dask(),
+                         discovery=_in_process.discovery)
     try:
-        publish_summary(cfg.out_dir, result)
+        publish_summary(config.out_dir, result)
     except Exception as exc:  # noqa: BLE001 - the corpus is built and recorded; only its report is missing
         logger.warning("the run's summary artifacts were not published (%s: %s); the build itself is complete, "
                        "`keyslice status` and the runs table show its result", type(exc).__name__, exc)
@@ -165,19 +177,21 @@ def make_task_runner(task_runner: str, max_workers: int, dask_address: str | Non
 
 def run_build(cfg: BuildConfig, task_runner: str = "threads", *, dask_address: str | None = None,
               incremental: bool = False, stages: list[str] | None = None,
-              observer: BuildObserver | None = None) -> dict[str, Any]:
+              observer: BuildObserver | None = None, discovery: Discovery | None = None) -> dict[str, Any]:
     """Run the build flow with the chosen task runner (``threads`` or ``dask``, see :func:`make_task_runner`).
 
     ``incremental``: submit tasks only for studies that are not complete (new studies, failed or
     forced ones); complete studies cost no task run at all, which keeps a scheduled build over a
     large, mostly-built corpus cheap. Without it every study gets its four (skipped) task runs.
     ``observer``: progress of the build (:mod:`keyslice.pipeline.progress`), else log lines.
+    ``discovery``: the studies :func:`keyslice.pipeline.api.preflight` found for ``cfg`` (the flow walks the
+    input folder otherwise).
     """
-    global _observer
+    global _in_process
     runner = make_task_runner(task_runner, cfg.max_workers, dask_address)
-    _observer = observer
+    _in_process = _InProcess(observer, discovery)
     try:
-        return build_flow.with_options(task_runner=runner)(config=cfg.to_dict(), incremental=incremental,
+        return build_flow.with_options(task_runner=runner)(config=cfg, incremental=incremental,
                                                            stages=list(stages) if stages else None)
     finally:
-        _observer = None
+        _in_process = _InProcess()

@@ -12,12 +12,15 @@ import tempfile
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from keyslice.pipeline.studies import Discovery
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Turn CT studies and their reports into a Medical VQA dataset.")
@@ -55,7 +58,8 @@ def _progress_observer(quiet: bool):
 
 def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[str], force_stage: list[str],
            workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None,
-           quiet: bool = False, masks: Optional[Path] = None) -> dict:
+           quiet: bool = False, masks: Optional[Path] = None) -> tuple[dict, Discovery]:
+    """Run the build; returns its result and the studies its preflight found (the input is walked once)."""
     from rich.markup import escape
 
     from keyslice.config import BuildConfig
@@ -79,19 +83,20 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
         with corpus_lock(cfg.out_dir):  # asked here first: a locked corpus is a message, not a flow-run traceback
             from keyslice.pipeline.api import preflight
 
-            preflight(cfg)
+            found = preflight(cfg)  # the build reuses its discovery: the input folder is walked once
         observer = _progress_observer(quiet)
         with _stop_on_sigterm():
             if runner == "local":
                 from keyslice.pipeline.api import build as build_corpus
 
-                return build_corpus(config=cfg, runner="threads", observer=observer)
+                return build_corpus(config=cfg, runner="threads", observer=observer, discovery=found), found
             _quiet_prefect()
             from flows.build import run_build
             from flows.server import build_api_server
 
             with build_api_server():
-                return run_build(cfg, task_runner=runner, dask_address=dask_address, observer=observer)
+                return run_build(cfg, task_runner=runner, dask_address=dask_address, observer=observer,
+                                 discovery=found), found
     except KeyboardInterrupt:
         err_console.print("[yellow]build stopped; every committed stage is kept: rerun `keyslice build` to resume"
                           "[/yellow]")
@@ -175,9 +180,10 @@ def build(
     found; 2 refused before building (options, a locked corpus, another pseudonym key, a bad manifest,
     missing model weights); 130 stopped by Ctrl-C or SIGTERM (rerun to resume).
     """
-    result = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address, quiet, masks)
+    result, found = _build(input_dir, out, config, model, force_stage, workers, runner, device, dask_address, quiet,
+                           masks)
     _print_run(result)
-    _print_status(out, input_dir)
+    _print_status(out, input_dir, found=found)
     failed = sorted({o["study_id"] for o in result.get("outcomes", []) if o["status"] in ("failed", "blocked")})
     if result["n_studies"] == 0:
         err_console.print(f"[yellow]no study found under {input_dir}: a study is a folder with a report.txt "
@@ -191,15 +197,18 @@ def build(
             raise typer.Exit(code=1)
 
 
-def _print_status(out: Path, input_dir: Optional[Path] = None, verify: bool = False) -> None:
+def _print_status(out: Path, input_dir: Optional[Path] = None, verify: bool = False,
+                  found: Optional[Discovery] = None) -> None:
+    """``found``: the studies the build just found in ``input_dir`` (names its skipped folders without
+    walking the input again)."""
     from keyslice.corpus.status import corpus_status
 
     status = corpus_status(out, verify)
-    for renderable in _status_tables(out, status, input_dir):
+    for renderable in _status_tables(out, status, input_dir, found):
         console.print(renderable)
 
 
-def _status_tables(out: Path, status, input_dir: Optional[Path] = None) -> list:
+def _status_tables(out: Path, status, input_dir: Optional[Path] = None, found: Optional[Discovery] = None) -> list:
     """The status as rich renderables: per stage, per table, unreadable tables, damaged files, failed
     studies, skipped input folders."""
     from rich.markup import escape
@@ -235,7 +244,7 @@ def _status_tables(out: Path, status, input_dir: Optional[Path] = None) -> list:
             failed.add_row(f["study_id"], f["stage"], f["error_type"], f["message"], str(f["attempt"]))
         tables.append(failed)
     if status.skipped_inputs:
-        names = _skipped_folder_names(out, input_dir) if input_dir else {}
+        names = _skipped_folder_names(out, input_dir, found) if input_dir else {}
         n_found = status.n_input_folders
         skipped = Table(title=f"input folders not taken as studies (last build: {n_found} folders found, "
                               f"{n_found - len(status.skipped_inputs)} studies, {len(status.skipped_inputs)} skipped)")
@@ -247,12 +256,15 @@ def _status_tables(out: Path, status, input_dir: Optional[Path] = None) -> list:
     return tables
 
 
-def _skipped_folder_names(out: Path, input_dir: Path) -> dict[str, str]:
-    """Folder pseudonym -> relative path, found again in the input with the corpus' key: shown on this
-    terminal only (folder names can be patient names; the corpus keeps pseudonyms)."""
+def _skipped_folder_names(out: Path, input_dir: Path, found: Optional[Discovery] = None) -> dict[str, str]:
+    """Folder pseudonym -> relative path, found again in the input with the corpus' key (unless the build
+    just found them: ``found``): shown on this terminal only (folder names can be patient names; the
+    corpus keeps pseudonyms)."""
     from keyslice.pipeline.studies import discover_studies
     from keyslice.pseudonym import MissingKeyError, load_pseudonymizer
 
+    if found is not None:
+        return {f.folder_id: f.source_key for f in found.skipped}
     if not input_dir.is_dir():
         return {}
     try:
@@ -516,7 +528,7 @@ def demo(
     out = out or work / "corpus"
     model = model or str(ensure_demo_model(progress=console.print))
     console.print(f"sample studies in {studies}; corpus in {out}; selector model {model}")
-    result = _build(studies, out, None, model, [], None, "threads", None)
+    result, _ = _build(studies, out, None, model, [], None, "threads", None)
     _print_run(result)
     _print_status(out)
     from keyslice.corpus.sql import VQA_QUESTION_TYPES, VQA_YES_NO_BALANCE, query as run_query

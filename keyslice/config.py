@@ -1,4 +1,9 @@
-"""Explicit configuration of a build: one dataclass, loadable from YAML, recorded in `runs`."""
+"""Explicit configuration of a build: one dataclass, loadable from YAML, recorded in `runs`.
+
+The build flow takes a :class:`BuildConfig` itself as its parameter: Prefect validates flow parameters with
+pydantic, which builds this dataclass from the JSON a deployment run stores and serialises it for the API, so
+plain fields (paths, tuples, nested dataclasses, optionals) are all it may hold.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +61,8 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BuildConfig":
-        """A config from plain values: a YAML file's mapping, keyword settings or :meth:`to_dict`'s output.
+        """A config from plain values: a YAML file's mapping, keyword settings or a config's JSON
+        (:meth:`to_json`: what the runs table records and a flow run's parameter holds).
 
         ``llm`` may be a mapping of :class:`LLMEndpoint` fields; its ``prompt_version`` key (how build
         configs have always named the VQA prompt) is read as ``vqa_prompt_version``.
@@ -91,9 +97,6 @@ class BuildConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls.from_yaml(Path(config_file), **given) if config_file else cls.from_dict(given)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe values (paths as strings): what a Prefect flow run's parameters hold."""
-        return json.loads(self.to_json())
-
     def to_json(self) -> str:
+        """The config as the ``runs`` table records it (paths as strings, sorted keys)."""
         return json.dumps(dataclasses.asdict(self), default=str, sort_keys=True)

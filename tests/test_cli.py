@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from keyslice.cli import app
@@ -156,3 +159,39 @@ def test_sql_csv_and_json_go_to_standard_output_for_a_pipe(tmp_path):
         {"finding_id": "s1:0", "text": 'Cyst, "simple".', "organs": ["liver", "kidney"], "measurements_mm": [12.0]}]
     parquet = CliRunner().invoke(app, ["sql", "--out", str(out), query, "--format", "parquet"])
     assert parquet.exit_code == 2 and "--output" in _message(parquet)
+
+
+@pytest.mark.parametrize("runner", ["local", "threads"])
+def test_build_walks_the_input_folder_once(runner, tmp_path, sample_studies, tiny_model_dir, monkeypatch, request):
+    """The preflight's discovery is the build's (and names the skipped folders in the status it prints):
+    on network storage with thousands of study folders, walking the input is the slowest part of start-up."""
+    import os
+
+    from tests.corpus_utils import BUILD_KEY
+
+    if runner == "threads":
+        request.getfixturevalue("prefect_harness")
+    for name, value in (("KEYSLICE_PSEUDONYM_KEY", BUILD_KEY), ("PREFECT_LOGGING_LEVEL", "WARNING"),
+                        ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+                        ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")):
+        monkeypatch.setenv(name, value)   # the build's own environment settings, undone after the test
+    inp = tmp_path / "studies"
+    inp.mkdir()
+    study = sorted(p for p in sample_studies.iterdir() if (p / "report.txt").exists())[0]
+    (inp / "study_a").symlink_to(study, target_is_directory=True)
+    (inp / "notes_not_a_study").mkdir()
+    (inp / "notes_not_a_study" / "notes.txt").write_text("SYNTHETIC: a folder without a report")
+    walks = []
+    walk = os.walk
+
+    def counting_walk(top, *args, **kwargs):
+        if Path(top) == inp:
+            walks.append(top)
+        return walk(top, *args, **kwargs)
+
+    monkeypatch.setattr(os, "walk", counting_walk)
+    result = CliRunner().invoke(app, ["build", "--input", str(inp), "--out", str(tmp_path / "corpus"), "--quiet",
+                                      "--model", str(tiny_model_dir), "--workers", "1", "--runner", runner])
+    assert result.exit_code == 0, result.output
+    assert "1 studies" in _message(result) and "notes_not_a_study" in _message(result)
+    assert len(walks) == 1

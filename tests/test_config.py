@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def test_example_config_loads_with_cli_overrides(tmp_path):
 
 def test_the_example_llm_section_is_one_endpoint_and_round_trips(tmp_path):
     """Every key of the documented ``llm:`` section lands on the LLMEndpoint (its ``prompt_version`` on
-    vqa_prompt_version), and to_dict / YAML / pydantic give the same config back."""
+    vqa_prompt_version), and its JSON / YAML / pydantic give the same config back."""
     import dataclasses
 
     import pydantic
@@ -39,10 +40,11 @@ def test_the_example_llm_section_is_one_endpoint_and_round_trips(tmp_path):
     assert cfg.llm == dataclasses.replace(LLMEndpoint(), base_url=documented["base_url"], model=documented["model"])
     assert cfg.vqa_prompt_version == documented["prompt_version"] == "vqa_generate.v2"
 
+    plain = json.loads(cfg.to_json())
     again = tmp_path / "again.yaml"
-    again.write_text(yaml.safe_dump(cfg.to_dict()))
-    assert BuildConfig.from_yaml(again) == cfg == BuildConfig.from_dict(cfg.to_dict())
-    assert pydantic.TypeAdapter(BuildConfig).validate_python(cfg.to_dict()) == cfg   # a flow parameter
+    again.write_text(yaml.safe_dump(plain))
+    assert BuildConfig.from_yaml(again) == cfg == BuildConfig.from_dict(plain)
+    assert pydantic.TypeAdapter(BuildConfig).validate_python(plain) == cfg   # a flow parameter
 
 
 def test_an_llm_mapping_as_users_wrote_it_before(tmp_path):

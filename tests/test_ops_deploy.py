@@ -180,3 +180,44 @@ def test_scheduled_build_builds_new_studies_and_compacts(tmp_path, tiny_model_di
     assert second["n_studies"] == 1 and second["n_done"] == 4
     counts = query(out, "select count(distinct study_id) as n from selections").to_pylist()[0]["n"]
     assert counts == 3 and len(store.done_studies("vqa")) == 3
+
+
+def test_build_flow_takes_its_config_as_a_dataclass_from_python_and_from_a_deployments_json(
+        tmp_path, sample_studies, prefect_harness, monkeypatch):
+    """``config`` is a BuildConfig parameter: a deployment run stores it as JSON (what the runs table records),
+    and the engine's run of that stored run (what ``python -m prefect.engine`` does on a worker) gets the
+    dataclass back; a direct call stores the same JSON. An unknown key fails before any run."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ParameterTypeError
+    from prefect.flow_engine import load_flow_run, run_flow
+
+    from flows.build import build_flow
+    from keyslice.config import BuildConfig
+    from keyslice.corpus.sql import query
+    from tests.corpus_utils import BUILD_KEY
+
+    monkeypatch.setenv("KEYSLICE_PSEUDONYM_KEY", BUILD_KEY)
+    out = tmp_path / "corpus"
+    cfg = BuildConfig(input_dir=sample_studies, out_dir=out, model="not-loaded-by-the-segment-stage",
+                      manifest=None, force_stages=("segment",), max_workers=2, top_k=3)
+    as_json = json.loads(cfg.to_json())
+    assert isinstance(as_json["force_stages"], list) and isinstance(as_json["llm"], dict)
+
+    build_flow.to_deployment(name="json-config", parameters={"config": as_json, "stages": ["segment"]}).apply()
+    scheduled = run_deployment("keyslice-build/json-config", timeout=0)
+    assert scheduled.parameters["config"] == as_json
+    result = run_flow(build_flow, flow_run=load_flow_run(scheduled.id))
+    assert result["n_studies"] == 4 and result["n_failed"] == 0 and result["n_done"] == 4
+    recorded = query(out, "select config_json from runs").column("config_json").to_pylist()
+    assert [json.loads(c) for c in recorded] == [as_json]   # the dataclass that reached the build, paths and all
+
+    state = build_flow(config=cfg, stages=["segment"], return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(state.state_details.flow_run_id).parameters["config"]
+    assert stored == as_json
+    assert build_flow.validate_parameters({"config": stored})["config"] == cfg
+
+    with pytest.raises(ParameterTypeError, match="max_wrkers"):
+        build_flow.validate_parameters({"config": {**as_json, "max_wrkers": 3}})

@@ -100,3 +100,21 @@ print(json.dumps({"prefect_imported": any(m == "prefect" or m.startswith("prefec
     reference = corpus_fingerprint(reference_corpus)
     for runner in ("sequential", "threads"):
         assert corpus_fingerprint(tmp_path / runner) == reference, runner
+
+
+def test_a_build_refuses_a_discovery_made_for_another_key_or_input(tmp_path, sample_studies, monkeypatch):
+    """A discovery handed to the build (from preflight) must be of its input with its key: another key's
+    study ids would add every study again under new ids."""
+    from keyslice.pipeline.api import build
+    from keyslice.pipeline.studies import discover_studies
+    from keyslice.pseudonym import Pseudonymizer
+
+    monkeypatch.setenv("KEYSLICE_PSEUDONYM_KEY", BUILD_KEY)
+    ours = Pseudonymizer(BUILD_KEY.encode(), "env")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for found in (discover_studies(sample_studies, Pseudonymizer(b"another key", "env")),
+                  discover_studies(empty, ours)):
+        with pytest.raises(ValueError, match="another input folder, manifest or pseudonym key"):
+            build(sample_studies, tmp_path / "corpus", runner="sequential", discovery=found)
+    assert not list((tmp_path / "corpus").glob("tables/*/*.parquet"))

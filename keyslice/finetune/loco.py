@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -134,10 +134,9 @@ def run_loco(plan: LocoPlan, work: Path, *, progress: Progress = print, variants
         for held in held_out or plan.source_names:
             cfg = fold_config(plan, held, variant, work)
             if max_steps is not None:
-                cfg = FinetuneConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"],
-                                                                            "steps": int(max_steps),
-                                                                            "warmup_steps": 0,
-                                                                            "checkpoint_every": int(max_steps)}})
+                cfg = replace(cfg, train=replace(cfg.train, steps=int(max_steps), warmup_steps=0,
+                                                 checkpoint_every=int(max_steps)))
+                cfg.validate()
             progress(f"== {variant}: hold out {held}, train on {[s.name for s in cfg.train_sources]}")
             res = run_finetune(cfg, progress=lambda m: progress("  " + m))
             rows += fold_rows(plan, variant, held, res["eval"].summary, cfg, res["train"].train_seconds)

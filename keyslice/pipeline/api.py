@@ -28,7 +28,7 @@ from keyslice.pipeline.progress import BuildObserver
 from keyslice.pipeline.registry import select_stages
 from keyslice.pipeline.run import StageOutcome, process_study
 from keyslice.pipeline.runs import record_run
-from keyslice.pipeline.studies import Study, discover_studies
+from keyslice.pipeline.studies import Discovery, Study, discover_studies
 from keyslice.pseudonym import check_corpus_key
 
 log = logging.getLogger("keyslice.build")
@@ -75,7 +75,8 @@ class ThreadRunner:
 def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | None = None,
             incremental: bool = False, stages: list[str] | tuple[str, ...] | None = None,
             logger: logging.Logger | logging.LoggerAdapter = log,
-            observer: BuildObserver | None = None, preflight_model: bool = True) -> dict[str, Any]:
+            observer: BuildObserver | None = None, preflight_model: bool = True,
+            discovery: Discovery | None = None) -> dict[str, Any]:
     """The corpus build over ``ctx`` with ``runner``; the caller holds the corpus lock.
 
     ``incremental``: only studies that are not complete get run at all (new studies, failed or
@@ -87,6 +88,9 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
     ``preflight_model``: load the selector model here once before any study runs, so missing weights
     stop the build with one :class:`ModelWeightsMissingError` instead of failing every study (the
     in-process runners reuse the loaded model; a Dask build passes False).
+    ``discovery``: the studies of the input as :func:`preflight` found them, so that a build its caller
+    checked first walks the input folder once (on network storage with thousands of study folders, the
+    walk is the slowest part of start-up); discovered here when None.
 
     Refused before any study runs: a pseudonym key other than the corpus' (:class:`KeyMismatchError`)
     and an unusable manifest (:class:`ManifestError`). Damaged files of done stages (see
@@ -99,7 +103,11 @@ def execute(ctx: BuildContext, runner: Runner, *, studies_filter: list[str] | No
     if swept:
         logger.info("removed %d half-written temporary file(s) left by an interrupted build", swept)
     started = utcnow()
-    found = studies = discover_studies(cfg.input_dir, ctx.pseudonymize, cfg.manifest)
+    if discovery is not None and not discovery.made_for(cfg.input_dir, cfg.manifest, ctx.pseudonymize):
+        raise ValueError("the discovery handed to this build was made from another input folder, manifest or "
+                         "pseudonym key than its config's; call preflight(config) for this build")
+    found = studies = discovery if discovery is not None else discover_studies(cfg.input_dir, ctx.pseudonymize,
+                                                                               cfg.manifest)
     for folder in found.skipped:
         logger.warning("input folder %s not taken as a study: %s", folder.folder_id, folder.reason)
     if studies_filter:
@@ -142,10 +150,14 @@ def _check_model(cfg: BuildConfig) -> None:
     load_model(cfg.model, device=cfg.device, precision=cfg.precision)
 
 
-def preflight(cfg: BuildConfig, stages: list[str] | tuple[str, ...] | None = None) -> None:
+def preflight(cfg: BuildConfig, stages: list[str] | tuple[str, ...] | None = None) -> Discovery:
     """The refusals of :func:`execute`, made before an orchestrator starts (the CLI calls this first, so
     a refused build is one message instead of a failed flow run): another pseudonym key, an unusable
-    manifest, missing model weights (loaded once here; an in-process build reuses the loaded model)."""
+    manifest, missing model weights (loaded once here; an in-process build reuses the loaded model).
+
+    Returns the studies it found: hand them to the build (``discovery=`` of :func:`execute`, :func:`build`
+    and ``flows.build.run_build``) so that the input folder is walked once per build.
+    """
     from keyslice.corpus.checkpoints import CheckpointStore
     from keyslice.pseudonym import load_pseudonymizer
 
@@ -155,6 +167,7 @@ def preflight(cfg: BuildConfig, stages: list[str] | tuple[str, ...] | None = Non
     store = CheckpointStore(Path(cfg.out_dir))
     if "keyslice" in select_stages(stages) and any(not store.is_done("keyslice", s.study_id) for s in studies):
         _check_model(cfg)
+    return studies
 
 
 RUNNERS: dict[str, Callable[[BuildConfig], Runner]] = {
@@ -166,14 +179,16 @@ RUNNERS: dict[str, Callable[[BuildConfig], Runner]] = {
 def build(input_dir: Path | str | None = None, out_dir: Path | str | None = None, *,
           config: BuildConfig | Path | str | None = None, runner: str | Runner = "threads",
           incremental: bool = False, stages: list[str] | None = None, studies: list[str] | None = None,
-          observer: BuildObserver | None = None, **settings: Any) -> dict[str, Any]:
+          observer: BuildObserver | None = None, discovery: Discovery | None = None,
+          **settings: Any) -> dict[str, Any]:
     """Build (or resume) the corpus ``out_dir`` from the studies in ``input_dir``, without Prefect.
 
     ``config``: a :class:`BuildConfig` or a YAML file of build settings; ``settings`` (``model=``,
     ``device=``, ``top_k=``... any :class:`BuildConfig` field) and the two folders override it.
     ``runner``: ``"threads"`` (``max_workers`` studies at once), ``"sequential"``, or any
     :class:`Runner`. ``studies``: only these study ids. ``observer``: progress as the build runs
-    (:mod:`keyslice.pipeline.progress`). Returns the run summary (counts per outcome
+    (:mod:`keyslice.pipeline.progress`). ``discovery``: the studies :func:`preflight` found for this
+    config (the input folder is walked here otherwise). Returns the run summary (counts per outcome
     and every stage outcome), the same as the Prefect flow returns.
     """
     folders = {"input_dir": input_dir, "out_dir": out_dir}
@@ -192,4 +207,4 @@ def build(input_dir: Path | str | None = None, out_dir: Path | str | None = None
     ctx = make_context(cfg)
     with corpus_lock(cfg.out_dir):
         return execute(ctx, run, studies_filter=studies, incremental=incremental, stages=stages,
-                       observer=observer)
+                       observer=observer, discovery=discovery)

@@ -81,15 +81,26 @@ class SkippedFolder:
 class Discovery(list):
     """The studies of an input folder (a list, in stable order) and, in ``skipped``, every folder
     that holds files but was not taken as a study, with the reason: the two add up to
-    ``n_folders``, the folders found."""
+    ``n_folders``, the folders found.
 
-    def __init__(self, studies: list[Study], skipped: list[SkippedFolder]):
+    It remembers what it was made from (input folder, manifest, pseudonym key fingerprint), so that a build
+    handed a discovery made earlier (:func:`keyslice.pipeline.api.preflight`) can tell it belongs to it.
+    """
+
+    def __init__(self, studies: list[Study], skipped: list[SkippedFolder], *, input_dir: Path | None = None,
+                 manifest: Path | None = None, key_fingerprint: str | None = None):
         super().__init__(studies)
         self.skipped = skipped
+        self.made_from = (input_dir, manifest, key_fingerprint)
 
     @property
     def n_folders(self) -> int:
         return len(self) + len(self.skipped)
+
+    def made_for(self, input_dir: Path, manifest: Path | None, pseudonymize: Pseudonymizer) -> bool:
+        """Whether this is the discovery :func:`discover_studies` makes of these arguments."""
+        return self.made_from == (Path(input_dir), Path(manifest) if manifest is not None else None,
+                                  pseudonymize.fingerprint)
 
 
 DICOM_SNIFF_LIMIT = 50   # files looked at per skipped folder to tell "no DICOM" from "no report"
@@ -156,6 +167,8 @@ def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Pat
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
+    made_from = {"input_dir": input_dir, "manifest": Path(manifest) if manifest is not None else None,
+                 "key_fingerprint": pseudonymize.fingerprint}
     if manifest is None:
         for name in ("manifest.parquet", "manifest.csv"):
             if (input_dir / name).exists():
@@ -191,4 +204,5 @@ def discover_studies(input_dir: Path, pseudonymize: Pseudonymizer, manifest: Pat
                 visible = sorted(f for f in files if not f.startswith("."))
                 if visible and (folder := _skipped_folder(input_dir, Path(root), visible, pseudonymize)):
                     skipped.append(folder)
-    return Discovery(sorted(studies, key=lambda s: s.study_id), sorted(skipped, key=lambda f: f.folder_id))
+    return Discovery(sorted(studies, key=lambda s: s.study_id), sorted(skipped, key=lambda f: f.folder_id),
+                     **made_from)
