@@ -278,7 +278,9 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         "### Exclusions",
         "",
         "Never exported: series whose DICOM says `BurnedInAnnotation YES` and secondary captures (text in "
-        "pixels cannot be checked); studies whose build is incomplete or failed a stage. "
+        "pixels cannot be checked), as the corpus recorded them and, where slices, stacks or masks are read from "
+        "the studies folder, as its DICOM headers say at export; studies whose build is incomplete or failed a "
+        "stage. "
         f"Series excluded: {_counts(excluded.get('series'))}; rows excluded: {_counts(excluded.get('rows'))}; "
         f"incomplete studies left out: {excluded.get('incomplete_studies', 0)}.",
         "",

@@ -7,8 +7,9 @@ count the selection was made on, the selection's window, one renderer for the bu
 and the export). Per ``findings`` and ``selections`` row the export adds ``context`` (a list of
 images), ``context_indices`` and ``context_z_mm``: the key slice and up to ``N`` slices on each side of
 it in the same series, with ``--context-topk`` also the selector's other top-k slices, in ascending z. The series is the selection's own, which the export already
-checked is neither burned-in nor a secondary capture; every context PNG also goes through the
-privacy gate's PNG check. Volumes are read one series at a time (a few kept), and the stacks are
+checked is neither burned-in nor a secondary capture, in the corpus' series table and again in its
+headers in the studies folder (:func:`drop_unsafe_input_series`); every context PNG also goes
+through the privacy gate's PNG check. Volumes are read one series at a time (a few kept), and the stacks are
 rendered shard by shard while the shards are written, never all at once.
 """
 
