@@ -5,7 +5,8 @@ multiples of it: every study copied M times under a new study folder (links to t
 reports and masks), its corpus rows committed again through ``CheckpointStore.commit_stage`` with the
 copy's study pseudonym and a SYNTHETIC patient per copy (so copies spread over splits and shards as new
 patients would). Each corpus is published as a dry run with stacks in a fresh process, which prints its
-peak RSS. Stacks are rendered while their shard is written, so the peak should follow the shard size
+peak RSS (sampled every 10 ms during the publish, and its growth over the process after its imports).
+Stacks are rendered while their shard is written, so the peak should follow the shard size
 (``--max-shard-mb``), not the number of findings: the last line is the ratio of the largest multiple's
 peak to the 1x peak.
 
@@ -30,15 +31,32 @@ from pathlib import Path
 KEY = "keyslice-bench-export-memory-key"
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 from pathlib import Path
+import datasets, torch  # noqa: F401  (imported first: the export's growth is measured from the process after them)
+import keyslice.selector  # noqa: F401
 from keyslice.publish import publish_corpus
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+start, peak, running = rss_mb(), [0.0], True
+
+def sample():
+    while running:
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.01)
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 corpus, studies, out, stack, shard_mb = sys.argv[1:6]
 t = time.perf_counter()
 result = publish_corpus(Path(corpus), "bench/export-memory", dry_run_dir=Path(out), input_dir=Path(studies),
                         stack_slices=int(stack), max_shard_bytes=int(shard_mb) * 1024 * 1024, log=lambda m: None)
-print(json.dumps({"seconds": time.perf_counter() - t,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+running = False
+sampler.join()
+print(json.dumps({"seconds": time.perf_counter() - t, "start_mb": start, "peak_rss_mb": peak[0],
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "findings": sum(result.counts["findings"].values()),
                   "rows": {c: sum(s.values()) for c, s in result.counts.items()},
                   "shards": len(result.files) - 1 - sum(1 for p in result.files if p.startswith("stats/")),
@@ -127,9 +145,9 @@ def main() -> None:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"# --stack {args.stack} --max-shard-mb {args.max_shard_mb}; REAL sample corpus, SYNTHETIC copies of it")
     corpus, studies = build_sample(work / "sample")
-    peaks = {}
-    print(f"{'multiple':>8} {'findings':>8} {'vqa rows':>8} {'shards':>6} {'largest MB':>10} {'peak RSS MB':>11} "
-          f"{'seconds':>8}", flush=True)
+    peaks, grown = {}, {}
+    print(f"{'multiple':>8} {'findings':>8} {'vqa rows':>8} {'shards':>6} {'largest MB':>10} {'RSS at start':>12} "
+          f"{'peak RSS MB':>11} {'growth MB':>9} {'seconds':>8}", flush=True)
     for m in args.multiples:
         c, s = multiply(corpus, studies, m, work / f"x{m}")
         started = time.perf_counter()
@@ -140,11 +158,14 @@ def main() -> None:
             sys.exit(f"publish of the {m}x corpus failed:\n{proc.stderr[-3000:]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         peaks[m] = r["peak_rss_mb"]
+        grown[m] = r["peak_rss_mb"] - r["start_mb"]
         print(f"{m:>7}x {r['findings']:>8} {r['rows']['vqa']:>8} {r['shards']:>6} {r['largest_file_mb']:>10.1f} "
-              f"{r['peak_rss_mb']:>11.0f} {time.perf_counter() - started:>8.1f}", flush=True)
+              f"{r['start_mb']:>12.0f} {r['peak_rss_mb']:>11.0f} {grown[m]:>9.0f} "
+              f"{time.perf_counter() - started:>8.1f}", flush=True)
         shutil.rmtree(work / f"x{m}")
     lo, hi = min(peaks), max(peaks)
-    print(f"peak RSS ratio {hi}x / {lo}x = {peaks[hi] / peaks[lo]:.2f} (findings x{hi // lo})")
+    print(f"peak RSS ratio {hi}x / {lo}x = {peaks[hi] / peaks[lo]:.2f}; the export's growth (peak RSS during the "
+          f"publish minus RSS at its start) ratio = {grown[hi] / max(grown[lo], 1.0):.2f} (findings x{hi // lo})")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 
