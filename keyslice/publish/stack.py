@@ -30,6 +30,7 @@ written and every PNG passes the privacy gate's PNG check.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +96,7 @@ class Stacks:
         self.n = n
         self.grounding = grounding
         self.geometry: dict[str, StackGeometry] = {}     # finding_id -> stack geometry
+        self._recent: OrderedDict[tuple, np.ndarray] = OrderedDict()   # last decoded real slices, at most 2N
 
     def attach(self, plan: ExportPlan, selections: dict[str, dict]) -> None:
         """Set the stack columns of every findings/selections row (positions, spacing, range rule, window)."""
@@ -119,19 +121,27 @@ class Stacks:
         plan.stack_slices = self.n
 
     def _hu(self, row: ExportRow):
-        """(position, HU) of each stack slice. The real slices it needs (at most 2N) are decoded once per row,
-        in runs of consecutive indices, so memory is bounded by the stack length, never the series'."""
+        """(position, HU) of each stack slice. The real slices it needs (at most 2N) are decoded in runs of
+        consecutive indices, and the last 2N decoded are kept for the next row, so memory is bounded by the
+        stack length, never the series' or the number of findings."""
         f = row.fields
         geo = self.geometry[f["finding_id"]]
         volume = self.source.volume(f["study_id"], f["series_id"], geo.n_slices)
+        series = (f["study_id"], f["series_id"])
         needed = sorted({int(k) for k in geo.lower} | {int(k) for k in geo.upper})
-        decoded: dict[int, np.ndarray] = {}
+        decoded = {k: self._recent[(series, k)] for k in needed if (series, k) in self._recent}
+        missing = [k for k in needed if k not in decoded]
         start = 0
-        for i in range(1, len(needed) + 1):
-            if i == len(needed) or needed[i] != needed[i - 1] + 1:
-                run = volume.slab(needed[start], needed[i - 1] + 1)
-                decoded.update({needed[start] + m: run[m] for m in range(len(run))})
+        for i in range(1, len(missing) + 1):
+            if i == len(missing) or missing[i] != missing[i - 1] + 1:
+                run = volume.slab(missing[start], missing[i - 1] + 1)
+                decoded.update({missing[start] + m: run[m] for m in range(len(run))})
                 start = i
+        for k in needed:  # the findings and selections rows of a finding, and neighbouring findings, share slices
+            self._recent[(series, k)] = decoded[k]
+            self._recent.move_to_end((series, k))
+        while len(self._recent) > 2 * self.n:
+            self._recent.popitem(last=False)
         for j in range(self.n):
             lo, hi, w = int(geo.lower[j]), int(geo.upper[j]), float(geo.weight[j])
             if hi == lo or not volume.valid[hi]:
