@@ -389,3 +389,19 @@ def test_stack_never_reads_a_series_that_is_now_burned_in(sample_corpus, tmp_pat
         rows = [r for part in load_config(out, config, tmp_path / "cache").values() for r in part]
         assert rows and all(r["series_id"] != victim["series_id"] for r in rows)
         assert config == "vqa" or all(len(r["stack"]) == 4 for r in rows)
+
+
+def test_cli_stack_option_reaches_the_export(sample_corpus, tmp_path, monkeypatch):
+    """`keyslice publish --stack N` is the export's stack length: 1 is refused with the valid range, nothing staged."""
+    from typer.testing import CliRunner
+
+    from keyslice.cli import app
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    result = CliRunner().invoke(app, ["publish", "--out", str(root), "--repo-id", "o/n", "--dry-run",
+                                      str(tmp_path / "d"), "--input", str(studies_dir), "--stack", "1"])
+    assert result.exit_code == 2 and "--stack must be between 2 and 512" in result.output
+    assert not (tmp_path / "d").exists()
