@@ -242,3 +242,166 @@ def test_real_sample_topk_context(sample_corpus, tmp_path, monkeypatch):
         assert set(row["context_indices"]) == set(sel["topk_indices"]) | {sel["top1_index"]}
         assert row["context_z_mm"] == sorted(row["context_z_mm"]) and len(row["context"]) == len(row["context_z_mm"])
     assert "and the selector's other top-k slices" in (out / "README.md").read_text()
+
+
+def test_stack_geometry_interpolates_between_irregular_real_slices():
+    """Stack positions are evenly spaced in z and each is interpolated from the two real slices around it, by
+    their exact z (the GE head series changes its step from 4 mm to 1 mm to 7 mm); never by nearest index."""
+    import numpy as np
+
+    from keyslice.publish.stack import KEY_HALF_RANGE_MM, ORGAN_MARGIN_MM, stack_geometry, stack_range
+
+    z = np.array([0.0, 4.0, 5.0, 6.0, 13.0])
+    geo = stack_geometry(z, 5, 0.0, 13.0, "key_slice")
+    assert np.allclose(geo.z_mm, [0.0, 3.25, 6.5, 9.75, 13.0])
+    assert geo.lower.tolist() == [0, 0, 3, 3, 4] and geo.upper.tolist() == [0, 1, 4, 4, 4]
+    assert np.allclose(geo.weight, [0.0, 3.25 / 4, 0.5 / 7, 3.75 / 7, 0.0])
+    # ranges: the organ's mask z-range widened by the margin, else a fixed window around the key slice,
+    # clipped to the series and always holding the key slice
+    series = np.arange(0.0, 301.0, 3.0)
+    assert stack_range(series, 50, (120.0, 180.0)) == (120.0 - ORGAN_MARGIN_MM, 180.0 + ORGAN_MARGIN_MM, "organ")
+    assert stack_range(series, 70, (120.0, 180.0)) == (120.0 - ORGAN_MARGIN_MM, 210.0 + ORGAN_MARGIN_MM, "organ")
+    assert stack_range(series, 50, None) == (150.0 - KEY_HALF_RANGE_MM, 150.0 + KEY_HALF_RANGE_MM, "key_slice")
+    assert stack_range(series, 2, None) == (0.0, 6.0 + KEY_HALF_RANGE_MM, "key_slice")
+
+
+def test_real_sample_stack_round_trips(sample_corpus, tmp_path, monkeypatch):
+    """`--stack 4 --grounding --input STUDIES` on the real sample: every findings/selections row comes back from
+    `load_dataset` with 4 slices in ascending z, evenly spaced over the organ's mask range (or +-60 mm around the
+    key slice), each the linear interpolation of the two real slices around it in the row's window, and with the
+    real organ masks (TotalSegmentator NIfTI, DICOM-SEG) sampled on the stack slices."""
+    import numpy as np
+
+    from keyslice.corpus.sql import query
+    from keyslice.pseudonym import load_pseudonymizer
+    from keyslice.publish import publish_corpus
+    from keyslice.publish.stack import KEY_HALF_RANGE_MM, ORGAN_MARGIN_MM
+    from keyslice.review.slices import SliceSource
+    from keyslice.selector.preprocess import to_uint8
+    from keyslice.selector.windows import get_window
+    from tests.publish_fixtures import _pixels, load_config
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    out = tmp_path / "dry"
+    n = 4
+    result = publish_corpus(root, "keyslice/sample-ct-vqa", dry_run_dir=out, input_dir=studies_dir, stack_slices=n,
+                            grounding=True, log=lambda m: None)
+    assert result.privacy.ok
+    sels = {r["finding_id"]: r for r in query(root, "select finding_id, n_slices, top1_index, z_range_mm "
+                                                    "from selections").to_pylist()}
+    source = SliceSource(root, studies_dir, load_pseudonymizer(root, create=False))
+    cache = tmp_path / "cache"
+    rules, interpolated, masked_slices, stack_pngs = set(), 0, 0, 0
+    for config in ("findings", "selections"):
+        for row in (r for part in load_config(out, config, cache).values() for r in part):
+            sel = sels[row["finding_id"]]
+            zs = np.asarray(row["stack_z_mm"])
+            assert len(row["stack"]) == len(zs) == n
+            assert np.all(np.diff(zs) > 0) and np.allclose(np.diff(zs), row["stack_spacing_mm"], atol=1e-6)
+            volume = source.volume(row["study_id"], row["series_id"], sel["n_slices"])
+            z = np.asarray(volume.z_mm)
+            key = z[sel["top1_index"]]
+            assert zs[0] - 1e-6 <= key <= zs[-1] + 1e-6 and z[0] - 1e-6 <= zs[0] and zs[-1] <= z[-1] + 1e-6
+            rules.add(row["stack_range"])
+            if sel["z_range_mm"] is not None:
+                lo, hi = sel["z_range_mm"]
+                assert row["stack_range"] == "organ"
+                assert np.isclose(zs[0], max(z[0], min(lo, key) - ORGAN_MARGIN_MM))
+                assert np.isclose(zs[-1], min(z[-1], max(hi, key) + ORGAN_MARGIN_MM))
+            else:
+                assert row["stack_range"] == "key_slice"
+                assert np.isclose(zs[0], max(z[0], key - KEY_HALF_RANGE_MM))
+                assert np.isclose(zs[-1], min(z[-1], key + KEY_HALF_RANGE_MM))
+            window = get_window(row["window"])
+            assert (row["stack_window"], row["stack_window_center"], row["stack_window_width"]) == (
+                window.name, window.level, window.width)
+            stack_pngs += n + (n if row["mask_labels"] else 0)
+            # pixels: the linear interpolation along z, recomputed here from the two real slices around each z
+            hu = volume.hu
+            for j, zj in enumerate(zs):
+                up = min(int(np.searchsorted(z, zj, side="right")), len(z) - 1)
+                low = max(up - 1, 0)
+                w = 0.0 if z[up] == z[low] else min(max((zj - z[low]) / (z[up] - z[low]), 0.0), 1.0)
+                expected = to_uint8(hu[low].astype(np.float64) * (1 - w) + hu[up].astype(np.float64) * w, window)
+                got = _pixels(row["stack"][j]).astype(int)
+                assert np.abs(got - expected.astype(int)).max() <= 1
+                if 0.2 < w < 0.8:
+                    nearest = to_uint8(hu[low if w < 0.5 else up], window).astype(int)
+                    interpolated += int(np.abs(got - nearest).max() > 1)
+            # masks on the stack: present exactly for grounded findings, binary, the size of the stack slices
+            if not row["mask_labels"]:
+                assert row["stack_mask"] is None
+                continue
+            assert len(row["stack_mask"]) == n
+            for j, m in enumerate(row["stack_mask"]):
+                m = _pixels(m)
+                assert m.shape == _pixels(row["stack"][j]).shape and set(np.unique(m)) <= {0, 255}
+                masked_slices += int((m == 255).any())
+    assert rules == {"organ", "key_slice"}, "the sample has findings with and without organ masks"
+    assert interpolated > 0, "stack slices between two real slices are interpolated, not the nearest slice"
+    assert masked_slices > 0
+    # every stack PNG and every mask on it went through the gate's PNG check
+    assert result.privacy.images_checked >= stack_pngs > 0
+    card = (out / "README.md").read_text()
+    assert "### Slice stacks" in card and "stack_z_mm" in card and "`stack_mask`" in card
+    assert "stack" not in load_config(out, "vqa", cache)["train"].column_names
+
+
+def test_stack_never_reads_a_series_that_is_now_burned_in(sample_corpus, tmp_path, monkeypatch):
+    """The corpus' series table says the key-slice series is clean, but its DICOM files in the studies folder now
+    say BurnedInAnnotation YES: the export reads no stack from it and leaves its rows out, counted as excluded."""
+    import pydicom
+
+    from keyslice.corpus.sql import query
+    from keyslice.dicom import index_study
+    from keyslice.pipeline.studies import discover_studies
+    from keyslice.pseudonym import load_pseudonymizer
+    from keyslice.publish import publish_corpus
+    from tests.publish_fixtures import load_config
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    victim = query(root, "select study_id, series_id, count(*) n from selections group by all "
+                         "order by n desc limit 1").to_pylist()[0]
+    assert query(root, f"select burned_in_annotation from series where series_id = '{victim['series_id']}'"
+                 ).to_pylist()[0]["burned_in_annotation"] is not True
+    pseudonymize = load_pseudonymizer(root, create=False)
+    copy = tmp_path / "studies"
+    shutil.copytree(studies_dir, copy)
+    study = {s.study_id: s for s in discover_studies(copy, pseudonymize)}[victim["study_id"]]
+    files = {r.row["series_id"]: r.files for r in index_study(study.path, pseudonymize, image_phase=False).series}
+    for path in files[victim["series_id"]]:
+        ds = pydicom.dcmread(path)
+        ds.BurnedInAnnotation = "YES"
+        ds.save_as(path)
+    before = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "plain", input_dir=copy, log=lambda m: None)
+    out = tmp_path / "dry"
+    result = publish_corpus(root, "o/n", dry_run_dir=out, input_dir=copy, stack_slices=4, log=lambda m: None)
+    assert result.privacy.excluded["series"]["burned_in_annotation"] == \
+        before.privacy.excluded["series"]["burned_in_annotation"] + 1
+    assert result.privacy.excluded["rows"]["selections:burned_in_annotation"] >= victim["n"]
+    for config in ("vqa", "findings", "selections"):
+        rows = [r for part in load_config(out, config, tmp_path / "cache").values() for r in part]
+        assert rows and all(r["series_id"] != victim["series_id"] for r in rows)
+        assert config == "vqa" or all(len(r["stack"]) == 4 for r in rows)
+
+
+def test_cli_stack_option_reaches_the_export(sample_corpus, tmp_path, monkeypatch):
+    """`keyslice publish --stack N` is the export's stack length: 1 is refused with the valid range, nothing staged."""
+    from typer.testing import CliRunner
+
+    from keyslice.cli import app
+
+    src, studies_dir, _ = sample_corpus
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "corpus"
+    shutil.copytree(src, root)
+    result = CliRunner().invoke(app, ["publish", "--out", str(root), "--repo-id", "o/n", "--dry-run",
+                                      str(tmp_path / "d"), "--input", str(studies_dir), "--stack", "1"])
+    assert result.exit_code == 2 and "--stack must be between 2 and 512" in result.output
+    assert not (tmp_path / "d").exists()

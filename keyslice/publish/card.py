@@ -107,7 +107,8 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
         configs.append(entry)
         split_infos = [{"name": s, "num_bytes": sum(x.nbytes for x in by_config[config][s]),
                         "num_examples": sum(x.rows for x in by_config[config][s])} for s in splits]
-        infos.append({"config_name": config, "features": features(config, bool(plan.context_slices or plan.context_topk), plan.grounding)._to_yaml_list(),
+        infos.append({"config_name": config, "features": features(config, bool(plan.context_slices or plan.context_topk), plan.grounding,
+                                                                 bool(plan.stack_slices))._to_yaml_list(),
                       "splits": split_infos,
                       "download_size": sum(x.size for s in splits for x in by_config[config][s]),
                       "dataset_size": sum(i["num_bytes"] for i in split_infos)})
@@ -120,6 +121,37 @@ def card_metadata(plan: ExportPlan, shards: Sequence[ShardFile], *, license: str
         "configs": configs,
         "dataset_info": infos,
     }
+
+
+def _stack_section(plan: ExportPlan) -> list[str]:
+    """What the fixed-length stacks are: N, the range rule, the interpolation, the window, the masks."""
+    from keyslice.publish.stack import KEY_HALF_RANGE_MM, ORGAN_MARGIN_MM
+
+    rows = plan.rows["findings"]
+    rules = Counter(r.fields.get("stack_range") for r in rows)
+    windows = Counter(f"{r.fields['stack_window']} (centre {r.fields['stack_window_center']:g} HU, width "
+                      f"{r.fields['stack_window_width']:g} HU)" for r in rows if "stack_window" in r.fields)
+    spacing = [r.fields["stack_spacing_mm"] for r in rows if r.fields.get("stack_spacing_mm") is not None]
+    return [
+        "### Slice stacks", "",
+        f"`findings` and `selections` rows carry `stack`: {plan.stack_slices} slices evenly spaced along z (the "
+        "series' slice normal) in ascending z, with their positions in `stack_z_mm` and their spacing in "
+        "`stack_spacing_mm`. The range (`stack_range`) is the finding's organ (`organ`: the z-range of its "
+        f"organ mask the selector searched, from the study's TotalSegmentator / DICOM-SEG masks, widened by "
+        f"{ORGAN_MARGIN_MM:g} mm on each side) or, without a mask, `key_slice`: +-{KEY_HALF_RANGE_MM:g} mm "
+        "around the key slice; clipped to the series and always holding the key slice. Each stack slice's HU "
+        "is linearly interpolated along z between the two real slices around it (their exact positions; an "
+        "undecodable slice is never used), then windowed like the key slice: `stack_window` with "
+        "`stack_window_center` / `stack_window_width` in HU. Rows of one finding in `vqa` are joined by "
+        "`finding_id`."
+        + (" With grounding, `stack_mask` holds the organ mask (`mask_labels`) on every stack slice, sampled "
+           "where the plane lies in the mask's own grid (nearest neighbour, 255 = organ); null without a mask."
+           if plan.grounding else ""),
+        "",
+        f"Range rules: {_counts(dict(rules))}; windows: {_counts(dict(windows))}"
+        + (f"; stack spacing {min(spacing):.2f}-{max(spacing):.2f} mm." if spacing else "."),
+        "",
+    ]
 
 
 def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, license: str,
@@ -242,10 +274,13 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
            f"finding. {sum(1 for r in plan.rows['findings'] if r.fields.get('mask_labels'))} of "
            f"{len(plan.rows['findings'])} findings are grounded; the others have a null `mask`.", ""]
           if plan.grounding else []),
+        *(_stack_section(plan) if plan.stack_slices else []),
         "### Exclusions",
         "",
         "Never exported: series whose DICOM says `BurnedInAnnotation YES` and secondary captures (text in "
-        "pixels cannot be checked); studies whose build is incomplete or failed a stage. "
+        "pixels cannot be checked), as the corpus recorded them and, where slices, stacks or masks are read from "
+        "the studies folder, as its DICOM headers say at export; studies whose build is incomplete or failed a "
+        "stage. "
         f"Series excluded: {_counts(excluded.get('series'))}; rows excluded: {_counts(excluded.get('rows'))}; "
         f"incomplete studies left out: {excluded.get('incomplete_studies', 0)}.",
         "",

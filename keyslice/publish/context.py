@@ -7,8 +7,9 @@ count the selection was made on, the selection's window, one renderer for the bu
 and the export). Per ``findings`` and ``selections`` row the export adds ``context`` (a list of
 images), ``context_indices`` and ``context_z_mm``: the key slice and up to ``N`` slices on each side of
 it in the same series, with ``--context-topk`` also the selector's other top-k slices, in ascending z. The series is the selection's own, which the export already
-checked is neither burned-in nor a secondary capture; every context PNG also goes through the
-privacy gate's PNG check. Volumes are read one series at a time (a few kept), and the stacks are
+checked is neither burned-in nor a secondary capture, in the corpus' series table and again in its
+headers in the studies folder (:func:`drop_unsafe_input_series`); every context PNG also goes
+through the privacy gate's PNG check. Volumes are read one series at a time (a few kept), and the stacks are
 rendered shard by shard while the shards are written, never all at once.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keyslice.publish.dataset_builder import ExportPlan, ExportRow, PublishError
+from keyslice.publish.dataset_builder import CONFIGS, ExportPlan, ExportRow, PublishError, excluded_series
 
 #: configurations whose rows get the slice context
 CONTEXT_CONFIGS = ("findings", "selections")
@@ -49,6 +50,48 @@ def series_z(source, sel: dict) -> list[float]:
         return source.z_mm(study, series, n)
     except SeriesMismatchError as exc:
         raise PublishError(f"slice context of study {study}: {exc}") from exc
+
+
+def drop_unsafe_input_series(plan: ExportPlan, source) -> dict[str, str]:
+    """Leave out every row on a series that the studies folder now shows burned-in or a secondary capture.
+
+    Context, stacks and masks are read from the studies folder, not from the corpus, so its series are
+    checked as their DICOM headers say now, by the same rule the export applies to the corpus' series
+    table (:func:`keyslice.publish.dataset_builder.excluded_series`): a series whose files gained
+    ``BurnedInAnnotation YES`` (or that is a secondary capture) since the build gives no stack, no context
+    and no key slice either. The rows left out are counted in ``plan.excluded`` under the same reasons as
+    the corpus' own exclusions, so the card and the privacy report name them. Returns series_id -> reason.
+    """
+    from keyslice.review.slices import SeriesMismatchError
+
+    rows: dict[str, dict] = {}
+    for config in CONFIGS:
+        for r in plan.rows[config]:
+            key = r.fields["series_id"]
+            if key not in rows:
+                try:
+                    rows[key] = source.series_row(r.fields["study_id"], key)
+                except SeriesMismatchError as exc:
+                    raise PublishError(f"slice context of study {r.fields['study_id']}: {exc}") from exc
+    drop = excluded_series(rows)
+    if drop:
+        series = plan.excluded.setdefault("series", {})
+        counts = plan.excluded.setdefault("rows", {})
+        for reason in drop.values():
+            series[reason] = series.get(reason, 0) + 1
+        for config in CONFIGS:
+            kept = []
+            for r in plan.rows[config]:
+                reason = drop.get(r.fields["series_id"])
+                if reason is None:
+                    kept.append(r)
+                else:
+                    counts[f"{config}:{reason}"] = counts.get(f"{config}:{reason}", 0) + 1
+            plan.rows[config] = kept
+        plan.excluded["rows"] = dict(sorted(counts.items()))
+        plan.studies = len({r.fields["study_id"] for rows_ in plan.rows.values() for r in rows_})
+        plan.patients = len({r.group for rows_ in plan.rows.values() for r in rows_})
+    return drop
 
 
 class ContextSlices:

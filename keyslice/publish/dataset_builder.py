@@ -206,6 +206,7 @@ class ExportPlan:
     context_slices: int = 0           # slice context: slices on each side of the key slice (0 = none exported)
     context_topk: bool = False        # slice context includes the selector's top-k slices
     grounding: bool = False           # organ masks on the key slice exported
+    stack_slices: int = 0             # fixed-length stack resampled along z: its length (0 = none exported)
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # table, row, column, what
     studies: int = 0
     patients: int = 0
@@ -419,10 +420,12 @@ def resolve_image(corpus_dir: Path, image_path: str) -> Path:
 # --------------------------------------------------------------------------- features and shards
 
 
-def features(config: str, context: bool = False, grounding: bool = False):
+def features(config: str, context: bool = False, grounding: bool = False, stack: bool = False):
     """The ``datasets`` features of a configuration (the image first); ``context`` adds the slice context
     of findings and selections rows (a list of images with their slice indices and z positions);
-    ``grounding`` the organ mask on the key slice and the labels it shows (vqa: the labels only)."""
+    ``grounding`` the organ mask on the key slice and the labels it shows (vqa: the labels only);
+    ``stack`` the fixed-length stack resampled along z with its positions, spacing, range rule and window
+    (with ``grounding`` also the mask on every stack slice)."""
     from datasets import Features, Image, List, Value
 
     s, i32, f32, f64 = Value("string"), Value("int32"), Value("float32"), Value("float64")
@@ -450,13 +453,19 @@ def features(config: str, context: bool = False, grounding: bool = False):
     if grounding:
         cols.update({"mask": Image(), "mask_labels": List(s)} if config in ("findings", "selections")
                     else {"mask_labels": List(s)})
+    if stack and config in ("findings", "selections"):
+        cols.update({"stack": List(Image()), "stack_z_mm": List(f64), "stack_spacing_mm": f64, "stack_range": s,
+                     "stack_window": s, "stack_window_center": f32, "stack_window_width": f32})
+        if grounding:
+            cols["stack_mask"] = List(Image())
     return Features(cols)
 
 
 #: Identifier columns of the exported rows and the pseudonym format each must have.
 ID_COLUMNS: dict[str, str] = {"study_id": "study_id", "patient_id": "patient_id", "series_id": "series_id",
                               "finding_id": "finding_id", "qa_id": "qa_id", "weights_sha256": "weights_sha256",
-                              "image": "image_name", "context": "context_image_name", "mask": "context_image_name"}
+                              "image": "image_name", "context": "context_image_name", "mask": "context_image_name",
+                              "stack": "stack_image_name", "stack_mask": "stack_image_name"}
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {"vqa": ("qa_id", "finding_id"), "findings": ("finding_id",),
                                            "selections": ("finding_id",)}
 #: Columns that name the software a row was made with (checked without the date/number rules).
@@ -467,14 +476,21 @@ REPORT_TEXT_COLUMNS: dict[str, tuple[str, ...]] = {"findings": ("text",), "vqa":
 
 def exported_record(row: ExportRow, image_bytes: bytes | None = None,
                     context: list[tuple[str, bytes | None]] | None = None,
-                    mask: tuple[str, bytes | None] | None | bool = False) -> dict[str, Any]:
-    """A row exactly as it is written (images as ``{"bytes", "path"}``; ``context``: its (name, PNG) list;
-    ``mask``: its (name, PNG) or None for no mask; False: the row has no mask column)."""
+                    mask: tuple[str, bytes | None] | None | bool = False,
+                    stack: list[tuple[str, bytes | None]] | None = None,
+                    stack_mask: list[tuple[str, bytes | None]] | None | bool = False) -> dict[str, Any]:
+    """A row exactly as it is written (images as ``{"bytes", "path"}``; ``context`` and ``stack``: their
+    (name, PNG) lists; ``mask``: its (name, PNG) or None for no mask, ``stack_mask`` its (name, PNG) list or
+    None; False: the row has no such column)."""
     record = {"image": {"bytes": image_bytes, "path": row.image_name}, **row.fields}
     if context is not None:
         record["context"] = [{"bytes": data, "path": name} for name, data in context]
     if mask is not False:
         record["mask"] = None if mask is None else {"bytes": mask[1], "path": mask[0]}
+    if stack is not None:
+        record["stack"] = [{"bytes": data, "path": name} for name, data in stack]
+    if stack_mask is not False:
+        record["stack_mask"] = None if stack_mask is None else [{"bytes": d, "path": n} for n, d in stack_mask]
     return record
 
 
@@ -492,13 +508,19 @@ class ShardFile:
 def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                  image_bytes: Callable[[str], bytes],
                  context_images: Callable[[ExportRow], list[tuple[str, bytes]]] | None = None,
-                 mask_image: Callable[[ExportRow], tuple[str, bytes] | None] | None = None) -> list[ShardFile]:
+                 mask_image: Callable[[ExportRow], tuple[str, bytes] | None] | None = None,
+                 stack_images: Callable[[ExportRow, str], list[tuple[str, bytes]]] | None = None,
+                 stack_masks: Callable[[ExportRow, str], list[tuple[str, bytes]] | None] | None = None
+                 ) -> list[ShardFile]:
     """Write every configuration/split as hash-bucket shards into ``dest``; returns what was written.
 
     ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path;
     ``context_images(row)`` the (name, cleaned PNG) list of a row's slice context, rendered while its
     shard is written (shards are sized with the context counted as key-slice-sized images);
-    ``mask_image(row)`` the (name, PNG) of its organ mask, or None.
+    ``mask_image(row)`` the (name, PNG) of its organ mask, or None; ``stack_images(row, config)`` the (name,
+    cleaned PNG) list of its resampled stack and ``stack_masks(row, config)`` the masks on it (or None),
+    rendered the same way and counted in the shard sizes, so a shard holds at most about ``max_shard_bytes`` of images whatever
+    the stack length.
     """
     import datasets
 
@@ -509,7 +531,8 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
         for config in CONFIGS:
             with_context = context_images is not None and config in ("findings", "selections")
             with_mask = mask_image is not None and config in ("findings", "selections")
-            feats = features(config, context=with_context, grounding=mask_image is not None)
+            with_stack = stack_images is not None and config in ("findings", "selections")
+            feats = features(config, context=with_context, grounding=mask_image is not None, stack=with_stack)
             by_split: dict[str, list[ExportRow]] = defaultdict(list)
             for row in plan.rows[config]:
                 by_split[row.split].append(row)
@@ -521,7 +544,8 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
                 for r in rows:
                     if r.image_path not in sizes:
                         sizes[r.image_path] = resolve_image(corpus_dir, r.image_path).stat().st_size
-                estimate = sum(sizes[r.image_path] * (1 + len(r.fields.get("context_indices") or ()))
+                estimate = sum(sizes[r.image_path] * (1 + len(r.fields.get("context_indices") or ())
+                                                      + len(r.fields.get("stack_z_mm") or ()))
                                + ROW_OVERHEAD_BYTES for r in rows)
                 n = n_shards_for(estimate, max_shard_bytes)
                 buckets: dict[int, list[ExportRow]] = defaultdict(list)
@@ -531,7 +555,10 @@ def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_by
                     shard_rows = sorted(buckets[index], key=lambda r: r.sort_key)
                     records = [exported_record(r, image_bytes(r.image_path),
                                                context_images(r) if with_context else None,
-                                               mask_image(r) if with_mask else False) for r in shard_rows]
+                                               mask_image(r) if with_mask else False,
+                                               stack_images(r, config) if with_stack else None,
+                                               (stack_masks(r, config) if stack_masks is not None else False)
+                                               if with_stack and with_mask else False) for r in shard_rows]
                     ds = datasets.Dataset.from_list(records, features=feats)
                     rel = f"{config}/{split}-{index:05d}-of-{n:05d}.parquet"
                     out = dest / rel

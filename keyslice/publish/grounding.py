@@ -26,7 +26,8 @@ class Grounding:
         self.labels: dict[str, list[str]] = {}      # finding_id -> grounding labels
         self._n: dict[str, int] = {}
 
-    def _study_masks(self, study_id: str):
+    def study_masks(self, study_id: str):
+        """The study's organ masks as the build finds them (read once), or None when it has none."""
         from keyslice.selector import find_masks
 
         if study_id not in self._masks:
@@ -43,7 +44,7 @@ class Grounding:
                 if fid not in self.labels:
                     sel, finding = selections[fid], findings.get(fid) or {}
                     series_z(self.source, sel)  # the series is still the one the selection was made on
-                    masks = self._study_masks(sel["study_id"])
+                    masks = self.study_masks(sel["study_id"])
                     labels = masks.present_labels(finding.get("ts_labels") or []) if masks is not None else []
                     if labels:
                         try:
@@ -69,7 +70,7 @@ class Grounding:
             return None
         top = int(f["top1_index"] if "top1_index" in f else f["slice_index"])
         volume = self.source.volume(f["study_id"], f["series_id"], self._n[f["finding_id"]])
-        mask = self._study_masks(f["study_id"]).slice_mask(labels, volume, top)
+        mask = self.study_masks(f["study_id"]).slice_mask(labels, volume, top)
         buf = io.BytesIO()
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
         return context_name(row, top), buf.getvalue()

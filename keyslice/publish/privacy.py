@@ -63,10 +63,11 @@ ID_FORMATS: dict[str, re.Pattern[str]] = {
     "weights_sha256": re.compile(r"[0-9a-f]{64}|[a-z][a-z-]{0,31}"),
     "image_name": re.compile(rf"st-{_HEX16}_\d{{1,6}}\.png"),
     "context_image_name": re.compile(rf"st-{_HEX16}_se-{_HEX16}_\d{{1,6}}\.png"),
+    "stack_image_name": re.compile(rf"st-{_HEX16}_se-{_HEX16}_\d{{1,6}}_stack\d{{3}}\.png"),
 }
-#: Identifier columns that may be null (``patient_id`` is null when the DICOM has no PatientID; ``mask`` when
-#: the finding has no organ mask).
-NULLABLE_IDS = frozenset({"patient_id", "mask"})
+#: Identifier columns that may be null (``patient_id`` is null when the DICOM has no PatientID; ``mask`` and
+#: ``stack_mask`` when the finding has no organ mask).
+NULLABLE_IDS = frozenset({"patient_id", "mask", "stack_mask"})
 
 # --------------------------------------------------------------------------- text rules
 # The PHI text rules are keyslice.deid's: the gate refuses exactly what ingestion would have masked.

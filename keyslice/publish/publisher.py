@@ -30,8 +30,10 @@ from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAUL
                                               KEY_COLUMNS, REPORT_TEXT_COLUMNS, SOFTWARE_COLUMNS, ExportPlan,
                                               PublishError, corpus_state, exported_record, plan_export, read_corpus,
                                               resolve_image, write_shards)
-from keyslice.publish.context import CONTEXT_CONFIGS, ContextSlices, context_name, open_slice_source
+from keyslice.publish.context import (CONTEXT_CONFIGS, ContextSlices, context_name, drop_unsafe_input_series,
+                                      open_slice_source)
 from keyslice.publish.grounding import Grounding
+from keyslice.publish.stack import KEY_HALF_RANGE_MM, ORGAN_MARGIN_MM, Stacks, stack_name
 from keyslice.publish.stats import STATS_DIR, draw_stats, export_stats
 from keyslice.publish.privacy import Hit, PrivacyGate, PrivacyReport, clean_png, read_study_phi_values, scrub_rows
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer, load_pseudonymizer
@@ -126,9 +128,12 @@ def scrub_plan(plan: ExportPlan) -> list[Hit]:
 
 
 def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str]] | None = None,
-             context: ContextSlices | None = None, grounding: Grounding | None = None) -> PrivacyGate:
-    """The privacy gate over exactly what would be exported (rows with their image names, and the PNGs,
-    the slice context's included)."""
+             context: ContextSlices | None = None, grounding: Grounding | None = None,
+             stacks: Stacks | None = None) -> PrivacyGate:
+    """The privacy gate over exactly what would be exported: rows with their image names (the stacks'
+    included) and the PNGs (the slice context's and the masks'). Stack PNGs are rendered once, while the
+    shards are written into the staging folder, and checked there by :func:`checked_stack_images` before
+    anything leaves it."""
     gate = PrivacyGate(known_phi)
     for table, row, column, what in plan.problems:
         rule, _, detail = what.partition(": ")
@@ -136,10 +141,14 @@ def run_gate(plan: ExportPlan, corpus_dir: Path, known_phi: Mapping[str, set[str
     for config in CONFIGS:
         with_context = context is not None and config in CONTEXT_CONFIGS
         with_mask = grounding is not None and config in CONTEXT_CONFIGS
+        with_stack = stacks is not None and config in CONTEXT_CONFIGS
         gate.check_rows(config, (exported_record(r, None, [(context_name(r, i), None)
                                                            for i in r.fields["context_indices"]]
                                                  if with_context else None,
-                                                 _mask_name(grounding, r) if with_mask else False)
+                                                 _mask_name(grounding, r) if with_mask else False,
+                                                 _stack_names(r) if with_stack else None,
+                                                 (_stack_names(r) if grounding.labels.get(r.fields["finding_id"])
+                                                  else None) if with_stack and with_mask else False)
                                  for r in plan.rows[config]),
                         KEY_COLUMNS[config], ID_COLUMNS, SOFTWARE_COLUMNS)
     seen = set()
@@ -175,6 +184,24 @@ def _mask_name(grounding: Grounding, row) -> tuple[str, None] | None:
     return context_name(row, int(top)), None
 
 
+def checked_stack_images(gate: PrivacyGate, stacks: Stacks, config: str, row, masks: bool = False
+                         ) -> list[tuple[str, bytes]] | None:
+    """A row's stack PNGs (``masks``: the masks on them, None without) through the gate's PNG check, cleaned."""
+    images = stacks.masks(row) if masks else stacks.images(row)
+    if images is None:
+        return None
+    out = []
+    for name, data in images:
+        cleaned = gate.check_png(f"{config}:{name}", data)
+        out.append((name, cleaned if cleaned is not None else b""))
+    return out
+
+
+def _stack_names(row) -> list[tuple[str, None]]:
+    """The stack's file names as the gate sees the row."""
+    return [(stack_name(row, j), None) for j in range(len(row.fields["stack_z_mm"]))]
+
+
 def _write_report(corpus_dir: Path, repo_id: str, report: PrivacyReport) -> Path:
     from keyslice.corpus.atomic import write_bytes_atomic
 
@@ -198,7 +225,7 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
           known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None],
           min_confidence: float | None = None, release: str | None = None,
           previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
-          grounding: bool = False):
+          grounding: bool = False, stack_slices: int = 0):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
@@ -208,7 +235,8 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
                                  max_shard_bytes=max_shard_bytes, known_phi_input=known_phi_input, scrub=scrub,
                                  pseudonymize=pseudonymize, log=log, min_confidence=min_confidence,
                                  release=release, previous_release=previous_release,
-                                 context_slices=context_slices, context_topk=context_topk, grounding=grounding)
+                                 context_slices=context_slices, context_topk=context_topk, grounding=grounding,
+                                 stack_slices=stack_slices)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
@@ -217,7 +245,7 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
                   known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
                   log: Callable[[str], None], min_confidence: float | None = None, release: str | None = None,
                   previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
-                  grounding: bool = False):
+                  grounding: bool = False, stack_slices: int = 0):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
@@ -232,11 +260,19 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
     if not exported:
         raise PublishError("nothing to export: no complete study has a key slice on an exportable series")
     known = _known_phi(known_phi_input, pseudonymize, exported) if known_phi_input else None
-    context = masks = None
+    context = masks = stacks = None
     selections = {sel["finding_id"]: sel for sel in snap.selections}
-    if context_slices or context_topk or grounding:
+    if context_slices or context_topk or grounding or stack_slices:
         source = open_slice_source(corpus_dir, known_phi_input, pseudonymize,
-                                   "--context" if context_slices or context_topk else "--grounding")
+                                   "--context" if context_slices or context_topk else
+                                   "--stack" if stack_slices else "--grounding")
+        unsafe = drop_unsafe_input_series(plan, source)
+        if unsafe:
+            log(f"left out {len(unsafe)} series that the studies folder now shows "
+                f"{' or '.join(sorted(set(unsafe.values())))} (their rows are counted as excluded)")
+        if not any(plan.rows.values()):
+            raise PublishError("nothing to export: every key slice is on a series the studies folder shows "
+                               "burned-in or a secondary capture")
         if context_slices or context_topk:
             context = ContextSlices(source, context_slices, context_topk)
             context.attach(plan, selections)
@@ -247,8 +283,15 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
             masks.attach(plan, selections, snap.findings)
             log(f"grounding: {sum(1 for v in masks.labels.values() if v)} of {len(masks.labels)} key slices have "
                 f"an organ mask")
+        if stack_slices:
+            stacks = Stacks(source, stack_slices, masks)
+            stacks.attach(plan, selections)
+            rules = [g.rule for g in stacks.geometry.values()]
+            log(f"stacks: {stack_slices} slices resampled along z per finding, over the organ's mask z-range "
+                f"(+-{ORGAN_MARGIN_MM:g} mm) for {rules.count('organ')} and +-{KEY_HALF_RANGE_MM:g} mm around "
+                f"the key slice for {rules.count('key_slice')}")
     scrubbed = scrub_plan(plan) if scrub else []
-    gate = run_gate(plan, corpus_dir, known, context, masks)
+    gate = run_gate(plan, corpus_dir, known, context, masks, stacks)
     gate.report.scrubbed = scrubbed
     stats = export_stats(plan)
     for path in draw_stats(stats, dest / STATS_DIR):
@@ -271,7 +314,16 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
 
     shards = write_shards(plan, corpus_dir, dest, max_shard_bytes=max_shard_bytes, image_bytes=image_bytes,
                           context_images=context_images if context is not None else None,
-                          mask_image=masks.mask if masks is not None else None)
+                          mask_image=masks.mask if masks is not None else None,
+                          stack_images=(lambda row, config: checked_stack_images(gate, stacks, config, row))
+                          if stacks is not None else None,
+                          stack_masks=(lambda row, config: checked_stack_images(gate, stacks, config, row, masks=True))
+                          if stacks is not None else None)
+    if stacks is not None:  # the stack PNGs were checked as they were rendered into the staging shards
+        report_path = _write_report(corpus_dir, repo_id, gate.report)
+        log(f"privacy gate, stacks: {gate.report.images_checked} images checked in all; "
+            f"{len(gate.report.hits)} hit(s); report {report_path}")
+        gate.raise_if_hits()
     card = render_card(plan, shards, repo_id=repo_id, license=license, state=state, fractions=fractions,
                        scrubbed=len(scrubbed), stats=stats, release=release,
                        changes=releases.release_changes(plan, previous_release) if previous_release else None)
@@ -284,7 +336,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
                    endpoint: str | None = None, min_confidence: float | None = None, tag: str | None = None,
-                   context_slices: int = 0, context_topk: bool = False, grounding: bool = False, log: Callable[[str], None] = print) -> PublishResult:
+                   context_slices: int = 0, context_topk: bool = False, grounding: bool = False,
+                   stack_slices: int = 0, log: Callable[[str], None] = print) -> PublishResult:
     """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
 
     ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
@@ -294,7 +347,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
     ``context_slices`` adds that many slices on each side of every key slice (``context_topk``: and its
     top-k slices; read from ``input_dir``,
     :mod:`keyslice.publish.context`); ``grounding`` the organ masks on the key slices (same folder,
-    :mod:`keyslice.publish.grounding`).
+    :mod:`keyslice.publish.grounding`); ``stack_slices`` a stack of that many slices resampled along z per
+    finding (:mod:`keyslice.publish.stack`; with ``grounding`` its masks too).
     """
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
@@ -322,7 +376,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                                             known_phi_input=input_dir, scrub=scrub_text, pseudonymize=pseudonymize,
                                             log=log, min_confidence=min_confidence, release=tag,
                                             previous_release=previous_release, context_slices=context_slices,
-                                            context_topk=context_topk, grounding=grounding)
+                                            context_topk=context_topk, grounding=grounding,
+                                            stack_slices=stack_slices)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)

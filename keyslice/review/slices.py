@@ -4,7 +4,7 @@ The corpus keeps only each finding's key-slice PNG and never a file path, so to 
 around the key slice (and to let the reader choose any slice) ``keyslice review --input STUDIES``
 re-indexes the studies the way the build does: study folders are matched by their pseudonym
 (:func:`keyslice.pipeline.studies.discover_studies` with the corpus key), series by theirs
-(:func:`keyslice.dicom.series_file_lists`), and a slice is served only for a (study, series) pair that
+(:func:`keyslice.dicom.index_study`, as :func:`keyslice.dicom.series_file_lists` does), and a slice is served only for a (study, series) pair that
 the corpus' selections name and only when the series still has the slice count the selection was
 made on. Rendered PNGs (the selection's window, no metadata chunks) are cached under
 ``CORPUS/cache/review/<study>/<series>/<window>/<index>.png``.
@@ -30,7 +30,7 @@ class SliceSource:
         self.cache = Path(corpus) / "cache" / "review"
         self.pseudonymize = pseudonymize
         self.studies = {s.study_id: s for s in discover_studies(Path(input_dir), pseudonymize)}
-        self._files: dict[str, dict[str, list[Path]]] = {}
+        self._records: dict[str, dict[str, object]] = {}   # study -> series -> index record
         self._volumes: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._max = max_volumes
         self._lock = threading.Lock()
@@ -39,15 +39,28 @@ class SliceSource:
     def has_study(self, study_id: str) -> bool:
         return study_id in self.studies
 
-    def _series_files(self, study_id: str, series_id: str) -> list[Path]:
-        from keyslice.dicom import series_file_lists
+    def _record(self, study_id: str, series_id: str):
+        from keyslice.dicom import index_study
 
-        if study_id not in self._files:
-            self._files[study_id] = series_file_lists(self.studies[study_id].path, self.pseudonymize)
-        files = self._files[study_id].get(series_id)
-        if files is None:
+        if study_id not in self._records:
+            self._records[study_id] = {rec.row["series_id"]: rec for rec in
+                                     index_study(self.studies[study_id].path, self.pseudonymize,
+                                                 image_phase=False).series}
+        record = self._records[study_id].get(series_id)
+        if record is None:
             raise SeriesMismatchError(f"series {series_id} is not in study {study_id} of the studies folder")
-        return files
+        return record
+
+    def _series_files(self, study_id: str, series_id: str) -> list[Path]:
+        return self._record(study_id, series_id).files
+
+    def series_row(self, study_id: str, series_id: str) -> dict:
+        """The series as its DICOM headers in the studies folder describe it NOW (the series table's columns:
+        ``burned_in_annotation``, ``sop_class``, ``image_type``, ``drop_reason``...), re-read rather than
+        trusted from the corpus, since that is what the slices shown from this folder come from."""
+        if study_id not in self.studies:
+            raise SeriesMismatchError(f"study {study_id} is not in the studies folder")
+        return self._record(study_id, series_id).row
 
     def volume(self, study_id: str, series_id: str, n_slices: int):
         """The decoded series (a few kept in memory, least recently used dropped)."""

@@ -434,10 +434,14 @@ class OrganMasks:
         """bool [rows/stride, cols/stride]: the labels' union on one slice of the series (nearest neighbour)."""
         _, rows, cols = volume.shape
         jj, ii = np.meshgrid(np.arange(0, rows, stride), np.arange(0, cols, stride), indexing="ij")
-        out = np.zeros(jj.shape, dtype=bool)
-        pts = volume.slice_world(index, ii.ravel(), jj.ravel())
+        return self.points_mask(ts_labels, volume.slice_world(index, ii.ravel(), jj.ravel())).reshape(jj.shape)
+
+    def points_mask(self, ts_labels, points: np.ndarray) -> np.ndarray:
+        """bool [N]: whether each LPS world point lies in one of the labels (nearest voxel of each mask's own
+        grid; a plane between two series slices is sampled exactly where it lies, the mask never interpolated)."""
+        out = np.zeros(len(points), dtype=bool)
         for source, names in self._resolve(ts_labels):
-            out |= source.sample(names, pts).reshape(jj.shape)
+            out |= source.sample(names, points)
         return out
 
 

@@ -16,11 +16,16 @@ from keyslice.selector.windows import get_window
 
 def render_png(volume, index: int, window: str) -> bytes:
     """Slice ``index`` of the position-sorted volume, windowed to 8-bit grayscale, as PNG bytes."""
-    from PIL import Image
-
     if not 0 <= index < volume.n_slices:
         raise IndexError(f"slice {index} out of range 0..{volume.n_slices - 1}")
-    img = Image.fromarray(to_uint8(volume.slab(index, index + 1)[0], get_window(window)))
+    return hu_png(volume.slab(index, index + 1)[0], window)
+
+
+def hu_png(hu: np.ndarray, window: str) -> bytes:
+    """A 2-D HU image windowed to 8-bit grayscale, as PNG bytes (the one renderer of every exported slice)."""
+    from PIL import Image
+
+    img = Image.fromarray(to_uint8(hu, get_window(window)))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)  # no pnginfo, no dpi: only IHDR/IDAT/IEND
     return buf.getvalue()
