@@ -565,6 +565,8 @@ def publish(
     stack: int = typer.Option(0, "--stack", help="add N slices per finding evenly spaced in z over its organ's mask "
                               "range (+-10 mm; else +-60 mm around the key slice), HU linearly interpolated, "
                               "windowed like the key slice (e.g. 32); with --grounding their masks too; needs --input"),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="masks root read after each study's own masks for "
+                                         "--grounding (default: the one the corpus' last build was given)"),
 ) -> None:
     """Publish the corpus as a Hugging Face dataset (configs vqa, findings, selections), behind a privacy gate.
 
@@ -579,7 +581,7 @@ def publish(
         result = publish_corpus(out, repo_id, private=private, dry_run_dir=dry_run, license=license,
                                 input_dir=input_dir, scrub_text=scrub_text, max_shard_bytes=max_shard_mb * 1024 * 1024,
                                 min_confidence=min_confidence, tag=tag, context_slices=context,
-                                context_topk=context_topk, grounding=grounding, stack_slices=stack,
+                                context_topk=context_topk, grounding=grounding, stack_slices=stack, masks_dir=masks,
                                 log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     except (MissingKeyError, PrivacyError, PublishError) as exc:
         console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -173,11 +173,15 @@ def test_command_without_weights_reports_each_study_and_goes_on(sample_studies, 
     assert not (tmp_path / "masks").exists()  # a failed study leaves nothing under the masks root
 
 
-def test_segmented_masks_are_found_and_restrict_the_build(sample_studies, tmp_path, tiny_model_dir):
+def test_segmented_masks_are_found_and_restrict_the_build(sample_studies, tmp_path, tiny_model_dir, monkeypatch):
     """The write path with an injected segmenter: the labelmap goes under the masks root (the input is
-    not touched), a second run skips the study, find_masks reads it, and a build given the root selects
-    the liver finding's key slice inside the SYNTHETIC liver's z-range."""
+    not touched), a second run skips the study, find_masks reads it, a build given the root selects
+    the liver finding's key slice inside the SYNTHETIC liver's z-range, and publishing grounds the liver
+    finding with those masks (the root the build recorded, unless publish names another)."""
     import keyslice
+    from keyslice.pseudonym import KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, "keyslice-segment-test-key")
     from keyslice.corpus.sql import query
     from keyslice.dicom import index_study
     from keyslice.pseudonym import Pseudonymizer
@@ -220,6 +224,24 @@ def test_segmented_masks_are_found_and_restrict_the_build(sample_studies, tmp_pa
         assert "liver" in row["restricted_to"]
         assert row["z_range_mm"] == pytest.approx([min(z[SLAB[0]], z[SLAB[1]]), max(z[SLAB[0]], z[SLAB[1]])])
         assert SLAB[0] <= row["top1_index"] <= SLAB[1]
+
+    from keyslice.publish import publish_corpus
+    from tests.publish_fixtures import load_config
+
+    def grounded_labels(dest: Path, **options) -> dict[str, list[str]]:
+        publish_corpus(out, "keyslice/segment-test", dry_run_dir=dest, input_dir=inp, grounding=True,
+                       log=lambda m: None, **options)
+        return {r["finding_id"]: r["mask_labels"] for part in load_config(dest, "findings", tmp_path / "hf").values()
+                for r in part}
+
+    liver = {r["finding_id"] for r in query(out, "SELECT finding_id FROM findings WHERE list_contains(ts_labels, "
+                                                 "'liver') AND finding_id IN (SELECT finding_id FROM selections)")
+             .to_pylist()}
+    recorded = grounded_labels(tmp_path / "dry")
+    assert liver and all(recorded[fid] == ["liver"] for fid in liver)
+    (tmp_path / "no_masks").mkdir()
+    elsewhere = grounded_labels(tmp_path / "dry2", masks_dir=tmp_path / "no_masks")
+    assert all(elsewhere[fid] == [] for fid in liver)
 
 
 def test_a_failing_check_fails_each_study_before_its_series_is_read(sample_studies, tmp_path, monkeypatch):

@@ -6,8 +6,10 @@ build writes (``keyslice status --watch``)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -71,6 +73,22 @@ def corpus_status(corpus_dir: Path, verify: bool = False) -> CorpusStatus:
     return CorpusStatus(stage_done, table_rows, open_failures, store.damaged(deep=verify), errors,
                         run.get("run_id"), run.get("finished_at"), run.get("n_input_folders"),
                         list(run.get("skipped_inputs") or []))
+
+
+def last_build_setting(corpus_dir: Path, name: str) -> Any:
+    """A setting of the corpus' newest recorded build (its ``runs`` row's config), or None when no build
+    recorded it: what later readers of the corpus (publish, fine-tuning from reviews) fall back on so that
+    they see the study folders as the build saw them (e.g. ``masks_dir``)."""
+    try:
+        con = connect(corpus_dir)
+        try:
+            rows = con.sql("SELECT config_json FROM runs WHERE config_json IS NOT NULL "
+                           "ORDER BY finished_at DESC LIMIT 1").fetchall()
+        finally:
+            con.close()
+    except (duckdb.Error, FileNotFoundError):
+        return None
+    return json.loads(rows[0][0]).get(name) if rows else None
 
 
 def watch_line(status: CorpusStatus) -> str:

@@ -388,6 +388,7 @@ def _standing_reviews(corpus: Path) -> list[dict]:
 
 def review_sources(corpus: Path, studies_dir: Path) -> list[LoadedSource]:
     """The series the corpus' reviews judged, read from the studies folder (see the module docstring)."""
+    from keyslice.corpus.status import last_build_setting
     from keyslice.dicom import index_study
     from keyslice.errors import MaskError
     from keyslice.pseudonym import load_pseudonymizer
@@ -401,6 +402,7 @@ def review_sources(corpus: Path, studies_dir: Path) -> list[LoadedSource]:
     if not wanted:
         return []
     pseudonymize = load_pseudonymizer(Path(corpus), create=False)
+    masks_dir = last_build_setting(Path(corpus), "masks_dir")  # the masks root the reviewed selections saw
     studies = {s.study_id: s for s in discover_studies(Path(studies_dir), pseudonymize) if s.study_id in wanted}
     missing = sorted(set(wanted) - set(studies))
     if missing:
@@ -409,7 +411,7 @@ def review_sources(corpus: Path, studies_dir: Path) -> list[LoadedSource]:
     out = []
     for sid, study in sorted(studies.items()):
         files = {rec.row["series_id"]: rec.files for rec in index_study(study.path, pseudonymize, image_phase=False).series}
-        masks = find_masks(study.path)
+        masks = find_masks(study.path, *((study.masks_folder(masks_dir),) if masks_dir else ()))
         for series_id in sorted(wanted[sid]):
             if series_id not in files:
                 raise FileNotFoundError(f"series {series_id} of study {sid} is not in {study.path} any more")

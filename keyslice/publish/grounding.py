@@ -1,7 +1,8 @@
 """Grounding at export (``keyslice publish --grounding --input STUDIES``): the organ's mask on the key slice.
 
 Where a study ships organ masks (TotalSegmentator NIfTI, a folder of per-structure masks or a DICOM-SEG,
-found by :func:`keyslice.selector.find_masks` as in the build), each ``findings`` and ``selections`` row
+found by :func:`keyslice.selector.find_masks` as in the build: the study's own masks, then its folder under
+the masks root the build was given, ``keyslice build --masks``, unless ``publish --masks`` names another), each ``findings`` and ``selections`` row
 gets ``mask`` (an 8-bit PNG the size of the key slice, 255 inside the union of the finding's organ
 labels, world-resampled onto the key slice by :meth:`keyslice.selector.masks.OrganMasks.slice_mask`)
 and ``mask_labels`` (the TotalSegmentator labels it shows); ``vqa`` rows get ``mask_labels`` of their
@@ -14,14 +15,16 @@ gate's PNG check like every exported image.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from keyslice.publish.context import CONTEXT_CONFIGS, context_name, series_z
 from keyslice.publish.dataset_builder import ExportPlan, ExportRow
 
 
 class Grounding:
-    def __init__(self, source) -> None:
+    def __init__(self, source, masks_dir: Path | None = None) -> None:
         self.source = source
+        self.masks_dir = Path(masks_dir) if masks_dir else None
         self._masks: dict[str, object] = {}
         self.labels: dict[str, list[str]] = {}      # finding_id -> grounding labels
         self._n: dict[str, int] = {}
@@ -31,7 +34,9 @@ class Grounding:
         from keyslice.selector import find_masks
 
         if study_id not in self._masks:
-            self._masks[study_id] = find_masks(self.source.studies[study_id].path)
+            study = self.source.studies[study_id]
+            roots = (study.masks_folder(self.masks_dir),) if self.masks_dir else ()
+            self._masks[study_id] = find_masks(study.path, *roots)
         return self._masks[study_id]
 
     def attach(self, plan: ExportPlan, selections: dict[str, dict], findings: dict[str, dict]) -> None:

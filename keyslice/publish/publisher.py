@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from keyslice import __version__
+from keyslice.corpus.status import last_build_setting
 from keyslice.publish import hub, releases
 from keyslice.publish.card import render_card
 from keyslice.publish.dataset_builder import (CONFIGS, DEFAULT_FRACTIONS, DEFAULT_MAX_SHARD_BYTES, ID_COLUMNS,
@@ -225,7 +226,7 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
           known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer, log: Callable[[str], None],
           min_confidence: float | None = None, release: str | None = None,
           previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
-          grounding: bool = False, stack_slices: int = 0):
+          grounding: bool = False, stack_slices: int = 0, masks_dir: Path | None = None):
     """Lock, read, (scrub,) gate, write shards + card into ``dest``. Returns (plan, shards, state, report)."""
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
 
@@ -236,7 +237,7 @@ def stage(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, fractions
                                  pseudonymize=pseudonymize, log=log, min_confidence=min_confidence,
                                  release=release, previous_release=previous_release,
                                  context_slices=context_slices, context_topk=context_topk, grounding=grounding,
-                                 stack_slices=stack_slices)
+                                 stack_slices=stack_slices, masks_dir=masks_dir)
     except CorpusLockedError as exc:
         raise PublishError(f"{exc}; publish reads a consistent corpus, so it waits for builds to finish") from exc
 
@@ -245,7 +246,7 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
                   known_phi_input: Path | None, scrub: bool, pseudonymize: Pseudonymizer,
                   log: Callable[[str], None], min_confidence: float | None = None, release: str | None = None,
                   previous_release: dict | None = None, context_slices: int = 0, context_topk: bool = False,
-                  grounding: bool = False, stack_slices: int = 0):
+                  grounding: bool = False, stack_slices: int = 0, masks_dir: Path | None = None):
     """The part of :func:`stage` that runs under the corpus lock."""
     state = corpus_state(corpus_dir)
     snap = read_corpus(corpus_dir)
@@ -279,7 +280,7 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
             log(f"slice context: {context_slices} slice(s) on each side of the key slice"
                 f"{' and its top-k slices' if context_topk else ''}, read from {known_phi_input}")
         if grounding:
-            masks = Grounding(source)
+            masks = Grounding(source, masks_dir or last_build_setting(corpus_dir, "masks_dir"))
             masks.attach(plan, selections, snap.findings)
             log(f"grounding: {sum(1 for v in masks.labels.values() if v)} of {len(masks.labels)} key slices have "
                 f"an organ mask")
@@ -337,7 +338,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, token: str | None = None,
                    endpoint: str | None = None, min_confidence: float | None = None, tag: str | None = None,
                    context_slices: int = 0, context_topk: bool = False, grounding: bool = False,
-                   stack_slices: int = 0, log: Callable[[str], None] = print) -> PublishResult:
+                   stack_slices: int = 0, masks_dir: Path | None = None,
+                   log: Callable[[str], None] = print) -> PublishResult:
     """Publish a corpus to the Hub dataset ``repo_id`` (or stage it into ``dry_run_dir``).
 
     ``input_dir`` (the studies folder) adds the study's own DICOM header values to the gate's deny-list;
@@ -348,7 +350,8 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
     top-k slices; read from ``input_dir``,
     :mod:`keyslice.publish.context`); ``grounding`` the organ masks on the key slices (same folder,
     :mod:`keyslice.publish.grounding`); ``stack_slices`` a stack of that many slices resampled along z per
-    finding (:mod:`keyslice.publish.stack`; with ``grounding`` its masks too).
+    finding (:mod:`keyslice.publish.stack`; with ``grounding`` its masks too). ``masks_dir``: the masks root
+    read after each study's own masks (default: the one the corpus' last build was given).
     """
     corpus_dir = Path(corpus_dir)
     hub.check_repo_id(repo_id)
@@ -377,7 +380,7 @@ def publish_corpus(corpus_dir: Path, repo_id: str, *, private: bool = False, dry
                                             log=log, min_confidence=min_confidence, release=tag,
                                             previous_release=previous_release, context_slices=context_slices,
                                             context_topk=context_topk, grounding=grounding,
-                                            stack_slices=stack_slices)
+                                            stack_slices=stack_slices, masks_dir=masks_dir)
         files = hub.local_files(staging)
         rows = {s.path: s.rows for s in shards}
         record = hub.files_record(files.values(), rows)
