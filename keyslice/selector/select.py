@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from keyslice.errors import MaskError, TransientError
 from keyslice.selector.cache import EmbeddingCache, geometry_fingerprint, text_hash
 from keyslice.selector.model import ClipEncoder
+from keyslice.selector.prefetch import prefetch as prefetch_items
 from keyslice.selector.preprocess import PREPROCESS_VERSION, prepare_chunk
 from keyslice.selector.spatial import SpatialConfig, plan_for_volume
 from keyslice.selector.windows import choose_window, get_window
@@ -49,7 +51,9 @@ class SelectorConfig:
     # Masks that do not overlap the series at all (another frame of reference, wrong affine):
     # "ignore" = select unrestricted (restricted_to None) and log a warning; "raise" = MaskError.
     on_mask_mismatch: str = "ignore"
-    prefetch_batches: int = 2           # batches decoded (into pinned memory on CUDA) ahead of the encoder
+    # batches read ahead of the encoder (into pinned memory on CUDA; on a CPU encoder also preprocessed, in a
+    # background thread; 0: read and preprocess in turn with encoding, in the caller's thread)
+    prefetch_batches: int = 2
     # Confidence: the margin compares the top-1 score with the best slice farther than this from it
     # (the same tolerance as Acc@1), and a margin below ``uncertain_margin`` flags the selection.
     confidence_tolerance_mm: float = 10.0
@@ -138,17 +142,18 @@ def auto_batch_size(encoder: ClipEncoder, slice_hw: tuple[int, int]) -> int:
 # --------------------------------------------------------------------------- slice embeddings
 
 
-def _encode_batch(encoder: ClipEncoder, batch: "_Stored", windows: list, plan=None) -> list[torch.Tensor]:
-    # plan: spatial normalisation (HU -> fixed mm/px, body-centred square), applied before windowing
-    inputs = prepare_chunk(batch.stored.to(encoder.device, non_blocking=True), batch.slope, batch.intercept, windows,
-                           encoder.image_size, encoder.mean, encoder.std, valid=batch.valid,
-                           spatial=plan.apply if plan is not None else None, resize_mode=encoder.resize_mode)
-    return [encoder.encode_images(x, keep_on_device=True) for x in inputs]
+def _prepare(encoder: ClipEncoder, batch: "_Stored", windows: list, plan=None) -> list[torch.Tensor]:
+    """One model input per window for a batch of stored values, on the encoder's device.
+    ``plan``: spatial normalisation (HU -> fixed mm/px, body-centred square), applied before windowing."""
+    return prepare_chunk(batch.stored.to(encoder.device, non_blocking=True), batch.slope, batch.intercept, windows,
+                         encoder.image_size, encoder.mean, encoder.std, valid=batch.valid,
+                         spatial=plan.apply if plan is not None else None, resize_mode=encoder.resize_mode)
 
 
 @dataclass(frozen=True)
 class _Stored:
-    """A batch of stored slice values with their rescale parameters and validity."""
+    """A batch of stored slice values with their rescale parameters and validity, preprocessed
+    on the encoder's device when encoded."""
 
     stored: torch.Tensor
     slope: np.ndarray
@@ -161,10 +166,29 @@ class _Stored:
     def part(self, a: int, b: int) -> "_Stored":
         return _Stored(self.stored[a:b], self.slope[a:b], self.intercept[a:b], self.valid[a:b])
 
+    def encode(self, encoder: ClipEncoder, windows: list, plan=None) -> list[torch.Tensor]:
+        return [encoder.encode_images(x, keep_on_device=True) for x in _prepare(encoder, self, windows, plan)]
 
-def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: dict,
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch already preprocessed: one model input ``[B, 3, S, S]`` per window."""
+
+    inputs: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.inputs[0].shape[0]
+
+    def part(self, a: int, b: int) -> "_Prepared":
+        return _Prepared([x[a:b] for x in self.inputs])
+
+    def encode(self, encoder: ClipEncoder, windows: list, plan=None) -> list[torch.Tensor]:
+        return [encoder.encode_images(x, keep_on_device=True) for x in self.inputs]
+
+
+def _encode_robust(encoder: ClipEncoder, batch: _Stored | _Prepared, windows: list, state: dict,
                    plan=None) -> list[list[torch.Tensor]]:
-    """Embeddings per window (a list of parts each), halving the batch on CUDA out-of-memory;
+    """Embeddings per window (a list of parts each), halving the batch on out-of-memory;
     later batches of the series are cut to the size that fitted, so that the device runs out
     of memory once per series, not once per batch."""
     bs, n = state["batch_size"], len(batch)
@@ -172,7 +196,7 @@ def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: d
         parts = [_encode_robust(encoder, batch.part(s, s + bs), windows, state, plan) for s in range(0, n, bs)]
         return [[e for p in parts for e in p[w]] for w in range(len(windows))]
     try:
-        return [[e] for e in _encode_batch(encoder, batch, windows, plan)]
+        return [[e] for e in batch.encode(encoder, windows, plan)]
     except torch.OutOfMemoryError as e:
         if encoder.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -191,9 +215,13 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
     """Embed every slice of ``volume`` in each window: ``{window: [n, D]}`` float32 unit vectors (CPU).
 
     The series is decoded once for all windows: :meth:`Volume.chunks` streams stored values
-    in chunks of one batch, ``prefetch`` chunks decoded ahead by the worker pool (into
-    pinned memory on CUDA) while the current chunk is moved to the device as int16,
-    preprocessed there for every window (:func:`prepare_chunk`) and encoded. Embeddings stay
+    in chunks of one batch, decoded ahead by the worker pool. On an accelerator, ``prefetch``
+    chunks are decoded ahead into pinned memory while the current chunk is moved to the
+    device as int16, preprocessed there for every window (:func:`prepare_chunk`) and encoded.
+    On a CPU encoder, preprocessing is host work too, so it moves off the encoder's thread:
+    one background thread reads and preprocesses up to ``prefetch`` chunks ahead
+    (:func:`~keyslice.selector.prefetch.prefetch`) while the encoder encodes the current one;
+    ``prefetch=0`` does both in turn in the caller's thread (same embeddings). Embeddings stay
     on the device until the series is done and come back in one copy. ``spatial`` (when enabled):
     one plan per series (:func:`~keyslice.selector.spatial.plan_for_volume`) applied to the HU.
     """
@@ -204,6 +232,12 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
     cuda = encoder.device.type == "cuda"
     state = {"batch_size": bs}
     out: list[list[torch.Tensor]] = [[] for _ in windows]
+    if encoder.device.type == "cpu":
+        for batch in prefetch_items(_prepared_chunks(volume, encoder, windows, bs, plan), max(0, prefetch)):
+            for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
+                out[w].extend(embs)
+        return {name: torch.cat(embs) if embs else torch.zeros(0, encoder.embed_dim)
+                for name, embs in zip(window_names, out)}
     for chunk in volume.chunks(bs, buffers=max(1, prefetch) + 1, pin=cuda):
         s, e = chunk.start, chunk.stop
         batch = _Stored(torch.from_numpy(chunk.stored), volume.slope[s:e], volume.intercept[s:e],
@@ -221,6 +255,20 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
             chunk.release()
     return {name: torch.cat(embs).cpu() if embs else torch.zeros(0, encoder.embed_dim)
             for name, embs in zip(window_names, out)}
+
+
+def _prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan) -> Iterator[_Prepared]:
+    """Model inputs (one per window) of each chunk of ``bs`` slices, the chunk buffer released as
+    soon as they are made (the stored values are not needed after preprocessing)."""
+    for chunk in volume.chunks(bs, buffers=2):
+        s, e = chunk.start, chunk.stop
+        try:
+            batch = _Stored(torch.from_numpy(chunk.stored), volume.slope[s:e], volume.intercept[s:e],
+                            volume.valid[s:e] & chunk.valid)
+            prepared = _Prepared(_prepare(encoder, batch, windows, plan))
+        finally:
+            chunk.release()
+        yield prepared
 
 
 def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: int | str = "auto",
