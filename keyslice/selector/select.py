@@ -233,7 +233,7 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
     state = {"batch_size": bs}
     out: list[list[torch.Tensor]] = [[] for _ in windows]
     if encoder.device.type == "cpu":
-        for batch in prefetch_items(_prepared_chunks(volume, encoder, windows, bs, plan), max(0, prefetch)):
+        for batch in prefetch_items(prepared_chunks(volume, encoder, windows, bs, plan), max(0, prefetch)):
             for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
                 out[w].extend(embs)
         return {name: torch.cat(embs) if embs else torch.zeros(0, encoder.embed_dim)
@@ -257,7 +257,7 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
             for name, embs in zip(window_names, out)}
 
 
-def _prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan) -> Iterator[_Prepared]:
+def prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan=None) -> Iterator[_Prepared]:
     """Model inputs (one per window) of each chunk of ``bs`` slices, the chunk buffer released as
     soon as they are made (the stored values are not needed after preprocessing)."""
     for chunk in volume.chunks(bs, buffers=2):
