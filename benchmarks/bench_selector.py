@@ -155,11 +155,12 @@ def bench_model_only(encoder: ClipEncoder, n: int, batch: int, min_seconds: floa
 
 
 def bench_end_to_end(encoder: ClipEncoder, files: list[Path], queries: list[Query], batch,
-                     prefetch: int = 2) -> tuple[float, float, int]:
+                     prefetch: int = 2, prepare_workers: int = 1) -> tuple[float, float, int]:
     encoder.__dict__.pop("_text_memo", None)
     t = time.perf_counter()
     vol = load_volume(files)
-    choices = select_key_slices(vol, queries, encoder, SelectorConfig(batch_size=batch, prefetch_batches=prefetch))
+    choices = select_key_slices(vol, queries, encoder, SelectorConfig(batch_size=batch, prefetch_batches=prefetch,
+                                                                      prepare_workers=prepare_workers))
     sync(encoder)
     dt = time.perf_counter() - t
     n_windows = len({c.window for c in choices})
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prefetch", type=int, default=2,
                     help="SelectorConfig.prefetch_batches: chunks read (CPU encoder: and preprocessed, in a background "
                          "thread) ahead of the encoder; 0 = read, preprocess and encode in turn in one thread")
+    ap.add_argument("--prepare-workers", type=int, default=1,
+                    help="SelectorConfig.prepare_workers: chunks preprocessed at once on a CPU encoder")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args(argv)
@@ -241,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"precision {encoder.precision}")
     print(f"model: {args.model} ({encoder.model_id}), input {encoder.image_size}px, batch {batch}, "
           f"decode workers {decode_workers()}, prefetch {args.prefetch}"
-          + (" (preprocessing in a background thread)" if args.prefetch and encoder.device.type == "cpu" else ""))
+          + (f" (preprocessing ahead of the encoder by {args.prepare_workers} thread(s))"
+             if args.prefetch and encoder.device.type == "cpu" else ""))
     print(f"series: {source}; findings: {len(queries)} in {len(organ_sets)} window(s)")
     n_model = len(files) * len(organ_sets)
     # Warm-up (first-call kernel setup, tokenizer, decoder plugins): 2 slices, untimed.
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     a1 = bench_model_only(encoder, n_model, batch)
     if encoder.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(encoder.device)
-    b, b_dt, n_windows = bench_end_to_end(encoder, files, queries, batch, args.prefetch)
+    b, b_dt, n_windows = bench_end_to_end(encoder, files, queries, batch, args.prefetch, args.prepare_workers)
     peak_gpu = torch.cuda.max_memory_allocated(encoder.device) if encoder.device.type == "cuda" else None
     a2 = bench_model_only(encoder, n_model, batch)
     a = (a1 + a2) / 2
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         windows = [get_window(w) for w in dict.fromkeys(window_for_query(q, SelectorConfig(), encoder)
                                                          for q in queries)]
         t = time.perf_counter()
-        for _ in prepared_chunks(vol, encoder, windows, batch, None):  # read + preprocess, no encoder
+        for _ in prepared_chunks(vol, encoder, windows, batch, workers=args.prepare_workers):  # no encoder
             pass
         t_prep = time.perf_counter() - t
         host = len(files) * len(windows) / t_prep

@@ -187,9 +187,44 @@ def test_prefetched_preprocessing_gives_the_same_embeddings(encoder, monkeypatch
     threads.clear()
     ahead = encode_volume_windows(vol, windows, encoder, batch_size=4, prefetch=2)
     assert set(threads) == {"keyslice-prefetch"} and len(threads) == -(-vol.n_slices // 4)
+    threads.clear()
+    pooled = encode_volume_windows(vol, windows, encoder, batch_size=4, prefetch=2, prepare_workers=2)
+    assert {t.rsplit("_", 1)[0] for t in threads} == {"keyslice-prepare"}
     for w in windows:
         assert seq[w].shape == (vol.n_slices, encoder.embed_dim)
-        assert torch.equal(seq[w], ahead[w]), w
+        assert torch.equal(seq[w], ahead[w]) and torch.equal(seq[w], pooled[w]), w
+
+
+@needs_data
+def test_several_preprocessing_workers_hold_at_most_their_chunks(encoder):
+    """With prepare_workers=3 the chunk stream lends out at most 3 chunks at once, and every
+    chunk comes back (the stream allocates workers + 1 buffers and would stall otherwise)."""
+    from keyslice.selector.select import prepared_chunks
+
+    vol = load_volume(files(SERIES["philips"]))
+    held, peak = set(), [0]
+    lock = threading.Lock()
+    real_chunks = vol.chunks
+
+    def watched(*a, **k):
+        for c in real_chunks(*a, **k):
+            release = c.release
+
+            def tracked_release(wait=None, c=c, release=release):
+                with lock:
+                    held.discard(id(c))
+                release(wait)
+
+            c.release = tracked_release
+            with lock:
+                held.add(id(c))
+                peak[0] = max(peak[0], len(held))
+            yield c
+
+    vol.chunks = watched
+    got = list(prepared_chunks(vol, encoder, [get_window("abdomen")], 2, workers=3))
+    assert sum(len(p) for p in got) == vol.n_slices
+    assert peak[0] <= 3 and not held
 
 
 # --------------------------------------------------------------------------- headers from step 2

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +57,8 @@ class SelectorConfig:
     # batches read ahead of the encoder (into pinned memory on CUDA; on a CPU encoder also preprocessed, in a
     # background thread; 0: read and preprocess in turn with encoding, in the caller's thread)
     prefetch_batches: int = 2
+    # CPU encoder: chunks preprocessed at once by that many threads (1: the prefetch thread alone)
+    prepare_workers: int = 1
     # Confidence: the margin compares the top-1 score with the best slice farther than this from it
     # (the same tolerance as Acc@1), and a margin below ``uncertain_margin`` flags the selection.
     confidence_tolerance_mm: float = 10.0
@@ -70,6 +75,8 @@ class SelectorConfig:
             raise ValueError("on_mask_mismatch must be 'raise' or 'ignore'")
         if self.confidence_tolerance_mm < 0:
             raise ValueError("confidence_tolerance_mm must be >= 0")
+        if self.prefetch_batches < 0 or self.prepare_workers < 1:
+            raise ValueError("prefetch_batches must be >= 0 and prepare_workers >= 1")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):
             raise ValueError("batch_size must be 'auto' or a positive int")
 
@@ -211,7 +218,8 @@ def _encode_robust(encoder: ClipEncoder, batch: _Stored | _Prepared, windows: li
 
 
 def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder, batch_size: int | str = "auto",
-                          prefetch: int = 2, spatial: SpatialConfig | None = None) -> dict[str, torch.Tensor]:
+                          prefetch: int = 2, spatial: SpatialConfig | None = None, *,
+                          prepare_workers: int = 1) -> dict[str, torch.Tensor]:
     """Embed every slice of ``volume`` in each window: ``{window: [n, D]}`` float32 unit vectors (CPU).
 
     The series is decoded once for all windows: :meth:`Volume.chunks` streams stored values
@@ -221,7 +229,8 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
     On a CPU encoder, preprocessing is host work too, so it moves off the encoder's thread:
     one background thread reads and preprocesses up to ``prefetch`` chunks ahead
     (:func:`~keyslice.selector.prefetch.prefetch`) while the encoder encodes the current one;
-    ``prefetch=0`` does both in turn in the caller's thread (same embeddings). Embeddings stay
+    ``prefetch=0`` does both in turn in the caller's thread (same embeddings); ``prepare_workers``
+    > 1 preprocesses that many chunks at once (:func:`prepared_chunks`). Embeddings stay
     on the device until the series is done and come back in one copy. ``spatial`` (when enabled):
     one plan per series (:func:`~keyslice.selector.spatial.plan_for_volume`) applied to the HU.
     """
@@ -233,7 +242,8 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
     state = {"batch_size": bs}
     out: list[list[torch.Tensor]] = [[] for _ in windows]
     if encoder.device.type == "cpu":
-        for batch in prefetch_items(prepared_chunks(volume, encoder, windows, bs, plan), max(0, prefetch)):
+        prepared = prepared_chunks(volume, encoder, windows, bs, plan, workers=prepare_workers)
+        for batch in prefetch_items(prepared, max(0, prefetch)):
             for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
                 out[w].extend(embs)
         return {name: torch.cat(embs) if embs else torch.zeros(0, encoder.embed_dim)
@@ -257,18 +267,35 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
             for name, embs in zip(window_names, out)}
 
 
-def prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan=None) -> Iterator[_Prepared]:
-    """Model inputs (one per window) of each chunk of ``bs`` slices, the chunk buffer released as
-    soon as they are made (the stored values are not needed after preprocessing)."""
-    for chunk in volume.chunks(bs, buffers=2):
+def prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan=None, *,
+                    workers: int = 1) -> Iterator[_Prepared]:
+    """Model inputs (one per window) of each chunk of ``bs`` slices, in order, each chunk's buffer
+    released as soon as they are made (the stored values are not needed after preprocessing).
+    ``workers`` > 1 preprocesses that many chunks at once in a thread pool (torch's kernels
+    release the GIL; with one torch thread each, they use one core each)."""
+
+    def prepare(chunk) -> _Prepared:
         s, e = chunk.start, chunk.stop
         try:
             batch = _Stored(torch.from_numpy(chunk.stored), volume.slope[s:e], volume.intercept[s:e],
                             volume.valid[s:e] & chunk.valid)
-            prepared = _Prepared(_prepare(encoder, batch, windows, plan))
+            return _Prepared(_prepare(encoder, batch, windows, plan))
         finally:
             chunk.release()
-        yield prepared
+
+    if workers <= 1:
+        for chunk in volume.chunks(bs, buffers=2):
+            yield prepare(chunk)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="keyslice-prepare") as pool, \
+            closing(volume.chunks(bs, buffers=workers + 1, release_on_next=False)) as chunks:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(prepare, chunk))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: int | str = "auto",
@@ -280,7 +307,7 @@ def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: in
 def slice_embeddings_windows(volume, window_names: list[str], encoder: ClipEncoder, *,
                              batch_size: int | str = "auto", cache: EmbeddingCache | None = None,
                              cache_key: str | None = None, prefetch: int = 2,
-                             spatial: SpatialConfig | None = None) -> dict[str, torch.Tensor]:
+                             spatial: SpatialConfig | None = None, prepare_workers: int = 1) -> dict[str, torch.Tensor]:
     """Slice embeddings of one series in several windows: each from the Volume's memo, the disk
     cache, or computed (all missing windows in one decoding pass), then stored in both.
     float16-rounded float32 ``[n, D]`` per window."""
@@ -303,7 +330,8 @@ def slice_embeddings_windows(volume, window_names: list[str], encoder: ClipEncod
                 continue
         missing[window_name] = disk_key
     if missing:
-        computed = encode_volume_windows(volume, list(missing), encoder, batch_size, prefetch, spatial)
+        computed = encode_volume_windows(volume, list(missing), encoder, batch_size, prefetch, spatial,
+                                         prepare_workers=prepare_workers)
         for window_name, disk_key in missing.items():
             emb16 = computed[window_name].to(torch.float16)
             if disk_key is not None:
@@ -424,7 +452,8 @@ def select_key_slices(volume, queries: list[Query], encoder: ClipEncoder, config
     results: list[SliceChoice | None] = [None] * len(queries)
     # every window's slice embeddings from one decoding pass over the series
     slice_embeddings_windows(volume, list(groups), encoder, batch_size=config.batch_size, cache=cache,
-                             cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial)
+                             cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial,
+                             prepare_workers=config.prepare_workers)
     for window_name, idxs in groups.items():
         img = slice_embeddings(volume, window_name, encoder, batch_size=config.batch_size, cache=cache,
                                cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial)

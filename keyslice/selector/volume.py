@@ -135,11 +135,13 @@ class Volume:
                                                          f"{str(exc)[:120]}); kept blank, never selected"))
 
     def chunks(self, size: int, *, start: int = 0, stop: int | None = None, buffers: int = 3,
-               pin: bool = False) -> Iterator[Chunk]:
+               pin: bool = False, release_on_next: bool = True) -> Iterator[Chunk]:
         """Stored values of slices ``start..stop`` in chunks of ``size``, decoded ahead by the worker
         pool into at most ``buffers`` reused buffers (pinned host memory when ``pin``). Call
-        ``chunk.release()`` when done with a chunk's buffer. HU: ``hu_from_stored(chunk.stored,
-        volume.slope[chunk.start:chunk.stop], ...)``; ``chunk.start``/``stop`` are volume indices."""
+        ``chunk.release()`` when done with a chunk's buffer (``release_on_next=False``: only
+        then is it reused; see :class:`~keyslice.selector.pixels.ChunkStream`). HU:
+        ``hu_from_stored(chunk.stored, volume.slope[chunk.start:chunk.stop], ...)``;
+        ``chunk.start``/``stop`` are volume indices."""
         stop = self.n_slices if stop is None else stop
         if self.pixels is None:  # NIfTI: HU already in memory
             for s in range(start, stop, size):
@@ -154,7 +156,7 @@ class Volume:
             return t, t.numpy()
 
         stream = ChunkStream(stop - start, size, lambda i, out: self._decode_slice(start + i, out), allocate,
-                             workers=self.workers, buffers=buffers,
+                             workers=self.workers, buffers=buffers, release_on_next=release_on_next,
                              on_error=lambda i, exc: self._decode_failed(start + i, exc))
         for chunk in stream:
             chunk.start += start
