@@ -15,7 +15,7 @@ window is applied to HU instead: hu_from_stored (stored * RescaleSlope + Rescale
 float32, exact) -> spatial -> clamp((HU - low) / width, 0, 1) in 8-bit steps (window_levels).
 Both give the same 8-bit levels, bit for bit (the stored-value form is the HU form with the
 intercept and the window's lower bound folded into one whole-number shift); the stored-value
-form saves the HU image and two full-resolution passes per chunk.
+form saves the HU image and one full-resolution pass per window.
 
 It reproduces open_clip's eval transform (``Resize(image_size, bicubic)`` of the shortest
 side, ``CenterCrop(image_size)``, ``ToTensor``, ``Normalize(mean, std)``) applied to the
@@ -99,9 +99,10 @@ def window_stored(stored: torch.Tensor, slope, intercept, window: Window, valid=
     """Display levels (whole 8-bit steps in ``[0, 255]``) straight from float stored values ``[B, H, W]``,
     equal to ``window_levels(hu_from_stored(...))`` value for value, without making an HU image.
 
-    When RescaleSlope is 1 and ``RescaleIntercept - low`` is a whole number (CT as written by
-    every scanner in the test data), ``stored + (intercept - low)`` is exactly ``HU - low`` in
-    float32, and clamping it to ``[0, width]`` before dividing by the width gives exactly the
+    When RescaleSlope is 1 and RescaleIntercept and the window's lower bound are whole numbers
+    (CT as written by every scanner in the test data, and the named windows), every sum is an
+    integer below 2**24, so ``stored + (intercept - low)`` is exactly the HU path's
+    ``(stored + intercept) - low`` in float32, and clamping it to ``[0, width]`` before dividing by the width gives exactly the
     HU path's ``clamp((HU - low) / width, 0, 1)``: one add, one clamp, then the same divide,
     multiply and round. Otherwise the HU path's own operations are used. Several windows can
     share one :func:`stored_as_float` copy; ``inplace`` overwrites it (the last window). Rows
@@ -110,7 +111,8 @@ def window_stored(stored: torch.Tensor, slope, intercept, window: Window, valid=
     slope = np.asarray(slope, dtype=np.float64).reshape(-1)
     intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
     shift = intercept - window.low
-    if np.all(slope == 1) and np.all(shift == np.round(shift)) and np.all(np.abs(shift) < 2 ** 24):
+    whole = np.all(intercept == np.round(intercept)) and float(window.low).is_integer()
+    if np.all(slope == 1) and whole and np.all(np.abs(intercept) < 2 ** 20) and abs(window.low) < 2 ** 20:
         x = stored if inplace else stored.clone()
         if np.all(shift == shift[0]):  # the usual case: one rescale for the whole series
             x.add_(float(shift[0]))
