@@ -9,6 +9,7 @@ For every query (one finding sentence):
    from one decoding pass: stored values stream in chunks from the decode pool (pinned
    memory on CUDA), go to the device as int16 and are preprocessed there in batches
    (:func:`~keyslice.selector.preprocess.prepare_chunk`), encoded with bf16 autocast on CUDA;
+   on a CPU encoder a background thread preprocesses the next chunks while the encoder runs;
 3. embed the sentences (once per sentence hash);
 4. score all sentences of a window against all slices with one matrix product of unit
    vectors (cosine similarity), optionally smooth each curve along z with a Gaussian
