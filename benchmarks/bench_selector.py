@@ -57,7 +57,7 @@ from keyslice.selector import (  # noqa: E402
 from keyslice.selector.model import ClipEncoder, resolve_device, resolve_precision  # noqa: E402
 from keyslice.selector.pixels import decode_workers  # noqa: E402
 from keyslice.selector.preprocess import reference_preprocess  # noqa: E402
-from keyslice.selector.select import auto_batch_size  # noqa: E402
+from keyslice.selector.select import auto_batch_size, prepared_chunks, window_for_query  # noqa: E402
 from keyslice.selector.windows import choose_window, get_window  # noqa: E402
 
 DATA = data_dir()  # $KEYSLICE_DATA_DIR, else shared/data beside the checkout
@@ -154,11 +154,13 @@ def bench_model_only(encoder: ClipEncoder, n: int, batch: int, min_seconds: floa
     return total / (time.perf_counter() - t)
 
 
-def bench_end_to_end(encoder: ClipEncoder, files: list[Path], queries: list[Query], batch) -> tuple[float, float, int]:
+def bench_end_to_end(encoder: ClipEncoder, files: list[Path], queries: list[Query], batch,
+                     prefetch: int = 2, prepare_workers: int = 1) -> tuple[float, float, int]:
     encoder.__dict__.pop("_text_memo", None)
     t = time.perf_counter()
     vol = load_volume(files)
-    choices = select_key_slices(vol, queries, encoder, SelectorConfig(batch_size=batch))
+    choices = select_key_slices(vol, queries, encoder, SelectorConfig(batch_size=batch, prefetch_batches=prefetch,
+                                                                      prepare_workers=prepare_workers))
     sync(encoder)
     dt = time.perf_counter() - t
     n_windows = len({c.window for c in choices})
@@ -207,7 +209,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16")
     ap.add_argument("--batch-size", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads, shared by the encoder and the preprocessing thread (0: torch's default, "
+                         "one per core); 1 on a 2-core machine gives the encoder one core and the host path the other, "
+                         "as on a GPU machine where the encoder uses no host core")
+    ap.add_argument("--prefetch", type=int, default=2,
+                    help="SelectorConfig.prefetch_batches: chunks read (CPU encoder: and preprocessed, in a background "
+                         "thread) ahead of the encoder; 0 = read, preprocess and encode in turn in one thread")
+    ap.add_argument("--prepare-workers", type=int, default=1,
+                    help="SelectorConfig.prepare_workers: chunks preprocessed at once on a CPU encoder")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args(argv)
@@ -233,7 +243,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"device {encoder.device} ({torch.cuda.get_device_name(encoder.device) if encoder.device.type == 'cuda' else 'cpu'}), "
           f"precision {encoder.precision}")
     print(f"model: {args.model} ({encoder.model_id}), input {encoder.image_size}px, batch {batch}, "
-          f"decode workers {decode_workers()}")
+          f"decode workers {decode_workers()}, prefetch {args.prefetch}"
+          + (f" (preprocessing ahead of the encoder by {args.prepare_workers} thread(s))"
+             if args.prefetch and encoder.device.type == "cpu" else ""))
     print(f"series: {source}; findings: {len(queries)} in {len(organ_sets)} window(s)")
     n_model = len(files) * len(organ_sets)
     # Warm-up (first-call kernel setup, tokenizer, decoder plugins): 2 slices, untimed.
@@ -243,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     a1 = bench_model_only(encoder, n_model, batch)
     if encoder.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(encoder.device)
-    b, b_dt, n_windows = bench_end_to_end(encoder, files, queries, batch)
+    b, b_dt, n_windows = bench_end_to_end(encoder, files, queries, batch, args.prefetch, args.prepare_workers)
     peak_gpu = torch.cuda.max_memory_allocated(encoder.device) if encoder.device.type == "cuda" else None
     a2 = bench_model_only(encoder, n_model, batch)
     a = (a1 + a2) / 2
@@ -258,10 +270,13 @@ def main(argv: list[str] | None = None) -> dict:
     if peak_gpu is not None:
         print(f"    peak GPU memory during (b): {peak_gpu / 2**30:.2f} GiB (torch.cuda.max_memory_allocated)")
         out["peak_gpu_mem_gib"] = peak_gpu / 2**30
-    # What (b) does besides encoding slices, each timed alone (all of it runs on the host's cores).
+    # What (b) does besides encoding slices, each timed alone (on a CPU encoder all of it runs on the
+    # host's cores; on a GPU the preprocessing runs on the device, so it is left out there).
     t = time.perf_counter()
     vol = load_volume(files)
-    for chunk in vol.chunks(batch):  # headers + stored values, as (b) streams them
+    t_headers = time.perf_counter() - t
+    t = time.perf_counter()
+    for chunk in vol.chunks(batch):  # stored values, as (b) streams them
         chunk.release()
     t_decode = time.perf_counter() - t
     encoder.__dict__.pop("_text_memo", None)
@@ -269,9 +284,22 @@ def main(argv: list[str] | None = None) -> dict:
     encoder.encode_texts([q.text for q in queries])
     sync(encoder)
     t_text = time.perf_counter() - t
-    print(f"    parts of (b) alone: read+decode the series {t_decode:.2f} s, encode {len(queries)} sentences "
-          f"{t_text:.2f} s, slices at the (a) rate {n_model / a:.2f} s")
-    out.update({"decode_seconds": t_decode, "text_seconds": t_text})
+    out.update({"headers_seconds": t_headers, "decode_seconds": t_decode, "text_seconds": t_text})
+    print(f"    parts of (b) alone: headers {t_headers:.2f} s, read+decode the series {t_decode:.2f} s, encode "
+          f"{len(queries)} sentences {t_text:.2f} s, slices at the (a) rate {n_model / a:.2f} s")
+    if encoder.device.type == "cpu":
+        windows = [get_window(w) for w in dict.fromkeys(window_for_query(q, SelectorConfig(), encoder)
+                                                         for q in queries)]
+        t = time.perf_counter()
+        for _ in prepared_chunks(vol, encoder, windows, batch, workers=args.prepare_workers):  # no encoder
+            pass
+        t_prep = time.perf_counter() - t
+        host = len(files) * len(windows) / t_prep
+        # Perfect overlap: headers and sentences first, then the slower of (read + preprocess) and the encoder.
+        bound = n_model / (t_headers + t_text + max(t_prep, n_model / a))
+        print(f"    host path alone (read + decode + preprocess, no encoder): {host:.0f} slices/s "
+              f"({t_prep:.2f} s); with perfect overlap (b) <= {bound:.0f} slices/s, b/a <= {bound / a:.2f}")
+        out.update({"prep_seconds": t_prep, "host_rate": host, "b_bound": bound})
     if not args.skip_reference:
         c, c_dt = bench_reference(encoder, files, queries)
         print(f"(c) reference loop:        {len(files) / c_dt:9.2f} series slices/s  ({len(files) * len(queries)} "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from keyslice.dicom.headers import NotDicomError, read_header
+from keyslice.dicom.headers import Header, NotDicomError, read_header
 from keyslice.dicom.phase import headers_silent, infer_phase, totalsegmentator_phase
 from keyslice.dicom.series import Instance, SeriesGroup, build_series, group_instances
 from keyslice.errors import DicomReadError, LimitExceededError
@@ -45,9 +45,15 @@ class StudyIndex:
     modalities: list[str]
     series: list[SeriesRecord] = field(default_factory=list)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)   # (relative path, reason)
+    # every DICOM file's header as read here (memory only): step 3 reads pixels with them, not again
+    headers: dict[Path, Header] = field(default_factory=dict, repr=False)
 
     def kept(self) -> list[SeriesRecord]:
         return [s for s in self.series if s.row["kept"]]
+
+    def series_files(self) -> dict[str, list[Path]]:
+        """Each series' files in slice order, by series pseudonym."""
+        return {rec.row["series_id"]: rec.files for rec in self.series}
 
     def __repr__(self) -> str:
         return (f"StudyIndex(n_files={self.n_files}, n_dicom={self.n_dicom}, series={len(self.series)}, "
@@ -191,7 +197,8 @@ def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, wor
     return StudyIndex(
         n_files=len(paths), n_dicom=len(instances) + len(truncated),
         patient_key=pids.most_common(1)[0][0] if pids else None,
-        modalities=modalities, series=records, skipped_files=skipped)
+        modalities=modalities, series=records, skipped_files=skipped,
+        headers={i.path: i.hdr for i in instances + truncated})
 
 
 def time_offsets(times: list[tuple[bool, float] | None]) -> list[float | None]:
@@ -231,5 +238,4 @@ def series_file_lists(study_dir: Path, pseudonymize: Callable[[str, str], str], 
     Paths are never checkpointed, so the stages after step 2 (and the review app, and fine-tuning
     from reviews) find a series' files again this way; the phase was settled in step 2.
     """
-    index = index_study(study_dir, pseudonymize, image_phase=False, max_files=max_files)
-    return {rec.row["series_id"]: rec.files for rec in index.series}
+    return index_study(study_dir, pseudonymize, image_phase=False, max_files=max_files).series_files()

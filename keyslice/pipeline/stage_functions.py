@@ -108,7 +108,7 @@ def _unread_summary(skipped: list[tuple[str, str]]) -> str | None:
 
 def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     """Step 3: per assigned series, decode and encode it once, then pick each finding's key slice."""
-    from keyslice.dicom import series_file_lists
+    from keyslice.dicom import index_study
     from keyslice.pipeline.registry import resource_lock
     from keyslice.selector import (EmbeddingCache, Query, SelectorConfig, find_masks, load_model,
                                    load_volume, plot_similarity_curve, render_png, select_key_slices)
@@ -126,7 +126,9 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
 
     encoder = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
     masks = find_masks(study.path, *_mask_roots(study, cfg)) if cfg.use_masks else None
-    files = series_file_lists(study.path, ctx.pseudonymize, max_files=cfg.max_files_per_study)
+    # the study's series again (paths are never checkpointed); their headers are read once, here
+    index = index_study(study.path, ctx.pseudonymize, image_phase=False, max_files=cfg.max_files_per_study)
+    files = index.series_files()
     selector_cfg = SelectorConfig(top_k=cfg.top_k, window=cfg.window, restrict_to_organ=cfg.use_masks,
                                   uncertain_margin=cfg.uncertain_margin,
                                   confidence_tolerance_mm=cfg.confidence_tolerance_mm,
@@ -138,7 +140,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         raise DicomReadError(f"series {', '.join(missing)} assigned in step 2 no longer found in study {sid}; "
                              f"the folder changed (or the pseudonym key did): rerun with --force-stage series")
     for series_id, items in sorted(by_series.items()):
-        volume = load_volume(files[series_id])
+        volume = load_volume(files[series_id], headers=index.headers)
         queries = [Query(a["finding_id"], findings[a["finding_id"]]["text"],
                          list(findings[a["finding_id"]]["organs"]), list(findings[a["finding_id"]]["ts_labels"]))
                    for a in items]

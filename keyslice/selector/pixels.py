@@ -292,13 +292,18 @@ class ChunkStream:
     reused, so a stream over 2,000 slices holds the same memory as one over 50. A chunk's buffer
     goes back to the pool when the next chunk is requested, or earlier through
     :meth:`Chunk.release` (with a ``wait`` for an asynchronous device copy still reading it).
+    With ``release_on_next=False`` only :meth:`Chunk.release` gives it back, so a consumer can
+    hand chunks to other threads and hold several at once (fewer than ``buffers``, or the
+    stream waits for one).
     """
 
     def __init__(self, n: int, chunk: int, decode: Callable[[int, np.ndarray], None],
                  allocate: Callable[[int], tuple[object, np.ndarray]], *, workers: int | None = None,
-                 buffers: int = 3, on_error: Callable[[int, BaseException], None] | None = None):
+                 buffers: int = 3, on_error: Callable[[int, BaseException], None] | None = None,
+                 release_on_next: bool = True):
         if chunk < 1 or buffers < 1:
             raise ValueError("chunk and buffers must be >= 1")
+        self.release_on_next = release_on_next
         self.n, self.chunk = n, chunk
         self.decode, self.on_error = decode, on_error
         self.workers = workers or decode_workers()
@@ -346,7 +351,7 @@ class ChunkStream:
         previous: Chunk | None = None
         try:
             for _ in starts:
-                if previous is not None:
+                if previous is not None and self.release_on_next:
                     previous.release()  # a chunk is the consumer's until it asks for the next one
                 item = ready.get()
                 if isinstance(item, BaseException):

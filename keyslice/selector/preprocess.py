@@ -4,11 +4,18 @@ One pipeline over a chunk of slices, all ``torch`` ops on the encoder's device
 (:func:`prepare_chunk`)::
 
     stored (int16/uint16 as read from the files)
-      -> HU          hu_from_stored: stored * RescaleSlope + RescaleIntercept (float32, exact)
-      -> [spatial]   optional hook: a callable [B, H, W] HU -> [B, H', W'] HU (resampling, crop)
-      -> window      per display window, clamp((HU - low) / width, 0, 1) in 8-bit steps
+      -> window      per display window, straight from stored values (window_stored): with
+                     RescaleSlope 1, clamp(stored + (RescaleIntercept - low), 0, width) / width
+                     in 8-bit steps, per slice; one float conversion shared by all windows
       -> resize      antialiased bicubic, shortest side to ``image_size``, centre crop
       -> normalise   repeat to 3 channels, (x - mean) / std
+
+With a ``spatial`` hook (a callable [B, H, W] HU -> [B, H', W'] HU: resampling, crop), the
+window is applied to HU instead: hu_from_stored (stored * RescaleSlope + RescaleIntercept,
+float32, exact) -> spatial -> clamp((HU - low) / width, 0, 1) in 8-bit steps (window_levels).
+Both give the same 8-bit levels, bit for bit (the stored-value form is the HU form with the
+intercept and the window's lower bound folded into one whole-number shift); the stored-value
+form saves the HU image and one full-resolution pass per window.
 
 It reproduces open_clip's eval transform (``Resize(image_size, bicubic)`` of the shortest
 side, ``CenterCrop(image_size)``, ``ToTensor``, ``Normalize(mean, std)``) applied to the
@@ -19,7 +26,7 @@ once per size by interpolating an identity matrix, cut to the crop window first 
 into bands of outputs that skip the matrix's zeros. Like
 PIL, each pass is clamped and rounded to 8-bit levels. Matrix products run at BLAS/tensor
 core speed on CPU and GPU; ``F.interpolate``'s antialiased kernel was the largest host cost
-(about 1 ms per 512x512 slice on one core). Several windows share one HU conversion.
+(about 1 ms per 512x512 slice on one core). Several windows share one float conversion.
 
 Tolerance: against :func:`reference_preprocess` (the per-slice PIL + torchvision path,
 used by tests and the benchmark's reference loop) at most one 8-bit level on any pixel,
@@ -66,20 +73,70 @@ def hu_from_stored(stored: torch.Tensor, slope, intercept, valid=None) -> torch.
     operations as ``pixel_array.astype(float32) * slope + intercept`` in numpy, so the HU are
     bit-identical. Rows with ``valid`` False become :data:`AIR_HU`. Never modifies ``stored``.
     """
-    slope = np.asarray(slope, dtype=np.float32).reshape(-1)
-    intercept = np.asarray(intercept, dtype=np.float32).reshape(-1)
-    if stored.dtype == torch.uint16 and stored.device.type != "cpu":
-        # unsigned 16-bit kernels are sparse on accelerators: widen through int16's bits instead
-        stored = stored.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
-    hu = stored.to(torch.float32, copy=True)
-    if np.any(slope != 1):
-        hu.mul_(torch.from_numpy(slope).to(hu.device).view(-1, 1, 1))
-    if np.any(intercept != 0):
-        hu.add_(torch.from_numpy(intercept).to(hu.device).view(-1, 1, 1))
+    hu = _rescale(stored_as_float(stored), slope, intercept, inplace=True)
     if valid is not None:
         bad = ~np.asarray(valid, dtype=bool).reshape(-1)
         if bad.any():
             hu[torch.from_numpy(bad).to(hu.device)] = AIR_HU
+    return hu
+
+
+def stored_as_float(stored: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of stored values (uint16 widened through int16's bits on accelerators,
+    whose unsigned 16-bit kernels are sparse)."""
+    if stored.dtype == torch.uint16 and stored.device.type != "cpu":
+        stored = stored.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
+    return stored.to(torch.float32, copy=True)
+
+
+def air_level(window: Window) -> float:
+    """The display level of :data:`AIR_HU` (what a slice that could not be decoded shows)."""
+    return float(window_levels(torch.tensor([AIR_HU]), window)[0])
+
+
+def window_stored(stored: torch.Tensor, slope, intercept, window: Window, valid=None, *,
+                  inplace: bool = False) -> torch.Tensor:
+    """Display levels (whole 8-bit steps in ``[0, 255]``) straight from float stored values ``[B, H, W]``,
+    equal to ``window_levels(hu_from_stored(...))`` value for value, without making an HU image.
+
+    When RescaleSlope is 1 and RescaleIntercept and the window's lower bound are whole numbers
+    (CT as written by every scanner in the test data, and the named windows), every sum is an
+    integer below 2**24, so ``stored + (intercept - low)`` is exactly the HU path's
+    ``(stored + intercept) - low`` in float32, and clamping it to ``[0, width]`` before dividing by the width gives exactly the
+    HU path's ``clamp((HU - low) / width, 0, 1)``: one add, one clamp, then the same divide,
+    multiply and round. Otherwise the HU path's own operations are used. Several windows can
+    share one :func:`stored_as_float` copy; ``inplace`` overwrites it (the last window). Rows
+    with ``valid`` False get the level of :data:`AIR_HU`.
+    """
+    slope = np.asarray(slope, dtype=np.float64).reshape(-1)
+    intercept = np.asarray(intercept, dtype=np.float64).reshape(-1)
+    shift = intercept - window.low
+    whole = np.all(intercept == np.round(intercept)) and float(window.low).is_integer()
+    if np.all(slope == 1) and whole and np.all(np.abs(intercept) < 2 ** 20) and abs(window.low) < 2 ** 20:
+        x = stored if inplace else stored.clone()
+        if np.all(shift == shift[0]):  # the usual case: one rescale for the whole series
+            x.add_(float(shift[0]))
+        else:
+            x.add_(torch.from_numpy(shift.astype(np.float32)).to(x.device).view(-1, 1, 1))
+        x = x.clamp_(0.0, float(window.width)).div_(window.width).mul_(255.0).round_()
+    else:
+        x = window_levels(_rescale(stored, slope, intercept, inplace), window, inplace=True)
+    if valid is not None:
+        bad = ~np.asarray(valid, dtype=bool).reshape(-1)
+        if bad.any():
+            x[torch.from_numpy(bad).to(x.device)] = air_level(window)
+    return x
+
+
+def _rescale(values: torch.Tensor, slope, intercept, inplace: bool) -> torch.Tensor:
+    """float32 ``values * slope + intercept`` per slice (the operations of :func:`hu_from_stored`)."""
+    slope = np.asarray(slope, dtype=np.float32).reshape(-1)
+    intercept = np.asarray(intercept, dtype=np.float32).reshape(-1)
+    hu = values if inplace else values.clone()
+    if np.any(slope != 1):
+        hu.mul_(torch.from_numpy(slope).to(hu.device).view(-1, 1, 1))
+    if np.any(intercept != 0):
+        hu.add_(torch.from_numpy(intercept).to(hu.device).view(-1, 1, 1))
     return hu
 
 
@@ -180,15 +237,19 @@ def prepare_chunk(stored: torch.Tensor, slope, intercept, windows: Sequence[Wind
     """The whole pipeline over a chunk of slices: stored values ``[B, H, W]`` (on the device that
     should do the work) -> one normalised ``[B, 3, S, S]`` model input per window, in order.
 
-    ``spatial`` is applied to the HU before windowing (see the module docstring)."""
+    Without ``spatial`` the windows are applied to the stored values (:func:`window_stored`);
+    with it, to the HU it returns (see the module docstring)."""
     if stored.ndim != 3:
         raise ValueError(f"expected stored values [B, H, W], got {tuple(stored.shape)}")
-    hu = hu_from_stored(stored, slope, intercept, valid)
     if spatial is not None:
-        hu = spatial(hu)
+        hu = spatial(hu_from_stored(stored, slope, intercept, valid))
+    else:
+        values = stored_as_float(stored)
     out = []
     for i, window in enumerate(windows):
-        levels = window_levels(hu, window, inplace=i == len(windows) - 1)
+        last = i == len(windows) - 1
+        levels = (window_levels(hu, window, inplace=last) if spatial is not None
+                  else window_stored(values, slope, intercept, window, valid, inplace=last))
         out.append(levels_to_input(levels, image_size, mean, std, resize_mode=resize_mode, out_dtype=out_dtype))
     return out
 

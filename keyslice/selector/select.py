@@ -9,6 +9,7 @@ For every query (one finding sentence):
    from one decoding pass: stored values stream in chunks from the decode pool (pinned
    memory on CUDA), go to the device as int16 and are preprocessed there in batches
    (:func:`~keyslice.selector.preprocess.prepare_chunk`), encoded with bf16 autocast on CUDA;
+   on a CPU encoder a background thread preprocesses the next chunks while the encoder runs;
 3. embed the sentences (once per sentence hash);
 4. score all sentences of a window against all slices with one matrix product of unit
    vectors (cosine similarity), optionally smooth each curve along z with a Gaussian
@@ -23,6 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +36,7 @@ import torch
 from keyslice.errors import MaskError, TransientError
 from keyslice.selector.cache import EmbeddingCache, geometry_fingerprint, text_hash
 from keyslice.selector.model import ClipEncoder
+from keyslice.selector.prefetch import prefetch as prefetch_items
 from keyslice.selector.preprocess import PREPROCESS_VERSION, prepare_chunk
 from keyslice.selector.spatial import SpatialConfig, plan_for_volume
 from keyslice.selector.windows import choose_window, get_window
@@ -49,7 +55,11 @@ class SelectorConfig:
     # Masks that do not overlap the series at all (another frame of reference, wrong affine):
     # "ignore" = select unrestricted (restricted_to None) and log a warning; "raise" = MaskError.
     on_mask_mismatch: str = "ignore"
-    prefetch_batches: int = 2           # batches decoded (into pinned memory on CUDA) ahead of the encoder
+    # batches read ahead of the encoder (into pinned memory on CUDA; on a CPU encoder also preprocessed, in a
+    # background thread; 0: read and preprocess in turn with encoding, in the caller's thread)
+    prefetch_batches: int = 2
+    # CPU encoder: chunks preprocessed at once by that many threads (1: the prefetch thread alone)
+    prepare_workers: int = 1
     # Confidence: the margin compares the top-1 score with the best slice farther than this from it
     # (the same tolerance as Acc@1), and a margin below ``uncertain_margin`` flags the selection.
     confidence_tolerance_mm: float = 10.0
@@ -66,6 +76,8 @@ class SelectorConfig:
             raise ValueError("on_mask_mismatch must be 'raise' or 'ignore'")
         if self.confidence_tolerance_mm < 0:
             raise ValueError("confidence_tolerance_mm must be >= 0")
+        if self.prefetch_batches < 0 or self.prepare_workers < 1:
+            raise ValueError("prefetch_batches must be >= 0 and prepare_workers >= 1")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):
             raise ValueError("batch_size must be 'auto' or a positive int")
 
@@ -138,17 +150,18 @@ def auto_batch_size(encoder: ClipEncoder, slice_hw: tuple[int, int]) -> int:
 # --------------------------------------------------------------------------- slice embeddings
 
 
-def _encode_batch(encoder: ClipEncoder, batch: "_Stored", windows: list, plan=None) -> list[torch.Tensor]:
-    # plan: spatial normalisation (HU -> fixed mm/px, body-centred square), applied before windowing
-    inputs = prepare_chunk(batch.stored.to(encoder.device, non_blocking=True), batch.slope, batch.intercept, windows,
-                           encoder.image_size, encoder.mean, encoder.std, valid=batch.valid,
-                           spatial=plan.apply if plan is not None else None, resize_mode=encoder.resize_mode)
-    return [encoder.encode_images(x, keep_on_device=True) for x in inputs]
+def _prepare(encoder: ClipEncoder, batch: "_Stored", windows: list, plan=None) -> list[torch.Tensor]:
+    """One model input per window for a batch of stored values, on the encoder's device.
+    ``plan``: spatial normalisation (HU -> fixed mm/px, body-centred square), applied before windowing."""
+    return prepare_chunk(batch.stored.to(encoder.device, non_blocking=True), batch.slope, batch.intercept, windows,
+                         encoder.image_size, encoder.mean, encoder.std, valid=batch.valid,
+                         spatial=plan.apply if plan is not None else None, resize_mode=encoder.resize_mode)
 
 
 @dataclass(frozen=True)
 class _Stored:
-    """A batch of stored slice values with their rescale parameters and validity."""
+    """A batch of stored slice values with their rescale parameters and validity, preprocessed
+    on the encoder's device when encoded."""
 
     stored: torch.Tensor
     slope: np.ndarray
@@ -161,10 +174,29 @@ class _Stored:
     def part(self, a: int, b: int) -> "_Stored":
         return _Stored(self.stored[a:b], self.slope[a:b], self.intercept[a:b], self.valid[a:b])
 
+    def encode(self, encoder: ClipEncoder, windows: list, plan=None) -> list[torch.Tensor]:
+        return [encoder.encode_images(x, keep_on_device=True) for x in _prepare(encoder, self, windows, plan)]
 
-def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: dict,
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch already preprocessed: one model input ``[B, 3, S, S]`` per window."""
+
+    inputs: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.inputs[0].shape[0]
+
+    def part(self, a: int, b: int) -> "_Prepared":
+        return _Prepared([x[a:b] for x in self.inputs])
+
+    def encode(self, encoder: ClipEncoder, windows: list, plan=None) -> list[torch.Tensor]:
+        return [encoder.encode_images(x, keep_on_device=True) for x in self.inputs]
+
+
+def _encode_robust(encoder: ClipEncoder, batch: _Stored | _Prepared, windows: list, state: dict,
                    plan=None) -> list[list[torch.Tensor]]:
-    """Embeddings per window (a list of parts each), halving the batch on CUDA out-of-memory;
+    """Embeddings per window (a list of parts each), halving the batch on out-of-memory;
     later batches of the series are cut to the size that fitted, so that the device runs out
     of memory once per series, not once per batch."""
     bs, n = state["batch_size"], len(batch)
@@ -172,7 +204,7 @@ def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: d
         parts = [_encode_robust(encoder, batch.part(s, s + bs), windows, state, plan) for s in range(0, n, bs)]
         return [[e for p in parts for e in p[w]] for w in range(len(windows))]
     try:
-        return [[e] for e in _encode_batch(encoder, batch, windows, plan)]
+        return [[e] for e in batch.encode(encoder, windows, plan)]
     except torch.OutOfMemoryError as e:
         if encoder.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -187,13 +219,19 @@ def _encode_robust(encoder: ClipEncoder, batch: _Stored, windows: list, state: d
 
 
 def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder, batch_size: int | str = "auto",
-                          prefetch: int = 2, spatial: SpatialConfig | None = None) -> dict[str, torch.Tensor]:
+                          prefetch: int = 2, spatial: SpatialConfig | None = None, *,
+                          prepare_workers: int = 1) -> dict[str, torch.Tensor]:
     """Embed every slice of ``volume`` in each window: ``{window: [n, D]}`` float32 unit vectors (CPU).
 
     The series is decoded once for all windows: :meth:`Volume.chunks` streams stored values
-    in chunks of one batch, ``prefetch`` chunks decoded ahead by the worker pool (into
-    pinned memory on CUDA) while the current chunk is moved to the device as int16,
-    preprocessed there for every window (:func:`prepare_chunk`) and encoded. Embeddings stay
+    in chunks of one batch, decoded ahead by the worker pool. On an accelerator, ``prefetch``
+    chunks are decoded ahead into pinned memory while the current chunk is moved to the
+    device as int16, preprocessed there for every window (:func:`prepare_chunk`) and encoded.
+    On a CPU encoder, preprocessing is host work too, so it moves off the encoder's thread:
+    one background thread reads and preprocesses up to ``prefetch`` chunks ahead
+    (:func:`~keyslice.selector.prefetch.prefetch`) while the encoder encodes the current one;
+    ``prefetch=0`` does both in turn in the caller's thread (same embeddings); ``prepare_workers``
+    > 1 preprocesses that many chunks at once (:func:`prepared_chunks`). Embeddings stay
     on the device until the series is done and come back in one copy. ``spatial`` (when enabled):
     one plan per series (:func:`~keyslice.selector.spatial.plan_for_volume`) applied to the HU.
     """
@@ -204,6 +242,13 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
     cuda = encoder.device.type == "cuda"
     state = {"batch_size": bs}
     out: list[list[torch.Tensor]] = [[] for _ in windows]
+    if encoder.device.type == "cpu":
+        prepared = prepared_chunks(volume, encoder, windows, bs, plan, workers=prepare_workers)
+        for batch in prefetch_items(prepared, max(0, prefetch)):
+            for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
+                out[w].extend(embs)
+        return {name: torch.cat(embs) if embs else torch.zeros(0, encoder.embed_dim)
+                for name, embs in zip(window_names, out)}
     for chunk in volume.chunks(bs, buffers=max(1, prefetch) + 1, pin=cuda):
         s, e = chunk.start, chunk.stop
         batch = _Stored(torch.from_numpy(chunk.stored), volume.slope[s:e], volume.intercept[s:e],
@@ -223,6 +268,37 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
             for name, embs in zip(window_names, out)}
 
 
+def prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan=None, *,
+                    workers: int = 1) -> Iterator[_Prepared]:
+    """Model inputs (one per window) of each chunk of ``bs`` slices, in order, each chunk's buffer
+    released as soon as they are made (the stored values are not needed after preprocessing).
+    ``workers`` > 1 preprocesses that many chunks at once in a thread pool (torch's kernels
+    release the GIL; with one torch thread each, they use one core each)."""
+
+    def prepare(chunk) -> _Prepared:
+        s, e = chunk.start, chunk.stop
+        try:
+            batch = _Stored(torch.from_numpy(chunk.stored), volume.slope[s:e], volume.intercept[s:e],
+                            volume.valid[s:e] & chunk.valid)
+            return _Prepared(_prepare(encoder, batch, windows, plan))
+        finally:
+            chunk.release()
+
+    if workers <= 1:
+        for chunk in volume.chunks(bs, buffers=2):
+            yield prepare(chunk)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="keyslice-prepare") as pool, \
+            closing(volume.chunks(bs, buffers=workers + 1, release_on_next=False)) as chunks:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(prepare, chunk))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: int | str = "auto",
                   prefetch: int = 2, spatial: SpatialConfig | None = None) -> torch.Tensor:
     """Embed every slice of ``volume`` in one window: ``[n, D]`` (see :func:`encode_volume_windows`)."""
@@ -232,7 +308,7 @@ def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: in
 def slice_embeddings_windows(volume, window_names: list[str], encoder: ClipEncoder, *,
                              batch_size: int | str = "auto", cache: EmbeddingCache | None = None,
                              cache_key: str | None = None, prefetch: int = 2,
-                             spatial: SpatialConfig | None = None) -> dict[str, torch.Tensor]:
+                             spatial: SpatialConfig | None = None, prepare_workers: int = 1) -> dict[str, torch.Tensor]:
     """Slice embeddings of one series in several windows: each from the Volume's memo, the disk
     cache, or computed (all missing windows in one decoding pass), then stored in both.
     float16-rounded float32 ``[n, D]`` per window."""
@@ -255,7 +331,8 @@ def slice_embeddings_windows(volume, window_names: list[str], encoder: ClipEncod
                 continue
         missing[window_name] = disk_key
     if missing:
-        computed = encode_volume_windows(volume, list(missing), encoder, batch_size, prefetch, spatial)
+        computed = encode_volume_windows(volume, list(missing), encoder, batch_size, prefetch, spatial,
+                                         prepare_workers=prepare_workers)
         for window_name, disk_key in missing.items():
             emb16 = computed[window_name].to(torch.float16)
             if disk_key is not None:
@@ -376,7 +453,8 @@ def select_key_slices(volume, queries: list[Query], encoder: ClipEncoder, config
     results: list[SliceChoice | None] = [None] * len(queries)
     # every window's slice embeddings from one decoding pass over the series
     slice_embeddings_windows(volume, list(groups), encoder, batch_size=config.batch_size, cache=cache,
-                             cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial)
+                             cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial,
+                             prepare_workers=config.prepare_workers)
     for window_name, idxs in groups.items():
         img = slice_embeddings(volume, window_name, encoder, batch_size=config.batch_size, cache=cache,
                                cache_key=cache_key, prefetch=config.prefetch_batches, spatial=config.spatial)

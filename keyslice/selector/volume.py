@@ -47,10 +47,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from keyslice.errors import DicomReadError
 from keyslice.selector import pixels as pixel_io
 from keyslice.selector.pixels import Chunk, ChunkStream, SlicePixels, decode_workers
 from keyslice.selector.preprocess import hu_from_stored
+
+if TYPE_CHECKING:
+    from keyslice.dicom.headers import Header
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +135,13 @@ class Volume:
                                                          f"{str(exc)[:120]}); kept blank, never selected"))
 
     def chunks(self, size: int, *, start: int = 0, stop: int | None = None, buffers: int = 3,
-               pin: bool = False) -> Iterator[Chunk]:
+               pin: bool = False, release_on_next: bool = True) -> Iterator[Chunk]:
         """Stored values of slices ``start..stop`` in chunks of ``size``, decoded ahead by the worker
         pool into at most ``buffers`` reused buffers (pinned host memory when ``pin``). Call
-        ``chunk.release()`` when done with a chunk's buffer. HU: ``hu_from_stored(chunk.stored,
-        volume.slope[chunk.start:chunk.stop], ...)``; ``chunk.start``/``stop`` are volume indices."""
+        ``chunk.release()`` when done with a chunk's buffer (``release_on_next=False``: only
+        then is it reused; see :class:`~keyslice.selector.pixels.ChunkStream`). HU:
+        ``hu_from_stored(chunk.stored, volume.slope[chunk.start:chunk.stop], ...)``;
+        ``chunk.start``/``stop`` are volume indices."""
         stop = self.n_slices if stop is None else stop
         if self.pixels is None:  # NIfTI: HU already in memory
             for s in range(start, stop, size):
@@ -150,7 +156,7 @@ class Volume:
             return t, t.numpy()
 
         stream = ChunkStream(stop - start, size, lambda i, out: self._decode_slice(start + i, out), allocate,
-                             workers=self.workers, buffers=buffers,
+                             workers=self.workers, buffers=buffers, release_on_next=release_on_next,
                              on_error=lambda i, exc: self._decode_failed(start + i, exc))
         for chunk in stream:
             chunk.start += start
@@ -213,16 +219,18 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------- DICOM
 
 
-def _read_header(path: Path):
-    """(Header, SlicePixels) of one file, or (None, reason it is left out)."""
+def _read_header(path: Path, hdr=None):
+    """(Header, SlicePixels) of one file, or (None, reason it is left out). ``hdr``: the file's
+    header when step 2's index already read it (then the file is not opened here)."""
     from keyslice.dicom.headers import NotDicomError, read_header
 
-    try:
-        hdr = read_header(path)
-    except NotDicomError as e:
-        return None, str(e)
-    except Exception as e:  # a reader bug must not lose the series
-        return None, f"cannot be read: {type(e).__name__}: {str(e)[:120]}"
+    if hdr is None:
+        try:
+            hdr = read_header(path)
+        except NotDicomError as e:
+            return None, str(e)
+        except Exception as e:  # a reader bug must not lose the series
+            return None, f"cannot be read: {type(e).__name__}: {str(e)[:120]}"
     if hdr.truncated:
         return None, f"truncated pixel data ({hdr.truncated})"
     if not hdr.extra.get("pixel_data", False):
@@ -247,13 +255,17 @@ def _read_header(path: Path):
     return (hdr, sp), None
 
 
-def load_volume(files: list[Path], *, decode: str = "stream", workers: int | None = None) -> Volume:
+def load_volume(files: list[Path], *, decode: str = "stream", workers: int | None = None,
+                headers: Mapping[Path, Header] | None = None) -> Volume:
     """Read a series' headers into a :class:`Volume` (see the module docstring for the bad-input policy).
 
     ``files`` may come in any order and may contain non-DICOM files (they are skipped).
     ``decode="stream"`` (default) returns once headers are validated; pixels are decoded when
     used. ``"eager"`` decodes the whole series into ``Volume.hu`` before returning.
     ``workers``: header and decode threads (default :func:`keyslice.selector.pixels.decode_workers`).
+    ``headers``: file -> :class:`~keyslice.dicom.headers.Header` already read by step 2's index
+    (:attr:`keyslice.dicom.StudyIndex.headers`); those files' headers are not read again (each
+    costs about 0.3 ms of pure-Python parsing, as much as reading its pixels), the others are.
     """
     if decode not in ("stream", "eager"):
         raise ValueError(f"decode must be 'stream' or 'eager', not {decode!r}")
@@ -262,10 +274,16 @@ def load_volume(files: list[Path], *, decode: str = "stream", workers: int | Non
         raise DicomReadError("empty series: no files given")
     n_workers = workers or decode_workers()
     skipped: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="keyslice-hdr") as pool:
-        headers = list(pool.map(_read_header, files))
+    known = headers or {}
+    todo = [f for f in files if f not in known]
+    if len(todo) > 1 and n_workers > 1:
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="keyslice-hdr") as pool:
+            read = dict(zip(todo, pool.map(_read_header, todo)))
+    else:
+        read = {f: _read_header(f) for f in todo}
     kept = []
-    for f, (item, reason) in zip(files, headers):
+    for f in files:
+        item, reason = read[f] if f in read else _read_header(f, known[f])
         if item is None:
             skipped.append((f.name, reason))
         else:
