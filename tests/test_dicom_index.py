@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from keyslice.dicom import index_study, series_file_lists
+from keyslice.dicom import index_study
 from keyslice.errors import DicomReadError
 from keyslice.pseudonym import Pseudonymizer
 from keyslice.corpus.schemas import to_table
@@ -190,10 +190,11 @@ def test_series_ids_stable_and_keyed():
         assert "1.3.46.670589" not in str(s.row)
 
 
-def test_series_file_lists_find_each_series_again_by_pseudonym():
-    """What the stages after step 2 use to find a series' files (paths are never checkpointed)."""
+def test_series_files_find_each_series_again_by_pseudonym():
+    """What the stages after step 2 use to find a series' files (paths are never checkpointed): a re-index
+    without the image phase gives step 2's series ids and files."""
     idx = index_study(PHILIPS, PS)
-    lists = series_file_lists(PHILIPS, PS)
+    lists = index_study(PHILIPS, PS, image_phase=False).series_files()
     assert lists == {rec.row["series_id"]: rec.files for rec in idx.series} and len(lists) >= 2
     assert all(files for files in lists.values())
 

@@ -5,15 +5,14 @@ Entry points (the pipeline calls exactly these):
 * :func:`index_study` - headers only, parallel over files -> :class:`StudyIndex`
 * :func:`assign_series` - one series per finding -> assignments rows
 * :func:`infer_phase` - contrast phase of one series from its header fields -> :class:`PhaseCall`
-* :func:`series_file_lists` - each series' files again, by pseudonym (step 3, review, fine-tuning)
 """
 
 from keyslice.dicom.assign import assign_series, kernel_family, normalise_phase_hint
 from keyslice.dicom.headers import Header, NotDicomError, read_header
-from keyslice.dicom.index import SeriesRecord, StudyIndex, index_study, series_file_lists
+from keyslice.dicom.index import SeriesRecord, StudyIndex, index_study
 from keyslice.dicom.phase import PhaseCall, infer_phase, totalsegmentator_phase
 
 __all__ = [
     "Header", "NotDicomError", "PhaseCall", "SeriesRecord", "StudyIndex", "assign_series", "index_study",
-    "infer_phase", "kernel_family", "normalise_phase_hint", "read_header", "series_file_lists", "totalsegmentator_phase",
+    "infer_phase", "kernel_family", "normalise_phase_hint", "read_header", "totalsegmentator_phase",
 ]

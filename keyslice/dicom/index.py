@@ -229,13 +229,3 @@ def _attach_truncated(groups: list[SeriesGroup]) -> list[SeriesGroup]:
         if g.instances:
             out.append(g)
     return out
-
-
-def series_file_lists(study_dir: Path, pseudonymize: Callable[[str, str], str], *,
-                      max_files: int | None = None) -> dict[str, list[Path]]:
-    """Each series' files in slice order, by series pseudonym, re-indexed from the headers.
-
-    Paths are never checkpointed, so the stages after step 2 (and the review app, and fine-tuning
-    from reviews) find a series' files again this way; the phase was settled in step 2.
-    """
-    return index_study(study_dir, pseudonymize, image_phase=False, max_files=max_files).series_files()

@@ -4,7 +4,7 @@ The corpus keeps only each finding's key-slice PNG and never a file path, so to 
 around the key slice (and to let the reader choose any slice) ``keyslice review --input STUDIES``
 re-indexes the studies the way the build does: study folders are matched by their pseudonym
 (:func:`keyslice.pipeline.studies.discover_studies` with the corpus key), series by theirs
-(:func:`keyslice.dicom.index_study`, as :func:`keyslice.dicom.series_file_lists` does), and a slice is served only for a (study, series) pair that
+(:func:`keyslice.dicom.index_study`, as step 3 does with :meth:`keyslice.dicom.StudyIndex.series_files`), and a slice is served only for a (study, series) pair that
 the corpus' selections name and only when the series still has the slice count the selection was
 made on. Rendered PNGs (the selection's window, no metadata chunks) are cached under
 ``CORPUS/cache/review/<study>/<series>/<window>/<index>.png``.
