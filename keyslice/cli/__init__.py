@@ -837,6 +837,3 @@ from keyslice.review.cli import review as _review  # noqa: E402  (its heavy impo
 
 app.command("review")(_review)
 
-
-if __name__ == "__main__":
-    app()
