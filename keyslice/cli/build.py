@@ -14,7 +14,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from keyslice.cli.output import console, err_console, rich_table
+from keyslice.cli.output import console, err_console, refuse, rich_table
 from keyslice.cli.status import print_status
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
            workers: Optional[int], runner: str, device: Optional[str], dask_address: Optional[str] = None,
            quiet: bool = False, masks: Optional[Path] = None) -> tuple[dict, Discovery]:
     """Run the build; returns its result and the studies its preflight found (the input is walked once)."""
-    from rich.markup import escape
-
     from keyslice.config import BuildConfig
     from keyslice.corpus.lock import CorpusLockedError, corpus_lock
     from keyslice.errors import ModelWeightsMissingError
@@ -88,16 +86,12 @@ def _build(input_dir: Path, out: Path, config: Optional[Path], model: Optional[s
         err_console.print("[yellow]build stopped; every committed stage is kept: rerun `keyslice build` to resume"
                           "[/yellow]")
         raise typer.Exit(code=130) from None
-    except (KeyMismatchError, ManifestError, ModelWeightsMissingError) as exc:  # refused before any study ran
-        err_console.print(f"[red]build refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
-    except CorpusLockedError as exc:
-        err_console.print(f"[red]build refused:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+    except (KeyMismatchError, ManifestError, ModelWeightsMissingError,
+            CorpusLockedError) as exc:  # refused before any study ran
+        refuse(err_console, "build refused", str(exc), 2)
     except PermissionError as exc:
-        err_console.print(f"[red]cannot write the corpus:[/red] {exc.strerror or exc} ({exc.filename}); "
-                          f"build into a folder you can write, or fix its permissions", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        refuse(err_console, "cannot write the corpus", f"{exc.strerror or exc} ({exc.filename}); build into a "
+               "folder you can write, or fix its permissions", 2)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from keyslice.cli.build import quiet_prefect
 from keyslice.cli.corpus import require_corpus
-from keyslice.cli.output import console
+from keyslice.cli.output import console, refuse
 
 
 def _finetune_config(config: Path, out: Optional[Path], device: Optional[str], **extra):
@@ -79,8 +79,6 @@ def finetune(
         if result["recorded"]:
             console.print(f"metrics recorded in {result['recorded']['corpus']} (run {result['recorded']['run_id']})")
         return
-    from rich.markup import escape
-
     from keyslice.errors import InputError
     from keyslice.finetune.evaluate import run_finetune
 
@@ -89,8 +87,7 @@ def finetune(
         result = run_finetune(cfg, max_steps=max_steps, restart=restart, evaluate=not no_eval,
                               progress=console.print)
     except InputError as exc:
-        console.print(f"[red]finetune refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from exc
+        refuse(console, "finetune refused", str(exc), 2)
     tr = result["train"]
     console.print(f"trained to step {tr.step}/{tr.total_steps} in {tr.train_seconds:.1f} s "
                   f"(final loss {tr.final_loss:.4f}); run folder {tr.out_dir}")

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from keyslice.cli.output import console
+from keyslice.cli.output import console, refuse
 
 
 def publish(
@@ -57,12 +57,10 @@ def publish(
                                 context_topk=context_topk, grounding=grounding, stack_slices=stack, masks_dir=masks,
                                 log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
     except (MissingKeyError, PrivacyError, PublishError) as exc:
-        console.print(f"[red]publish refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from exc
+        refuse(console, "publish refused", str(exc), 2)
     except HfHubHTTPError as exc:
-        console.print(f"[red]the Hub refused the upload:[/red] {escape(str(exc))}\n(a write token is needed: "
-                      f"set HF_TOKEN or run `hf auth login`)", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=3) from exc
+        refuse(console, "the Hub refused the upload", f"{exc}\n(a write token is needed: set HF_TOKEN or run "
+               "`hf auth login`)", 3)
     table = Table(title=f"{repo_id}: rows per configuration and split")
     for col in ("config", "train", "validation", "test"):
         table.add_column(col, justify="right" if col != "config" else "left")
@@ -88,8 +86,7 @@ def stats(
     try:
         result = corpus_stats(out, min_confidence=min_confidence)
     except PublishError as exc:
-        console.print(f"[red]stats:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from exc
+        refuse(console, "stats", str(exc), 2)
     for title, (header, rows) in stats_tables(result).items():
         table = Table(title=title)
         for col in header:
