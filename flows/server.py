@@ -6,7 +6,7 @@ by ``kill -9``, never runs that hook and leaves the server behind. :func:`build_
 starts the same server (Prefect's own :class:`SubprocessASGIServer`) with the Linux parent-death
 signal set in the child, so the kernel sends it SIGTERM when the build process dies however it
 dies, and stops it when the build ends. ``keyslice build`` turns SIGTERM into the same clean
-shutdown as Ctrl-C (:func:`keyslice.cli._stop_on_sigterm`).
+shutdown as Ctrl-C (:func:`keyslice.cli.build._stop_on_sigterm`).
 """
 
 from __future__ import annotations

@@ -161,6 +161,29 @@ def test_sql_csv_and_json_go_to_standard_output_for_a_pipe(tmp_path):
     assert parquet.exit_code == 2 and "--output" in _message(parquet)
 
 
+def test_help_sql_and_status_import_no_heavy_library(tmp_path):
+    """`keyslice --help`, `sql` and `status` answer in a second only while every command keeps its heavy
+    imports (Prefect, torch, datasets, spaCy) inside itself; one module-level import would load them all."""
+    import json
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    script = f"""
+import json, sys
+from typer.testing import CliRunner
+from keyslice.cli import app
+for args in (["--help"], ["sql", "--out", {str(corpus)!r}, "select 1"], ["status", "--out", {str(corpus)!r}]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output)
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "prefect", "datasets", "spacy"}})))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
 @pytest.mark.parametrize("runner", ["local", "threads"])
 def test_build_walks_the_input_folder_once(runner, tmp_path, sample_studies, tiny_model_dir, monkeypatch, request):
     """The preflight's discovery is the build's (and names the skipped folders in the status it prints):
