@@ -14,24 +14,34 @@ gate's PNG check like every exported image.
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 
 from keyslice.publish.context import CONTEXT_CONFIGS, context_name, series_z
 from keyslice.publish.dataset_builder import ExportPlan, ExportRow
 
 
+#: Studies whose organ masks are kept loaded: rows are written in study order, so one study's masks
+#: serve all its rows of a shard; more would grow with the corpus (masks hold decoded label volumes).
+KEEP_STUDY_MASKS = 2
+
+
 class Grounding:
     def __init__(self, source) -> None:
         self.source = source
-        self._masks: dict[str, object] = {}
+        self._masks: OrderedDict[str, object] = OrderedDict()
         self.labels: dict[str, list[str]] = {}      # finding_id -> grounding labels
         self._n: dict[str, int] = {}
 
     def study_masks(self, study_id: str):
-        """The study's organ masks as the build finds them (read once), or None when it has none."""
+        """The study's organ masks as the build finds them, or None when it has none (the last
+        :data:`KEEP_STUDY_MASKS` studies' are kept)."""
         from keyslice.selector import find_masks
 
         if study_id not in self._masks:
             self._masks[study_id] = find_masks(self.source.studies[study_id].path)
+            while len(self._masks) > KEEP_STUDY_MASKS:
+                self._masks.popitem(last=False)
+        self._masks.move_to_end(study_id)
         return self._masks[study_id]
 
     def attach(self, plan: ExportPlan, selections: dict[str, dict], findings: dict[str, dict]) -> None:
