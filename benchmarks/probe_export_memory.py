@@ -5,7 +5,7 @@ each multiple in a fresh process with probes around every shard write (wrapping 
 publisher calls): RSS, ``pyarrow.total_allocated_bytes()``, open file descriptors, the rows and image
 bytes of the shard (or, with the streaming writer, of each row group), and, with ``--tracemalloc``, Python's traced memory (numpy arrays included) with a
 snapshot at the largest traced point, diffed between the smallest and the largest multiple. ``--variant``
-runs the same publish under ``MALLOC_ARENA_MAX=2`` (glibc arenas) or with ``malloc_trim(0)`` after every
+runs the same publish under ``MALLOC_ARENA_MAX=2`` (glibc arenas) or with ``malloc_trim(0)`` and the Arrow pool's ``release_unused()`` after every
 shard, to tell fragmentation from live objects.
 
     PYTHONPATH=$PWD KEYSLICE_DATA_DIR=/work/shared/data python benchmarks/probe_export_memory.py \\
@@ -85,6 +85,7 @@ def to_parquet(self, path, *a, **kw):
     probe("after to_parquet", file_mb=round(os.path.getsize(path) / 2 ** 20, 1))
     if variant == "trim":
         libc.malloc_trim(0)
+        pa.default_memory_pool().release_unused()
     return n
 datasets.Dataset.to_parquet = to_parquet
 
@@ -105,6 +106,7 @@ def finalize(self, *a, **kw):
     probe("after to_parquet", file_mb=round(os.path.getsize(path) / 2 ** 20, 1))
     if variant == "trim":
         libc.malloc_trim(0)
+        pa.default_memory_pool().release_unused()
     return result
 ParquetWriter.write_batch, ParquetWriter.finalize = write_batch, finalize
 
@@ -145,7 +147,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["KEYSLICE_PSEUDONYM_KEY"] = KEY
     work = args.work or Path(tempfile.mkdtemp(prefix="probe-export-memory-"))
-    print(f"# probe_export_memory load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    import pyarrow as pa
+
+    print(f"# probe_export_memory (Arrow pool {pa.default_memory_pool().backend_name}) load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if (work / "sample" / "corpus").is_dir():
         corpus, studies = work / "sample" / "corpus", work / "sample" / "studies"
     else:
