@@ -6,9 +6,9 @@ reports and masks), its corpus rows committed again through ``CheckpointStore.co
 copy's study pseudonym and a SYNTHETIC patient per copy (so copies spread over splits and shards as new
 patients would). Each corpus is published as a dry run with stacks in a fresh process, which prints its
 peak RSS (sampled every 10 ms during the publish, and its growth over the process after its imports).
-Stacks are rendered while their shard is written, so the peak should follow the shard size
-(``--max-shard-mb``), not the number of findings: the last line is the ratio of the largest multiple's
-peak to the 1x peak.
+Stacks are rendered while their row is written, row group by row group, so the peak should follow the
+row group (at most ``--max-shard-mb`` of images), not the number of findings: the last line is the ratio
+of the largest multiple's peak to the 1x peak. ``probe_export_memory.py`` shows what grows.
 
     PYTHONPATH=$PWD KEYSLICE_DATA_DIR=/work/shared/data python benchmarks/bench_export_memory.py \\
         --multiples 1 4 16 --stack 16 --max-shard-mb 8

@@ -101,6 +101,39 @@ def test_shards_are_deterministic(corpus, tmp_path):
     assert sum(1 for p in a.files if p.startswith("vqa/")) > 2  # small shards: several hash buckets
 
 
+def test_a_bucket_larger_than_the_shard_size_continues_in_further_files(corpus, tmp_path):
+    """Shards are hash buckets of patients, but a file holds at most the shard size of images (one row
+    alone may exceed it): a bucket that outgrows it continues in further files of the same split, row
+    groups are bounded the same way, and the rows still load back whole, a patient in one split."""
+    from keyslice.publish import publish_corpus
+    from keyslice.publish.dataset_builder import ROW_OVERHEAD_BYTES
+
+    root, fx = corpus
+    largest = max(p.stat().st_size for p in (root / "images").rglob("*.png"))
+    limit = 2 * (largest + ROW_OVERHEAD_BYTES)
+    out = tmp_path / "dry"
+    a = publish_corpus(root, "o/n", dry_run_dir=out, max_shard_bytes=limit, log=lambda m: None)
+    parts = [p for p in a.files if p.endswith("-001.parquet")]
+    assert parts, sorted(a.files)
+    for part in parts:  # a continuation follows the bucket's first file, same config, split and bucket
+        assert part.replace("-001.parquet", ".parquet") in a.files
+    for path in out.glob("*/*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        images = pq.read_table(path, columns=["image"]).column("image").combine_chunks().field("bytes")
+        sizes = [len(b) + ROW_OVERHEAD_BYTES for b in images.to_pylist()]
+        assert len(sizes) == 1 or sum(sizes) <= limit, (path.name, sizes)
+        assert meta.num_rows == len(sizes)
+        first = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            assert n == 1 or sum(sizes[first:first + n]) - sizes[first + n - 1] < limit
+            first += n
+    summary = assert_round_trip(root, out, tmp_path / "hf_cache", fx.excluded_series)
+    assert summary["studies"] == len(fx.study_ids)
+    b = publish_corpus(root, "o/n", dry_run_dir=tmp_path / "again", max_shard_bytes=limit, log=lambda m: None)
+    assert a.files == b.files  # the cut between files is deterministic
+
+
 def test_dry_run_folder_is_replaced_not_mixed(corpus, tmp_path):
     from keyslice.publish import PublishError, publish_corpus
 

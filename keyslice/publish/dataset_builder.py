@@ -16,9 +16,12 @@ DICOM descriptions) are not exported.
 Splits are assigned BY PATIENT (``studies.patient_id``; the study when the DICOM has no
 PatientID) with a fixed-salt hash of the (already keyed) pseudonym, so a patient never straddles two
 splits and the assignment of existing patients never changes when the corpus grows. Shards
-are hash buckets of patients too: adding a study rewrites only its bucket's shard, which is
-what makes publishing incremental. Shards are written deterministically (same rows, same
-bytes), so an unchanged shard has an unchanged content hash.
+are hash buckets of patients too: adding a study rewrites only its bucket's files, which is
+what makes publishing incremental. A bucket whose images outgrow the shard size continues in
+further files of the same bucket and split (files are storage; the split stays the patient's).
+Shards are written deterministically (same rows, same bytes), so an unchanged shard has an
+unchanged content hash, and row group by row group, so the export never holds more than a row
+group of images in memory.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ SPLIT_SALT = "keyslice-split-v1"
 SHARD_SALT = "keyslice-shard-v1"
 SECONDARY_CAPTURE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC, multi-frame SC variants
 ROW_OVERHEAD_BYTES = 512  # estimate of a row's non-image bytes, for shard sizing
+#: Images per Parquet row group: what one write holds in memory (rows are rendered, written, released).
+ROW_GROUP_BYTES = 16 * 1024 * 1024
 #: VQA pairs of one study and series that ask the same question with the same answer on slices at most
 #: this many slices apart show the reader the same thing: exported once.
 NEAR_DUPLICATE_SLICES = 1
@@ -505,73 +510,133 @@ class ShardFile:
     sha256: str
 
 
+def record_image_bytes(record: Mapping[str, Any]) -> int:
+    """Bytes of the images a written record holds (key slice, mask, context, stack and its masks)."""
+    total = 0
+    for value in record.values():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("bytes"), (bytes, bytearray)):
+                total += len(item["bytes"])
+    return total
+
+
+class _ShardFileWriter:
+    """The files of one hash bucket, written row group by row group.
+
+    Rows are rendered one at a time and written in row groups of at most ``row_group_bytes`` of images,
+    so one row group is all that is held in memory; a bucket whose images outgrow ``max_shard_bytes``
+    continues in the next file of the same bucket (``...-of-NNNNN-001.parquet``, ``-002``...): a
+    patient's rows may span consecutive files of one split, which are storage only (the split is the
+    patient's, the bucket still decides which files a new study rewrites).
+    """
+
+    def __init__(self, dest: Path, base: str, config: str, split: str, feats, max_shard_bytes: int,
+                 row_group_bytes: int) -> None:
+        self.dest, self.base, self.config, self.split, self.feats = dest, base, config, split, feats
+        self.max_shard_bytes, self.row_group_bytes = max_shard_bytes, row_group_bytes
+        self.written: list[ShardFile] = []
+        self._writer = None
+        self._rel = ""
+        self._rows = self._file_bytes = self._batch_bytes = 0
+        self._batch: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        size = record_image_bytes(record) + ROW_OVERHEAD_BYTES
+        if (self._rows or self._batch) and self._file_bytes + self._batch_bytes + size > self.max_shard_bytes:
+            self._close_file()
+        self._batch.append(record)
+        self._batch_bytes += size
+        if self._batch_bytes >= self.row_group_bytes:
+            self._flush()
+
+    def close(self) -> list[ShardFile]:
+        self._close_file()
+        return self.written
+
+    def _flush(self) -> None:
+        from datasets.arrow_writer import ParquetWriter
+
+        if not self._batch:
+            return
+        if self._writer is None:
+            part = len(self.written)
+            self._rel = f"{self.base}.parquet" if part == 0 else f"{self.base}-{part:03d}.parquet"
+            (self.dest / self._rel).parent.mkdir(parents=True, exist_ok=True)
+            self._writer = ParquetWriter(features=self.feats, path=str(self.dest / self._rel))
+        columns = {name: [r.get(name) for r in self._batch] for name in self.feats}
+        self._writer.write_batch(self.feats.encode_batch(columns))
+        self._rows += len(self._batch)
+        self._file_bytes += self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+
+    def _close_file(self) -> None:
+        self._flush()
+        if self._writer is None:
+            return
+        rows, nbytes = self._writer.finalize()
+        self._writer = None
+        out = self.dest / self._rel
+        digest = hashlib.sha256()
+        with open(out, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        self.written.append(ShardFile(self._rel, self.config, self.split, rows, int(nbytes), out.stat().st_size,
+                                      digest.hexdigest()))
+        self._rows = self._file_bytes = 0
+
+
 def write_shards(plan: ExportPlan, corpus_dir: Path, dest: Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                  image_bytes: Callable[[str], bytes],
                  context_images: Callable[[ExportRow], list[tuple[str, bytes]]] | None = None,
                  mask_image: Callable[[ExportRow], tuple[str, bytes] | None] | None = None,
                  stack_images: Callable[[ExportRow, str], list[tuple[str, bytes]]] | None = None,
-                 stack_masks: Callable[[ExportRow, str], list[tuple[str, bytes]] | None] | None = None
-                 ) -> list[ShardFile]:
+                 stack_masks: Callable[[ExportRow, str], list[tuple[str, bytes]] | None] | None = None,
+                 row_group_bytes: int = ROW_GROUP_BYTES) -> list[ShardFile]:
     """Write every configuration/split as hash-bucket shards into ``dest``; returns what was written.
 
     ``image_bytes(image_path)`` returns the (privacy-cleaned) PNG for a corpus-relative path;
-    ``context_images(row)`` the (name, cleaned PNG) list of a row's slice context, rendered while its
-    shard is written (shards are sized with the context counted as key-slice-sized images);
-    ``mask_image(row)`` the (name, PNG) of its organ mask, or None; ``stack_images(row, config)`` the (name,
-    cleaned PNG) list of its resampled stack and ``stack_masks(row, config)`` the masks on it (or None),
-    rendered the same way and counted in the shard sizes, so a shard holds at most about ``max_shard_bytes`` of images whatever
-    the stack length.
+    ``context_images(row)`` the (name, cleaned PNG) list of a row's slice context; ``mask_image(row)`` the
+    (name, PNG) of its organ mask, or None; ``stack_images(row, config)`` the (name, cleaned PNG) list of its
+    resampled stack and ``stack_masks(row, config)`` the masks on it (or None). Each row's images are
+    rendered when the row is written and released with its row group (at most ``row_group_bytes`` of
+    images), and no file holds more than about ``max_shard_bytes`` of images (a bucket that outgrows it
+    continues in a further file, :class:`_ShardFileWriter`), so the memory of the export follows the row
+    group, not the number of findings nor the size of a bucket.
     """
-    import datasets
-
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
     written: list[ShardFile] = []
-    try:
-        for config in CONFIGS:
-            with_context = context_images is not None and config in ("findings", "selections")
-            with_mask = mask_image is not None and config in ("findings", "selections")
-            with_stack = stack_images is not None and config in ("findings", "selections")
-            feats = features(config, context=with_context, grounding=mask_image is not None, stack=with_stack)
-            by_split: dict[str, list[ExportRow]] = defaultdict(list)
-            for row in plan.rows[config]:
-                by_split[row.split].append(row)
-            for split in SPLITS:
-                rows = by_split.get(split)
-                if not rows:
-                    continue
-                sizes = {}
-                for r in rows:
-                    if r.image_path not in sizes:
-                        sizes[r.image_path] = resolve_image(corpus_dir, r.image_path).stat().st_size
-                estimate = sum(sizes[r.image_path] * (1 + len(r.fields.get("context_indices") or ())
-                                                      + len(r.fields.get("stack_z_mm") or ()))
-                               + ROW_OVERHEAD_BYTES for r in rows)
-                n = n_shards_for(estimate, max_shard_bytes)
-                buckets: dict[int, list[ExportRow]] = defaultdict(list)
-                for r in rows:
-                    buckets[shard_of(r.group, n)].append(r)
-                for index in sorted(buckets):
-                    shard_rows = sorted(buckets[index], key=lambda r: r.sort_key)
-                    records = [exported_record(r, image_bytes(r.image_path),
+    for config in CONFIGS:
+        with_context = context_images is not None and config in ("findings", "selections")
+        with_mask = mask_image is not None and config in ("findings", "selections")
+        with_stack = stack_images is not None and config in ("findings", "selections")
+        feats = features(config, context=with_context, grounding=mask_image is not None, stack=with_stack)
+        by_split: dict[str, list[ExportRow]] = defaultdict(list)
+        for row in plan.rows[config]:
+            by_split[row.split].append(row)
+        for split in SPLITS:
+            rows = by_split.get(split)
+            if not rows:
+                continue
+            sizes = {}
+            for r in rows:
+                if r.image_path not in sizes:
+                    sizes[r.image_path] = resolve_image(corpus_dir, r.image_path).stat().st_size
+            estimate = sum(sizes[r.image_path] * (1 + len(r.fields.get("context_indices") or ())
+                                                  + len(r.fields.get("stack_z_mm") or ()))
+                           + ROW_OVERHEAD_BYTES for r in rows)
+            n = n_shards_for(estimate, max_shard_bytes)
+            buckets: dict[int, list[ExportRow]] = defaultdict(list)
+            for r in rows:
+                buckets[shard_of(r.group, n)].append(r)
+            for index in sorted(buckets):
+                writer = _ShardFileWriter(dest, f"{config}/{split}-{index:05d}-of-{n:05d}", config, split, feats,
+                                          max_shard_bytes, min(row_group_bytes, max_shard_bytes))
+                for r in sorted(buckets[index], key=lambda r: r.sort_key):
+                    writer.add(exported_record(r, image_bytes(r.image_path),
                                                context_images(r) if with_context else None,
                                                mask_image(r) if with_mask else False,
                                                stack_images(r, config) if with_stack else None,
                                                (stack_masks(r, config) if stack_masks is not None else False)
-                                               if with_stack and with_mask else False) for r in shard_rows]
-                    ds = datasets.Dataset.from_list(records, features=feats)
-                    rel = f"{config}/{split}-{index:05d}-of-{n:05d}.parquet"
-                    out = dest / rel
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    ds.to_parquet(str(out))
-                    digest = hashlib.sha256()
-                    with open(out, "rb") as fh:
-                        while block := fh.read(1 << 20):
-                            digest.update(block)
-                    written.append(ShardFile(rel, config, split, len(records), int(ds.data.nbytes),
-                                             out.stat().st_size, digest.hexdigest()))
-                    del records, ds
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+                                               if with_stack and with_mask else False))
+                written += writer.close()
     return written

@@ -15,28 +15,38 @@ gate's PNG check like every exported image.
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from pathlib import Path
 
 from keyslice.publish.context import CONTEXT_CONFIGS, context_name, series_z
 from keyslice.publish.dataset_builder import ExportPlan, ExportRow
 
 
+#: Studies whose organ masks are kept loaded: rows are written in study order, so one study's masks
+#: serve all its rows of a shard; more would grow with the corpus (masks hold decoded label volumes).
+KEEP_STUDY_MASKS = 2
+
+
 class Grounding:
     def __init__(self, source, masks_dir: Path | None = None) -> None:
         self.source = source
         self.masks_dir = Path(masks_dir) if masks_dir else None
-        self._masks: dict[str, object] = {}
+        self._masks: OrderedDict[str, object] = OrderedDict()
         self.labels: dict[str, list[str]] = {}      # finding_id -> grounding labels
         self._n: dict[str, int] = {}
 
     def study_masks(self, study_id: str):
-        """The study's organ masks as the build finds them (read once), or None when it has none."""
+        """The study's organ masks as the build finds them, or None when it has none (the last
+        :data:`KEEP_STUDY_MASKS` studies' are kept)."""
         from keyslice.selector import find_masks
 
         if study_id not in self._masks:
             study = self.source.studies[study_id]
             roots = (study.masks_folder(self.masks_dir),) if self.masks_dir else ()
             self._masks[study_id] = find_masks(study.path, *roots)
+            while len(self._masks) > KEEP_STUDY_MASKS:
+                self._masks.popitem(last=False)
+        self._masks.move_to_end(study_id)
         return self._masks[study_id]
 
     def attach(self, plan: ExportPlan, selections: dict[str, dict], findings: dict[str, dict]) -> None:

@@ -291,6 +291,7 @@ def _stage_locked(corpus_dir: Path, dest: Path, *, repo_id: str, license: str, f
             log(f"stacks: {stack_slices} slices resampled along z per finding, over the organ's mask z-range "
                 f"(+-{ORGAN_MARGIN_MM:g} mm) for {rules.count('organ')} and +-{KEY_HALF_RANGE_MM:g} mm around "
                 f"the key slice for {rules.count('key_slice')}")
+    del snap, selections  # the plan holds every exported value: the corpus rows are not kept while writing
     scrubbed = scrub_plan(plan) if scrub else []
     gate = run_gate(plan, corpus_dir, known, context, masks, stacks)
     gate.report.scrubbed = scrubbed

@@ -135,7 +135,8 @@ class Stacks:
         for i in range(1, len(missing) + 1):
             if i == len(missing) or missing[i] != missing[i - 1] + 1:
                 run = volume.slab(missing[start], missing[i - 1] + 1)
-                decoded.update({missing[start] + m: run[m] for m in range(len(run))})
+                # copies: a view would keep its whole run alive after the slice leaves the cache
+                decoded.update({missing[start] + m: run[m].copy() for m in range(len(run))})
                 start = i
         for k in needed:  # the findings and selections rows of a finding, and neighbouring findings, share slices
             self._recent[(series, k)] = decoded[k]
