@@ -483,7 +483,8 @@ _UNREVIEWED = "NULL AS review_status, 0 AS n_reviews"
 EXPECTED_SQL = {
     "vqa": f"""SELECT v.qa_id, v.finding_id, v.study_id, s.patient_id, v.question, v.answer, v.answer_type,
                       v.question_type, v.options, v.generator, v.prompt_version, v.series_id, se.phase,
-                      v.slice_index, v.organ, v.abnormality, sel.margin, sel.uncertain, {_UNREVIEWED}, v.image_path
+                      v.slice_index, v.organ, v.abnormality, v.answer_source, sel.margin, sel.uncertain,
+                      {_UNREVIEWED}, v.image_path
                FROM vqa v JOIN studies s USING (study_id) JOIN series se ON se.series_id = v.series_id
                JOIN selections sel ON sel.image_path = v.image_path
                WHERE {_EXCLUDE}""",

@@ -66,7 +66,7 @@ def sample_corpus(tmp_path_factory, data_dir, tiny_model_dir):
 def test_real_sample_corpus_round_trips(sample_corpus, tmp_path, monkeypatch):
     from keyslice.publish import publish_corpus
     from keyslice.corpus.sql import query
-    from tests.publish_fixtures import assert_round_trip
+    from tests.publish_fixtures import assert_round_trip, load_config
 
     src, studies_dir, outcomes = sample_corpus
     monkeypatch.setenv(KEY_ENV, KEY)
@@ -96,6 +96,10 @@ def test_real_sample_corpus_round_trips(sample_corpus, tmp_path, monkeypatch):
     card = (out / "README.md").read_text()
     # the real sample's series-level questions (plane, phase) repeat on neighbouring key slices
     assert summary["duplicates"] > 0 and f"Near-duplicate pairs removed: {summary['duplicates']} " in card
+    # where each exported answer comes from, counted in the card
+    sources = [r["answer_source"] for part in load_config(out, "vqa", tmp_path / "hf_cache").values() for r in part]
+    assert "finding" in sources
+    assert all(f"| {src} | {sources.count(src)} |" in card for src in set(sources))
     # the statistics plots are in the folder, referenced by the card, and were checked by the gate
     plots = sorted(p.name for p in (out / "stats").iterdir())
     assert len(plots) == 6 and all(f"(stats/{name})" in card for name in plots)

@@ -175,6 +175,7 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
                       for r in plan.rows["vqa"])
     phases = Counter(r.fields["phase"] for r in plan.rows["selections"])
     qtypes = Counter((r.fields["question_type"], r.fields["answer_type"]) for r in plan.rows["vqa"])
+    sources = Counter(r.fields.get("answer_source") or "unknown" for r in plan.rows["vqa"])
     excluded = plan.excluded
     sels = [r.fields for r in plan.rows["selections"]]
     margins = sorted(f["margin"] for f in sels if f["margin"] is not None)
@@ -229,6 +230,13 @@ def render_card(plan: ExportPlan, shards: Sequence[ShardFile], *, repo_id: str, 
         "",
         _table(["question_type", "answer_type", "pairs"],
                [(q, a, n) for (q, a), n in sorted(qtypes.items())]),
+        "",
+        "Where each answer comes from (`answer_source`): `finding`, the report's own structured finding; "
+        "`series`, the DICOM header (plane, phase); `mask`, an organ the segmentation masks show on the slice "
+        "but the report never mentions (an assumption, off unless the build asked for it); `unknown`, rows "
+        "built before answers recorded their source.",
+        "",
+        _table(["answer_source", "pairs"], sorted(sources.items())),
         "",
         f"Near-duplicate pairs removed: {plan.duplicates_removed} (the same question with the same answer about "
         f"the same or an adjacent slice, up to {NEAR_DUPLICATE_SLICES} slice(s) apart, of one study and series is "

@@ -367,7 +367,7 @@ def plan_export(snap: CorpusSnapshot, fractions: tuple[float, float, float] = DE
              "options": list(qa["options"]), "generator": qa["generator"], "prompt_version": qa["prompt_version"],
              "series_id": qa["series_id"], "phase": snap.series[qa["series_id"]]["phase"],
              "slice_index": qa["slice_index"], "organ": qa.get("organ"), "abnormality": qa.get("abnormality"),
-             **confidence_by_image[qa["image_path"]]}))
+             "answer_source": qa.get("answer_source"), **confidence_by_image[qa["image_path"]]}))
 
     plan.rows["vqa"], plan.duplicates_removed = drop_near_duplicates(plan.rows["vqa"])
     plan.excluded = {
@@ -439,7 +439,8 @@ def features(config: str, context: bool = False, grounding: bool = False, stack:
     if config == "vqa":
         cols = {"image": Image(), "qa_id": s, "finding_id": s, **ids, "question": s, "answer": s,
                 "answer_type": s, "question_type": s, "options": List(s), "generator": s, "prompt_version": s,
-                "series_id": s, "phase": s, "slice_index": i32, "organ": s, "abnormality": s, **confidence}
+                "series_id": s, "phase": s, "slice_index": i32, "organ": s, "abnormality": s, "answer_source": s,
+                **confidence}
     elif config == "findings":
         cols = {"image": Image(), "finding_id": s, **ids, "series_id": s, "finding_index": i32, "section": s,
                 "text": s, "organ": s, "organs": List(s), "status": s, "laterality": s,
