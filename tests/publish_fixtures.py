@@ -138,6 +138,23 @@ def copy_fixture_corpus(template: FixtureCorpus, dest: Path, monkeypatch: pytest
     return root, template
 
 
+def fixture_corpus_fixtures(key: str, studies: tuple[FixtureStudy, ...] = DEFAULT_STUDIES):
+    """``template, corpus = fixture_corpus_fixtures(KEY)`` gives a test module both fixtures: the fixture
+    corpus written once per module under ``key`` and a writable copy of it per test
+    (:func:`copy_fixture_corpus`)."""
+
+    @pytest.fixture(scope="module")
+    def template(tmp_path_factory, data_dir):
+        root = tmp_path_factory.mktemp("fixture_corpus") / "corpus"
+        return write_fixture_corpus(root, Pseudonymizer(key.encode(), "env"), data_dir, studies)
+
+    @pytest.fixture
+    def corpus(template, tmp_path, monkeypatch):
+        return copy_fixture_corpus(template, tmp_path, monkeypatch, key)
+
+    return template, corpus
+
+
 def write_fixture_corpus(root: Path, pseudonymize: Pseudonymizer, data_dir: Path,
                          studies: tuple[FixtureStudy, ...] = DEFAULT_STUDIES, run_id: str = "fixture-run-1",
                          model_id: str = "local:tiny-test-clip") -> FixtureCorpus:

@@ -13,10 +13,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from keyslice.corpus.checkpoints import CheckpointStore
-from keyslice.pseudonym import Pseudonymizer
 from keyslice.publish.privacy import (PrivacyGate, PngError, clean_png, dicom_phi_values, png_chunks, scan_text,
                                       scrub_text)
-from tests.publish_fixtures import FixtureStudy, copy_fixture_corpus, write_fixture_corpus
+from tests.publish_fixtures import FixtureStudy, fixture_corpus_fixtures
 
 TEST_KEY = "keyslice-privacy-test-key"
 
@@ -155,16 +154,8 @@ def test_broken_pngs_are_hits():
 # --------------------------------------------------------------------------- planted PHI, end to end
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("privacy_corpus") / "corpus"
-    studies = (FixtureStudy("case_001", "PAT-1"), FixtureStudy("case_002", "PAT-2"), FixtureStudy("case_003", None))
-    return write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir, studies)
-
-
-@pytest.fixture
-def corpus(template, tmp_path, monkeypatch):
-    return copy_fixture_corpus(template, tmp_path, monkeypatch, TEST_KEY)
+template, corpus = fixture_corpus_fixtures(
+    TEST_KEY, (FixtureStudy("case_001", "PAT-1"), FixtureStudy("case_002", "PAT-2"), FixtureStudy("case_003", None)))
 
 
 def _recommit(root, stage: str, sid: str, edit) -> None:

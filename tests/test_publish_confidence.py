@@ -14,21 +14,12 @@ import numpy as np
 import pytest
 
 from keyslice.corpus.sql import query
-from keyslice.pseudonym import Pseudonymizer
-from tests.publish_fixtures import copy_fixture_corpus, load_config, write_fixture_corpus
+from tests.publish_fixtures import fixture_corpus_fixtures, load_config
 
 TEST_KEY = "keyslice-publish-confidence-key"
 
 
-@pytest.fixture(scope="module")
-def corpus_template(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("confidence_corpus") / "corpus"
-    return write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir)
-
-
-@pytest.fixture
-def corpus(corpus_template, tmp_path, monkeypatch):
-    return copy_fixture_corpus(corpus_template, tmp_path, monkeypatch, TEST_KEY)
+template, corpus = fixture_corpus_fixtures(TEST_KEY)
 
 
 def _rows(folder, config, cache):

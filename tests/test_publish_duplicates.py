@@ -10,26 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-import pytest
 
 from keyslice.corpus.checkpoints import CheckpointStore
 from keyslice.corpus.sql import query
-from keyslice.pseudonym import Pseudonymizer
 from keyslice.publish.dataset_builder import ExportRow, drop_near_duplicates
-from tests.publish_fixtures import copy_fixture_corpus, load_config, write_fixture_corpus
+from tests.publish_fixtures import fixture_corpus_fixtures, load_config
 
 TEST_KEY = "keyslice-publish-duplicates-key"
 
 
-@pytest.fixture(scope="module")
-def corpus_template(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("duplicates_corpus") / "corpus"
-    return write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir)
-
-
-@pytest.fixture
-def corpus(corpus_template, tmp_path, monkeypatch):
-    return copy_fixture_corpus(corpus_template, tmp_path, monkeypatch, TEST_KEY)
+template, corpus = fixture_corpus_fixtures(TEST_KEY)
 
 
 def _row(qa_id, question, answer, slice_index, *, study="s1", series="se1", finding=0) -> ExportRow:

@@ -14,22 +14,14 @@ import shutil
 import pytest
 
 from keyslice.pseudonym import Pseudonymizer
-from tests.publish_fixtures import FixtureStudy, copy_fixture_corpus, serving_fake_hub, write_fixture_corpus
+from tests.publish_fixtures import FixtureStudy, fixture_corpus_fixtures, serving_fake_hub, write_fixture_corpus
 
 TEST_KEY = "keyslice-hub-test-key"
 REPO = "keyslice-test/ct-vqa"
 SHARD = 150_000  # small shards, so that a new study touches only some of them
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("hub_corpus") / "corpus"
-    return write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir)
-
-
-@pytest.fixture
-def corpus(template, tmp_path, monkeypatch):
-    return copy_fixture_corpus(template, tmp_path, monkeypatch, TEST_KEY)
+template, corpus = fixture_corpus_fixtures(TEST_KEY)
 
 
 @pytest.fixture

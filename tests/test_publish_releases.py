@@ -15,22 +15,14 @@ import sys
 import pytest
 
 from keyslice.pseudonym import Pseudonymizer
-from tests.publish_fixtures import (FixtureStudy, copy_fixture_corpus, load_config, serving_fake_hub,
+from tests.publish_fixtures import (FixtureStudy, fixture_corpus_fixtures, load_config, serving_fake_hub,
                                     write_fixture_corpus)
 
 TEST_KEY = "keyslice-release-test-key"
 REPO = "keyslice-test/ct-vqa"
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("release_corpus") / "corpus"
-    return write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir)
-
-
-@pytest.fixture
-def corpus(template, tmp_path, monkeypatch):
-    return copy_fixture_corpus(template, tmp_path, monkeypatch, TEST_KEY)
+template, corpus = fixture_corpus_fixtures(TEST_KEY)
 
 
 @pytest.fixture

@@ -13,23 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from keyslice.pseudonym import KEY_ENV, MissingKeyError, Pseudonymizer
-from tests.publish_fixtures import (FixtureStudy, assert_round_trip, copy_fixture_corpus, load_config,
+from tests.publish_fixtures import (FixtureStudy, assert_round_trip, fixture_corpus_fixtures, load_config,
                                     write_fixture_corpus)
 
 TEST_KEY = "keyslice-publish-test-key"
 FRACTIONS = (0.5, 0.25, 0.25)
 
 
-@pytest.fixture(scope="module")
-def corpus_template(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("publish_corpus") / "corpus"
-    fx = write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir)
-    return fx
-
-
-@pytest.fixture
-def corpus(corpus_template, tmp_path, monkeypatch):
-    return copy_fixture_corpus(corpus_template, tmp_path, monkeypatch, TEST_KEY)
+template, corpus = fixture_corpus_fixtures(TEST_KEY)
 
 
 def test_dry_run_round_trips_rows_images_and_patient_splits(corpus, tmp_path):

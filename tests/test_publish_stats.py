@@ -14,9 +14,8 @@ import pytest
 from PIL import Image
 
 from keyslice.corpus.sql import query
-from keyslice.pseudonym import Pseudonymizer
 from keyslice.publish.privacy import ALLOWED_PNG_CHUNKS, png_chunks
-from tests.publish_fixtures import copy_fixture_corpus, write_fixture_corpus
+from tests.publish_fixtures import fixture_corpus_fixtures
 
 TEST_KEY = "keyslice-publish-stats-key"
 EXPORTABLE = ("JOIN series se ON se.series_id = sel.series_id WHERE NOT coalesce(se.burned_in_annotation, false) "
@@ -24,15 +23,7 @@ EXPORTABLE = ("JOIN series se ON se.series_id = sel.series_id WHERE NOT coalesce
 PLOT_FILES = {"organs.png", "abnormalities.png", "phases.png", "questions.png", "positions.png", "margins.png"}
 
 
-@pytest.fixture(scope="module")
-def corpus_template(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("stats_corpus") / "corpus"
-    return write_fixture_corpus(root, Pseudonymizer(TEST_KEY.encode(), "env"), data_dir)
-
-
-@pytest.fixture
-def corpus(corpus_template, tmp_path, monkeypatch):
-    return copy_fixture_corpus(corpus_template, tmp_path, monkeypatch, TEST_KEY)
+template, corpus = fixture_corpus_fixtures(TEST_KEY)
 
 
 def test_stats_count_the_exported_rows(corpus):
