@@ -14,7 +14,6 @@ gate's PNG check like every exported image.
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 from pathlib import Path
 
@@ -76,8 +75,7 @@ class Grounding:
 
     def mask(self, row: ExportRow) -> tuple[str, bytes] | None:
         """(name, PNG) of the row's organ mask on its key slice, or None when it has no grounding."""
-        import numpy as np
-        from PIL import Image
+        from keyslice.selector.render import mask_png
 
         f = row.fields
         labels = self.labels.get(f["finding_id"])
@@ -86,6 +84,4 @@ class Grounding:
         top = int(f["top1_index"] if "top1_index" in f else f["slice_index"])
         volume = self.source.volume(f["study_id"], f["series_id"], self._n[f["finding_id"]])
         mask = self.study_masks(f["study_id"]).slice_mask(labels, volume, top)
-        buf = io.BytesIO()
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
-        return context_name(row, top), buf.getvalue()
+        return context_name(row, top), mask_png(mask)

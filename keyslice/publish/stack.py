@@ -160,9 +160,7 @@ class Stacks:
 
     def masks(self, row: ExportRow) -> list[tuple[str, bytes]] | None:
         """(name, PNG) of the organ mask on each stack slice (255 = organ), or None when ungrounded."""
-        import io
-
-        from PIL import Image
+        from keyslice.selector.render import mask_png
 
         f = row.fields
         labels = self.grounding.labels.get(f["finding_id"]) if self.grounding is not None else None
@@ -179,7 +177,5 @@ class Stacks:
             lo, hi, w = int(geo.lower[j]), int(geo.upper[j]), float(geo.weight[j])
             origin = volume.positions[lo] * (1.0 - w) + volume.positions[hi] * w   # the stack plane's corner
             mask = masks.points_mask(labels, in_plane + origin).reshape(rows, cols)
-            buf = io.BytesIO()
-            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
-            out.append((stack_name(row, j), buf.getvalue()))
+            out.append((stack_name(row, j), mask_png(mask)))
         return out

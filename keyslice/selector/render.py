@@ -31,6 +31,15 @@ def hu_png(hu: np.ndarray, window: str) -> bytes:
     return buf.getvalue()
 
 
+def mask_png(mask: np.ndarray) -> bytes:
+    """A 2-D boolean mask as an 8-bit PNG, 255 inside (the one renderer of every exported mask)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def plot_similarity_curve(choice, volume=None, *, title: str | None = None) -> bytes:
     """PNG of a finding's similarity curve along z (matplotlib, Agg), with top-k marks and the
     organ z-range shaded when the search was restricted."""
