@@ -57,7 +57,12 @@ from keyslice.selector import (  # noqa: E402
 from keyslice.selector.model import ClipEncoder, resolve_device, resolve_precision  # noqa: E402
 from keyslice.selector.pixels import decode_workers  # noqa: E402
 from keyslice.selector.preprocess import reference_preprocess  # noqa: E402
-from keyslice.selector.select import auto_batch_size, prepared_chunks, window_for_query  # noqa: E402
+from keyslice.selector.select import (  # noqa: E402
+    PREPARE_WORKERS,
+    auto_batch_size,
+    prepared_chunks,
+    window_for_query,
+)
 from keyslice.selector.windows import choose_window, get_window  # noqa: E402
 
 DATA = data_dir()  # $KEYSLICE_DATA_DIR, else shared/data beside the checkout
@@ -155,7 +160,7 @@ def bench_model_only(encoder: ClipEncoder, n: int, batch: int, min_seconds: floa
 
 
 def bench_end_to_end(encoder: ClipEncoder, files: list[Path], queries: list[Query], batch,
-                     prefetch: int = 2, prepare_workers: int = 1) -> tuple[float, float, int]:
+                     prefetch: int = 2, prepare_workers: int = PREPARE_WORKERS) -> tuple[float, float, int]:
     encoder.__dict__.pop("_text_memo", None)
     t = time.perf_counter()
     vol = load_volume(files)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prefetch", type=int, default=2,
                     help="SelectorConfig.prefetch_batches: chunks read (CPU encoder: and preprocessed, in a background "
                          "thread) ahead of the encoder; 0 = read, preprocess and encode in turn in one thread")
-    ap.add_argument("--prepare-workers", type=int, default=1,
+    ap.add_argument("--prepare-workers", type=int, default=PREPARE_WORKERS,
                     help="SelectorConfig.prepare_workers: chunks preprocessed at once on a CPU encoder")
     ap.add_argument("--repeat", type=int, default=5,
                     help="(b) runs; the median is reported (one sub-second run swings by 30 %% on a shared machine)")
