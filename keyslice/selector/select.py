@@ -288,8 +288,9 @@ class _EncoderThreads:
     longer than its encoding) the encoder gives them its cores: it runs on the cores left over
     (at least 1), since its OpenMP threads would otherwise spin against the workers for the same
     cores. While the encoder is the bottleneck (any real model on a CPU) it keeps all of its
-    threads. On 2 cores with the tiny model (64 px, 200 slices) this took end-to-end selection
-    from 984-990 to 1116-1306 slices/s (medians of 15).
+    threads. On 2 cores with the tiny model (64 px, 200 slices) end-to-end selection went from a
+    median of 710 to 897 slices/s with it (5 interleaved pairs of processes, each the median of 15
+    runs; ahead in all 5).
     """
 
     def __init__(self, workers: int):
@@ -321,8 +322,8 @@ def single_torch_thread() -> None:
     A preprocessing thread beside a CPU encoder would otherwise start an OpenMP team as wide as
     the machine for every elementwise pass, and the teams of the encoder and of each
     preprocessing thread spin against each other for the same cores: on 2 cores, end-to-end
-    selection of 200 slices with the tiny model went from 618-700 to 867 slices/s (median of 11)
-    with the preprocessing threads at one torch thread each."""
+    selection of 200 slices with the tiny model and 2 workers went from 758 to 867 slices/s
+    (medians of 11) with the workers at one torch thread each."""
     torch.set_num_threads(1)
 
 
