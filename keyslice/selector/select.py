@@ -44,10 +44,11 @@ from keyslice.selector.windows import choose_window, get_window
 
 log = logging.getLogger(__name__)
 
-#: Chunks preprocessed at once beside a CPU encoder. 2 measured best on 2 cores both for a fast encoder
-#: (tiny model, 200 slices: 928 against 808 slices/s end to end with 1) and for the 224 px stand-in
-#: (442 against 370); a slow encoder leaves the workers waiting, so they cost it nothing.
-PREPARE_WORKERS = 2
+#: Chunks preprocessed at once beside a CPU encoder. On 2 cores, with the encoder yielding its cores to
+#: the workers (:class:`_EncoderThreads`), 1 and 2 workers tied for the tiny model at 64 px (medians
+#: 848-1,087 against 814-982 slices/s, 4 interleaved pairs) and 1 led at 224 px (420-484 against
+#: 380-444): the second worker only adds a thread to share the same cores.
+PREPARE_WORKERS = 1
 
 
 @dataclass(frozen=True)
