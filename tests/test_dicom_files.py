@@ -156,7 +156,7 @@ def test_mixed_series_in_one_folder(tmp_path, reader):
         _copy(f, tmp_path / f"x2{i:02d}")
     for i, f in enumerate(sorted(DCMQI.glob("*.dcm"))):
         _copy(f, tmp_path / f"x3{i:02d}")
-    idx = index_study(tmp_path, PS, reader=reader, workers=3)
+    idx = index_study(tmp_path, PS, reader=reader)
     got = sorted((s.row["n_slices"], s.row["kept"], s.row["drop_reason"]) for s in idx.series)
     assert got == [(1, False, "localizer"), (3, True, None), (28, True, None), (28, True, None)]
 
@@ -297,33 +297,35 @@ def test_philips_study_without_uids_groups_by_fallback_key(tmp_path, how):
     assert [p.name for p in ax.files] == [p.name for p in ref.kept()[0].files]
 
 
-def test_headers_are_read_in_parallel(monkeypatch):
-    """With workers > 1 two files are read at the same time (a barrier only two concurrent
-    reads can pass); the result is the same as a sequential read, in the same order."""
+def test_read_headers_keeps_order_and_reports_each_files_error(tmp_path, monkeypatch):
+    """Each path gets its header or the reason it is skipped, in order: a FIFO is refused without
+    blocking, a reader bug is that file's error; every file is parsed in the calling thread."""
     import threading
 
-    import keyslice.dicom.index as index_mod
+    import keyslice.dicom.headers as headers_mod
+    from keyslice.dicom.headers import read_headers
 
-    real = index_mod.read_header
-    barrier = threading.Barrier(2, timeout=30)
+    good = sorted(GE_TILT.glob("*.dcm"))[:6]
+    os.mkfifo(tmp_path / "pipe.dcm")
+    paths = [good[0], tmp_path / "pipe.dcm", good[1], *good[2:]]
     threads: set[int] = set()
-    lock = threading.Lock()
-    calls = {"n": 0}
+    real_read = headers_mod.read_header
+    monkeypatch.setattr(headers_mod, "read_header", lambda *a: threads.add(threading.get_ident()) or real_read(*a))
+    out = list(read_headers(paths))
+    assert threads == {threading.get_ident()}
+    monkeypatch.setattr(headers_mod, "read_header", real_read)
+    assert [type(h).__name__ for h in out] == ["Header", "NotDicomError"] + ["Header"] * 5
+    assert "named pipe" in str(out[1])
+    assert [h.text("SOPInstanceUID") for h in out if not isinstance(h, NotDicomError)] == \
+        [read_header(p).text("SOPInstanceUID") for p in good]
 
-    def read(path, reader="fast"):
-        with lock:
-            calls["n"] += 1
-            first_two = calls["n"] <= 2
-            threads.add(threading.get_ident())
-        if first_two:
-            barrier.wait()  # raises BrokenBarrierError if reads were sequential
-        return real(path, reader)
+    real_walk = headers_mod._walk
 
-    monkeypatch.setattr(index_mod, "read_header", read)
-    par = index_study(GE_TILT, PS, workers=4)
-    monkeypatch.setattr(index_mod, "read_header", real)
-    seq = index_study(GE_TILT, PS, workers=1)
-    assert len(threads) >= 2
-    assert dict(par.skipped_files) == dict(seq.skipped_files)  # no read failed at the barrier
-    assert [s.row for s in par.series] == [s.row for s in seq.series]
-    assert [s.files for s in par.series] == [s.files for s in seq.series]
+    def broken(buf, pos, explicit, stop_group, want, out, depth=0):
+        if stop_group is None and depth == 0:
+            raise ZeroDivisionError("reader bug")
+        return real_walk(buf, pos, explicit, stop_group, want, out, depth)
+
+    monkeypatch.setattr(headers_mod, "_walk", broken)
+    bug = next(read_headers(good[:2]))
+    assert isinstance(bug, NotDicomError) and "ZeroDivisionError: reader bug" in str(bug)

@@ -174,31 +174,63 @@ def encoder(tmp_path_factory):
 
 @needs_data
 def test_prefetched_preprocessing_gives_the_same_embeddings(encoder, monkeypatch):
-    """On a CPU encoder, chunks are preprocessed in the prefetch thread while the encoder runs:
-    bit-identical embeddings to preprocessing in turn (prefetch 0), in several windows."""
+    """On a CPU encoder, chunks are preprocessed in the prefetch thread (or a pool of workers)
+    while the encoder runs, each preprocessing thread on one torch thread: bit-identical
+    embeddings to preprocessing in turn (prefetch 0), in several windows; the caller's own torch
+    thread count is what it was before."""
     import keyslice.selector.select as sel
 
     threads = []
     real = sel.prepare_chunk
 
     def spy(*a, **k):
-        threads.append(threading.current_thread().name)
+        threads.append((threading.current_thread().name, torch.get_num_threads()))
         return real(*a, **k)
 
     monkeypatch.setattr(sel, "prepare_chunk", spy)
     vol = load_volume(files(SERIES["philips"]))
     windows = ["abdomen", "lung"]
-    seq = encode_volume_windows(vol, windows, encoder, batch_size=4, prefetch=0)
-    assert set(threads) == {threading.current_thread().name}
+    before = torch.get_num_threads()
+    seq = encode_volume_windows(vol, windows, encoder, batch_size=4, prefetch=0, prepare_workers=1)
+    assert set(threads) == {(threading.current_thread().name, before)}
     threads.clear()
-    ahead = encode_volume_windows(vol, windows, encoder, batch_size=4, prefetch=2)
-    assert set(threads) == {"keyslice-prefetch"} and len(threads) == -(-vol.n_slices // 4)
+    ahead = encode_volume_windows(vol, windows, encoder, batch_size=4, prefetch=2, prepare_workers=1)
+    assert set(threads) == {("keyslice-prefetch", 1)} and len(threads) == -(-vol.n_slices // 4)
     threads.clear()
     pooled = encode_volume_windows(vol, windows, encoder, batch_size=4, prefetch=2, prepare_workers=2)
-    assert {t.rsplit("_", 1)[0] for t in threads} == {"keyslice-prepare"}
+    assert {(name.rsplit("_", 1)[0], n) for name, n in threads} == {("keyslice-prepare", 1)}
+    assert torch.get_num_threads() == before
     for w in windows:
         assert seq[w].shape == (vol.n_slices, encoder.embed_dim)
         assert torch.equal(seq[w], ahead[w]) and torch.equal(seq[w], pooled[w]), w
+
+
+def test_encoder_gives_its_cores_to_the_workers_only_while_they_are_the_bottleneck():
+    """Beside 2 preprocessing workers, a CPU encoder with 4 threads drops to 2 while a batch's
+    preprocessing (per worker) takes longer than its encoding, goes back to 4 when encoding is
+    slower, and leaves with the count it came with; with no workers beside it, it never changes."""
+    from keyslice.selector.select import _EncoderThreads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with _EncoderThreads(2) as threads:
+            threads.update(prep_seconds=0.5, encode_seconds=0.1)    # 0.25 s per worker > 0.1 s
+            assert torch.get_num_threads() == 2
+            threads.update(prep_seconds=0.5, encode_seconds=0.3)    # 0.25 s per worker < 0.3 s
+            assert torch.get_num_threads() == 4
+            threads.update(prep_seconds=0.5, encode_seconds=0.1)
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 4
+        with _EncoderThreads(0) as alone:
+            alone.update(prep_seconds=9.0, encode_seconds=0.1)
+            assert torch.get_num_threads() == 4
+        torch.set_num_threads(1)
+        with _EncoderThreads(2) as one:
+            one.update(prep_seconds=9.0, encode_seconds=0.1)
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_data

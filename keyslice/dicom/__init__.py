@@ -2,7 +2,7 @@
 
 Entry points (the pipeline calls exactly these):
 
-* :func:`index_study` - headers only, parallel over files -> :class:`StudyIndex`
+* :func:`index_study` - headers only, one thread (parsing holds the GIL) -> :class:`StudyIndex`
 * :func:`assign_series` - one series per finding -> assignments rows
 * :func:`infer_phase` - contrast phase of one series from its header fields -> :class:`PhaseCall`
 """

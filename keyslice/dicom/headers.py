@@ -31,6 +31,7 @@ import fcntl
 import os
 import stat
 import struct
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,46 @@ class _Fallback(Exception):
     """The fast walker met something it does not handle; use pydicom."""
 
 
+class RawValues(Mapping[str, Any]):
+    """Keyword -> value of the tags a reader kept, each decoded from its raw bytes when first read.
+
+    A CT header keeps ~45 tags and a series' geometry reads about 10 of them: decoding on
+    demand takes a quarter off parsing a header (about 0.05 of 0.2 ms).
+    """
+
+    def __init__(self, raw: dict[int, tuple[bytes, str | None]], little_endian: bool):
+        self._raw = {TAG_TO_KEY[tag][0]: item for tag, item in raw.items()}
+        self._little_endian = little_endian
+        self._decoded: dict[str, Any] = {}
+        self._encodings: list[str] | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._decoded:
+            return self._decoded[key]
+        raw, vr = self._raw[key]
+        vr = vr if vr and vr != "UN" else TAGS[key][1]
+        if self._encodings is None:
+            charset = self._raw.get("SpecificCharacterSet")
+            self._encodings = _encodings(charset[0] if charset else None)
+        try:
+            value = decode_value(raw, vr, self._little_endian, self._encodings)
+        except Exception:
+            value = None
+        self._decoded[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
 @dataclass
 class Header:
     """The raw-ish header fields of one file: strings (multi-values split on backslash), ints for US."""
 
-    values: dict[str, Any]
+    values: Mapping[str, Any]
     transfer_syntax: str | None
     has_preamble: bool
     truncated: str | None = None          # why the pixel data is incomplete, None when complete
@@ -439,16 +475,7 @@ def _check_pixels(fh, buf: _Buf | None, pixel: tuple[int, int, int], explicit: b
 def _make_header(out: dict[int, tuple[bytes, str]], ts: str | None, has_preamble: bool,
                  media_sop: str | None, truncated: str | None, reader: str = "fast",
                  little_endian: bool = True) -> Header:
-    encodings = _encodings(out[0x00080005][0] if 0x00080005 in out else None)
-    values: dict[str, Any] = {}
-    for tag, (raw, vr) in out.items():
-        kw, default_vr = TAG_TO_KEY[tag]
-        vr = vr if vr and vr != "UN" else default_vr
-        try:
-            values[kw] = decode_value(raw, vr, little_endian, encodings)
-        except Exception:
-            values[kw] = None
-    hdr = Header(values, ts, has_preamble, truncated, reader)
+    hdr = Header(RawValues(out, little_endian), ts, has_preamble, truncated, reader)
     hdr.extra["media_sop_class"] = media_sop
     return hdr
 
@@ -568,3 +595,24 @@ def read_header(path: Path, reader: str = "fast") -> Header:
     if not hdr.truncated and not hdr.extra.get("pixel_data", True) and _expects_pixels(hdr, sop):
         hdr.truncated = "image instance without a Pixel Data element: file cut short?"
     return hdr
+
+
+def read_headers(paths: Iterable[Path], reader: str = "fast") -> Iterator[Header | NotDicomError]:
+    """The header of each path, in order, or the :class:`NotDicomError` saying why it is skipped;
+    a reader bug on one file is that file's error, never raised.
+
+    One thread parses: parsing is pure Python and holds the GIL. Spread over threads, 200
+    cached CT files took 74-85 ms instead of 36 ms on 2 cores (the threads queue for the GIL).
+    Reading the files' heads ahead in I/O threads while this thread parses cost 30 % on cached
+    files and gained 0-15 % with the page cache dropped (local disk), so it is not done.
+    """
+    return (_parse(Path(p), reader) for p in paths)
+
+
+def _parse(path: Path, reader: str) -> Header | NotDicomError:
+    try:
+        return read_header(path, reader)
+    except NotDicomError as exc:
+        return exc
+    except Exception as exc:  # a reader bug must not lose the study: it is this file's error
+        return NotDicomError(f"unreadable DICOM ({type(exc).__name__}: {str(exc)[:120]})")

@@ -6,12 +6,11 @@ import logging
 import os
 import stat
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from keyslice.dicom.headers import Header, NotDicomError, read_header
+from keyslice.dicom.headers import Header, NotDicomError, read_headers
 from keyslice.dicom.phase import headers_silent, infer_phase, totalsegmentator_phase
 from keyslice.dicom.series import Instance, SeriesGroup, build_series, group_instances
 from keyslice.errors import DicomReadError, LimitExceededError
@@ -112,25 +111,28 @@ def _prefiltered(path: Path) -> str | None:
     return None
 
 
-def _read_one(path: Path, reader: str):
-    reason = _prefiltered(path)
-    if reason:
-        return None, reason
-    try:
-        return read_header(path, reader), None
-    except NotDicomError as exc:
-        return None, str(exc)
-    except Exception as exc:  # a reader bug must not kill the study: record it
-        return None, f"unreadable DICOM ({type(exc).__name__}: {exc})"
+def _read_all(paths: list[Path], reader: str) -> list[tuple[Header | None, str | None]]:
+    """(header, None) or (None, why it is skipped) per path, in order; known non-DICOM names unopened."""
+    reasons = [_prefiltered(p) for p in paths]
+    headers = read_headers([p for p, r in zip(paths, reasons) if r is None], reader)
+    out: list[tuple[Header | None, str | None]] = []
+    for reason in reasons:
+        if reason is not None:
+            out.append((None, reason))
+            continue
+        hdr = next(headers)
+        out.append((None, str(hdr)) if isinstance(hdr, NotDicomError) else (hdr, None))
+    return out
 
 
-def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, workers: int = 4,
+def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *,
                 min_slices: int = 3, reader: str = "fast", image_phase: bool = True,
                 max_files: int | None = None) -> StudyIndex:
     """Index every file under ``study_dir`` (headers only) into series with keep/drop and phase.
 
     ``pseudonymize(kind, value)`` turns the series' grouping key into ``series_id``.
     ``reader``: ``"fast"`` (default) or ``"pydicom"``, see :mod:`keyslice.dicom.headers`.
+    Headers are read in this thread (:func:`~keyslice.dicom.headers.read_headers` says why).
     ``image_phase``: for kept series whose headers say nothing about contrast, ask
     TotalSegmentator (only when it is installed with weights; otherwise the phase stays
     ``unknown`` with that evidence). Raises :class:`DicomReadError` when no file is DICOM, and
@@ -141,11 +143,7 @@ def index_study(study_dir: Path, pseudonymize: Callable[[str, str], str], *, wor
         raise DicomReadError(f"study folder {study_dir} does not exist or is not a folder")
     listed, unlisted = list_files(study_dir, max_files)
     paths = [p for p, _ in listed]
-    if workers and workers > 1 and len(paths) > 8:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda p: _read_one(p, reader), paths))
-    else:
-        results = [_read_one(p, reader) for p in paths]
+    results = _read_all(paths, reader)
 
     instances: list[Instance] = []
     skipped: list[tuple[str, str]] = list(unlisted)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -23,8 +23,11 @@ class _Raised:
         self.exc = exc
 
 
-def prefetch(items: Iterable[T], depth: int, *, name: str = "keyslice-prefetch") -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int, *, name: str = "keyslice-prefetch",
+             initializer: Callable[[], None] | None = None) -> Iterator[T]:
     """Yield ``items`` in order, produced by a background thread at most ``depth`` items ahead.
+
+    ``initializer`` runs first in that thread (per-thread settings such as torch's thread count).
 
     ``depth`` 0 iterates ``items`` in the caller's thread (no overlap). An exception raised
     by the producer is raised in the consumer at the point where the item would have come.
@@ -50,6 +53,8 @@ def prefetch(items: Iterable[T], depth: int, *, name: str = "keyslice-prefetch")
         return False
 
     def produce() -> None:
+        if initializer is not None:
+            initializer()
         it = iter(items)
         try:
             for item in it:

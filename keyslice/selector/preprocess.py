@@ -222,7 +222,7 @@ def _normalise(x: torch.Tensor, mean, std, out_dtype: torch.dtype) -> torch.Tens
     x = x.div_(255.0).unsqueeze(1)                                         # [B, 1, S, S] in [0, 1]
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return ((x - m) / s).to(out_dtype).contiguous()
+    return torch.sub(x, m).div_(s).to(out_dtype).contiguous()  # one [B, 3, S, S] made, divided in place
 
 
 def levels_to_input(levels: torch.Tensor, image_size: int, mean, std, *, resize_mode: str = "shortest",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,12 @@ from keyslice.selector.windows import choose_window, get_window
 
 log = logging.getLogger(__name__)
 
+#: Chunks preprocessed at once beside a CPU encoder. On 2 cores, with the encoder yielding its cores to
+#: the workers (:class:`_EncoderThreads`), 1 and 2 workers tied for the tiny model at 64 px (medians
+#: 848-1,087 against 814-982 slices/s, 4 interleaved pairs) and 1 led at 224 px (420-484 against
+#: 380-444): the second worker only adds a thread to share the same cores.
+PREPARE_WORKERS = 1
+
 
 @dataclass(frozen=True)
 class SelectorConfig:
@@ -58,8 +65,8 @@ class SelectorConfig:
     # batches read ahead of the encoder (into pinned memory on CUDA; on a CPU encoder also preprocessed, in a
     # background thread; 0: read and preprocess in turn with encoding, in the caller's thread)
     prefetch_batches: int = 2
-    # CPU encoder: chunks preprocessed at once by that many threads (1: the prefetch thread alone)
-    prepare_workers: int = 1
+    # CPU encoder: chunks preprocessed at once by that many single-threaded workers
+    prepare_workers: int = PREPARE_WORKERS
     # Confidence: the margin compares the top-1 score with the best slice farther than this from it
     # (the same tolerance as Acc@1), and a margin below ``uncertain_margin`` flags the selection.
     confidence_tolerance_mm: float = 10.0
@@ -180,15 +187,17 @@ class _Stored:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A batch already preprocessed: one model input ``[B, 3, S, S]`` per window."""
+    """A batch already preprocessed: one model input ``[B, 3, S, S]`` per window, and the seconds
+    its preprocessing took on its worker."""
 
     inputs: list[torch.Tensor]
+    seconds: float = 0.0
 
     def __len__(self) -> int:
         return self.inputs[0].shape[0]
 
     def part(self, a: int, b: int) -> "_Prepared":
-        return _Prepared([x[a:b] for x in self.inputs])
+        return _Prepared([x[a:b] for x in self.inputs], self.seconds * (b - a) / len(self))
 
     def encode(self, encoder: ClipEncoder, windows: list, plan=None) -> list[torch.Tensor]:
         return [encoder.encode_images(x, keep_on_device=True) for x in self.inputs]
@@ -220,7 +229,7 @@ def _encode_robust(encoder: ClipEncoder, batch: _Stored | _Prepared, windows: li
 
 def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder, batch_size: int | str = "auto",
                           prefetch: int = 2, spatial: SpatialConfig | None = None, *,
-                          prepare_workers: int = 1) -> dict[str, torch.Tensor]:
+                          prepare_workers: int = PREPARE_WORKERS) -> dict[str, torch.Tensor]:
     """Embed every slice of ``volume`` in each window: ``{window: [n, D]}`` float32 unit vectors (CPU).
 
     The series is decoded once for all windows: :meth:`Volume.chunks` streams stored values
@@ -244,9 +253,13 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
     out: list[list[torch.Tensor]] = [[] for _ in windows]
     if encoder.device.type == "cpu":
         prepared = prepared_chunks(volume, encoder, windows, bs, plan, workers=prepare_workers)
-        for batch in prefetch_items(prepared, max(0, prefetch)):
-            for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
-                out[w].extend(embs)
+        beside = prefetch > 0 or prepare_workers > 1  # preprocessing runs in other threads
+        with _EncoderThreads(prepare_workers if beside else 0) as threads:
+            for batch in prefetch_items(prepared, max(0, prefetch), initializer=single_torch_thread):
+                started = time.perf_counter()
+                for w, embs in enumerate(_encode_robust(encoder, batch, windows, state)):
+                    out[w].extend(embs)
+                threads.update(batch.seconds, time.perf_counter() - started)
         return {name: torch.cat(embs) if embs else torch.zeros(0, encoder.embed_dim)
                 for name, embs in zip(window_names, out)}
     for chunk in volume.chunks(bs, buffers=max(1, prefetch) + 1, pin=cuda):
@@ -268,19 +281,67 @@ def encode_volume_windows(volume, window_names: list[str], encoder: ClipEncoder,
             for name, embs in zip(window_names, out)}
 
 
+class _EncoderThreads:
+    """The torch threads of a CPU encoder's thread beside ``workers`` single-threaded preprocessing
+    workers, chosen again after every batch, and restored at the end.
+
+    While the workers are the bottleneck (a batch's preprocessing, spread over the workers, took
+    longer than its encoding) the encoder gives them its cores: it runs on the cores left over
+    (at least 1), since its OpenMP threads would otherwise spin against the workers for the same
+    cores. While the encoder is the bottleneck (any real model on a CPU) it keeps all of its
+    threads. On 2 cores with the tiny model (64 px, 200 slices) end-to-end selection went from a
+    median of 710 to 897 slices/s with it (5 interleaved pairs of processes, each the median of 15
+    runs; ahead in all 5).
+    """
+
+    def __init__(self, workers: int):
+        self.full = torch.get_num_threads()
+        self.shared = max(1, self.full - workers)
+        self.workers = workers
+        self.now = self.full
+
+    def update(self, prep_seconds: float, encode_seconds: float) -> None:
+        if not self.workers:
+            return
+        want = self.shared if prep_seconds / self.workers > encode_seconds else self.full
+        if want != self.now:
+            torch.set_num_threads(want)
+            self.now = want
+
+    def __enter__(self) -> "_EncoderThreads":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.now != self.full:
+            torch.set_num_threads(self.full)
+
+
+def single_torch_thread() -> None:
+    """Run this thread's torch kernels on one core (the setting is per thread; the encoder's
+    thread keeps its own).
+
+    A preprocessing thread beside a CPU encoder would otherwise start an OpenMP team as wide as
+    the machine for every elementwise pass, and the teams of the encoder and of each
+    preprocessing thread spin against each other for the same cores: on 2 cores, end-to-end
+    selection of 200 slices with the tiny model and 2 workers went from 758 to 867 slices/s
+    (medians of 11) with the workers at one torch thread each."""
+    torch.set_num_threads(1)
+
+
 def prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan=None, *,
                     workers: int = 1) -> Iterator[_Prepared]:
     """Model inputs (one per window) of each chunk of ``bs`` slices, in order, each chunk's buffer
     released as soon as they are made (the stored values are not needed after preprocessing).
-    ``workers`` > 1 preprocesses that many chunks at once in a thread pool (torch's kernels
-    release the GIL; with one torch thread each, they use one core each)."""
+    ``workers`` > 1 preprocesses that many chunks at once in a thread pool of single-threaded
+    torch workers (:func:`single_torch_thread`; torch's kernels release the GIL, so each uses one core)."""
 
     def prepare(chunk) -> _Prepared:
         s, e = chunk.start, chunk.stop
+        started = time.perf_counter()
         try:
             batch = _Stored(torch.from_numpy(chunk.stored), volume.slope[s:e], volume.intercept[s:e],
                             volume.valid[s:e] & chunk.valid)
-            return _Prepared(_prepare(encoder, batch, windows, plan))
+            return _Prepared(_prepare(encoder, batch, windows, plan), time.perf_counter() - started)
         finally:
             chunk.release()
 
@@ -288,7 +349,7 @@ def prepared_chunks(volume, encoder: ClipEncoder, windows: list, bs: int, plan=N
         for chunk in volume.chunks(bs, buffers=2):
             yield prepare(chunk)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="keyslice-prepare") as pool, \
+    with ThreadPoolExecutor(workers, thread_name_prefix="keyslice-prepare", initializer=single_torch_thread) as pool, \
             closing(volume.chunks(bs, buffers=workers + 1, release_on_next=False)) as chunks:
         pending: deque = deque()
         for chunk in chunks:
@@ -308,7 +369,8 @@ def encode_volume(volume, window_name: str, encoder: ClipEncoder, batch_size: in
 def slice_embeddings_windows(volume, window_names: list[str], encoder: ClipEncoder, *,
                              batch_size: int | str = "auto", cache: EmbeddingCache | None = None,
                              cache_key: str | None = None, prefetch: int = 2,
-                             spatial: SpatialConfig | None = None, prepare_workers: int = 1) -> dict[str, torch.Tensor]:
+                             spatial: SpatialConfig | None = None,
+                             prepare_workers: int = PREPARE_WORKERS) -> dict[str, torch.Tensor]:
     """Slice embeddings of one series in several windows: each from the Volume's memo, the disk
     cache, or computed (all missing windows in one decoding pass), then stored in both.
     float16-rounded float32 ``[n, D]`` per window."""

@@ -48,21 +48,17 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from keyslice.dicom.headers import Header, NotDicomError, read_headers
 from keyslice.errors import DicomReadError
 from keyslice.selector import pixels as pixel_io
-from keyslice.selector.pixels import Chunk, ChunkStream, SlicePixels, decode_workers
+from keyslice.selector.pixels import Chunk, ChunkStream, SlicePixels
 from keyslice.selector.preprocess import hu_from_stored
-
-if TYPE_CHECKING:
-    from keyslice.dicom.headers import Header
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +215,8 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------- DICOM
 
 
-def _read_header(path: Path, hdr=None):
-    """(Header, SlicePixels) of one file, or (None, reason it is left out). ``hdr``: the file's
-    header when step 2's index already read it (then the file is not opened here)."""
-    from keyslice.dicom.headers import NotDicomError, read_header
-
-    if hdr is None:
-        try:
-            hdr = read_header(path)
-        except NotDicomError as e:
-            return None, str(e)
-        except Exception as e:  # a reader bug must not lose the series
-            return None, f"cannot be read: {type(e).__name__}: {str(e)[:120]}"
+def _usable(path: Path, hdr: Header) -> tuple:
+    """(Header, SlicePixels) of one file, or (None, the reason it is left out of the volume)."""
     if hdr.truncated:
         return None, f"truncated pixel data ({hdr.truncated})"
     if not hdr.extra.get("pixel_data", False):
@@ -262,28 +248,25 @@ def load_volume(files: list[Path], *, decode: str = "stream", workers: int | Non
     ``files`` may come in any order and may contain non-DICOM files (they are skipped).
     ``decode="stream"`` (default) returns once headers are validated; pixels are decoded when
     used. ``"eager"`` decodes the whole series into ``Volume.hu`` before returning.
-    ``workers``: header and decode threads (default :func:`keyslice.selector.pixels.decode_workers`).
+    ``workers``: decode threads (default :func:`keyslice.selector.pixels.decode_workers`).
     ``headers``: file -> :class:`~keyslice.dicom.headers.Header` already read by step 2's index
     (:attr:`keyslice.dicom.StudyIndex.headers`); those files' headers are not read again (each
-    costs about 0.3 ms of pure-Python parsing, as much as reading its pixels), the others are.
+    costs about 0.2 ms of pure-Python parsing, as much as reading its pixels), the others are
+    read by :func:`~keyslice.dicom.headers.read_headers`.
     """
     if decode not in ("stream", "eager"):
         raise ValueError(f"decode must be 'stream' or 'eager', not {decode!r}")
     files = [Path(f) for f in files]
     if not files:
         raise DicomReadError("empty series: no files given")
-    n_workers = workers or decode_workers()
     skipped: list[tuple[str, str]] = []
     known = headers or {}
     todo = [f for f in files if f not in known]
-    if len(todo) > 1 and n_workers > 1:
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="keyslice-hdr") as pool:
-            read = dict(zip(todo, pool.map(_read_header, todo)))
-    else:
-        read = {f: _read_header(f) for f in todo}
+    read = dict(zip(todo, read_headers(todo)))
     kept = []
     for f in files:
-        item, reason = read[f] if f in read else _read_header(f, known[f])
+        hdr = known[f] if f in known else read[f]
+        item, reason = (None, str(hdr)) if isinstance(hdr, NotDicomError) else _usable(f, hdr)
         if item is None:
             skipped.append((f.name, reason))
         else:
