@@ -411,7 +411,7 @@ def review_sources(corpus: Path, studies_dir: Path) -> list[LoadedSource]:
     out = []
     for sid, study in sorted(studies.items()):
         files = {rec.row["series_id"]: rec.files for rec in index_study(study.path, pseudonymize, image_phase=False).series}
-        masks = find_masks(study.path, *((study.masks_folder(masks_dir),) if masks_dir else ()))
+        masks = find_masks(study.path, *study.mask_folders(masks_dir))
         for series_id in sorted(wanted[sid]):
             if series_id not in files:
                 raise FileNotFoundError(f"series {series_id} of study {sid} is not in {study.path} any more")

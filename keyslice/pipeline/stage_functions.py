@@ -125,7 +125,7 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
         by_series[a["series_id"]].append(a)
 
     encoder = load_model(cfg.model, device=cfg.device, precision=cfg.precision)
-    masks = find_masks(study.path, *_mask_roots(study, cfg)) if cfg.use_masks else None
+    masks = find_masks(study.path, *study.mask_folders(cfg.masks_dir)) if cfg.use_masks else None
     # the study's series again (paths are never checkpointed); their headers are read once, here
     index = index_study(study.path, ctx.pseudonymize, image_phase=False, max_files=cfg.max_files_per_study)
     files = index.series_files()
@@ -159,11 +159,6 @@ def keyslice_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     return {"selections": _stamp(rows, sid)}
 
 
-def _mask_roots(study: Study, cfg) -> tuple:
-    """The study's folder under the build's masks root (``keyslice segment``), read after its own masks."""
-    return (study.masks_folder(cfg.masks_dir),) if cfg.masks_dir else ()
-
-
 def _skipped_summary(series_id: str, volume) -> str:
     """What the selector left out of a series (keyslice.selector.volume's bad-input policy: a bad
     file is dropped, a slice whose pixels cannot be decoded is kept blank and never selected),
@@ -190,7 +185,8 @@ def vqa_step(study: Study, ctx: BuildContext) -> dict[str, Rows]:
     if ctx.config.vqa_mask_negatives:  # opt-in: "no" for mask-visible organs the report never mentions
         from keyslice.vqa.masks import study_mask_organs
 
-        mask_organs = study_mask_organs(study.path, selections, ctx.pseudonymize, _mask_roots(study, ctx.config))
+        mask_organs = study_mask_organs(study.path, selections, ctx.pseudonymize,
+                                        study.mask_folders(ctx.config.masks_dir))
     rows = generate_rule_vqa(findings, selections, series, mask_organs=mask_organs)
     if ctx.config.llm.enabled:
         from keyslice.vqa import LLMGenerator

@@ -37,6 +37,11 @@ class Study:
         """This study's folder under a masks root that mirrors the input (``keyslice segment --masks``)."""
         return Path(masks_root) / self.source_key
 
+    def mask_folders(self, masks_root: Path | str | None) -> tuple[Path, ...]:
+        """The folders ``find_masks(study.path, *folders)`` reads after the study's own: its folder under
+        ``masks_root`` when there is one (a build's ``masks_dir``), else none."""
+        return (self.masks_folder(masks_root),) if masks_root else ()
+
     def private_strings(self) -> tuple[str, ...]:
         """The forms in which this study's folder can show up in an error message: never to be stored."""
         forms = {self.source_key, str(self.path), self.path.as_posix(), self.path.name}

@@ -41,8 +41,7 @@ class Grounding:
 
         if study_id not in self._masks:
             study = self.source.studies[study_id]
-            roots = (study.masks_folder(self.masks_dir),) if self.masks_dir else ()
-            self._masks[study_id] = find_masks(study.path, *roots)
+            self._masks[study_id] = find_masks(study.path, *study.mask_folders(self.masks_dir))
             while len(self._masks) > KEEP_STUDY_MASKS:
                 self._masks.popitem(last=False)
         self._masks.move_to_end(study_id)
