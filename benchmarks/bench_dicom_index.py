@@ -6,6 +6,8 @@ For every study folder under --data that holds DICOM, it times
   * index_study(reader="fast")    - the default step-2 path (headers only, grouping, geometry, phase)
   * index_study(reader="pydicom") - the same with pydicom.dcmread(stop_before_pixels=True) as reader
   * full read: pydicom.dcmread(f) + ds.pixel_array for every DICOM file, in a pool of --workers threads
+  * the headers alone, parsed in one thread (read_headers, as index_study does) and spread over a pool
+    of --workers threads (how index_study read them before: the parser is pure Python and holds the GIL)
 and prints files/s and the ratios (target: >= 20x for the default path). All paths are
 warmed once first so the OS page cache is equally hot for each. Best of --repeat runs.
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pydicom  # noqa: E402
 
 from keyslice.dicom import index_study  # noqa: E402
+from keyslice.dicom.headers import read_header, read_headers  # noqa: E402
 from keyslice.pseudonym import Pseudonymizer  # noqa: E402
 from keyslice.sample import data_dir  # noqa: E402
 
@@ -87,8 +90,17 @@ def main() -> int:
         for p in dicom_files:
             full_read(p)
 
+    def run_headers_one_thread():
+        list(read_headers(dicom_files))
+
+    def run_headers_pool():
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            list(pool.map(read_header, dicom_files))
+
     for fn in (run_index("fast"), run_index("pydicom"), run_full, run_full_seq):  # warm the cache
         fn()
+    t_hdr_one = best_of(run_headers_one_thread, args.repeat)
+    t_hdr_pool = best_of(run_headers_pool, args.repeat)
     t_fast = best_of(run_index("fast"), args.repeat)
     t_pyd = best_of(run_index("pydicom"), args.repeat)
     t_full = best_of(run_full, args.repeat)
@@ -104,6 +116,8 @@ def main() -> int:
     print(f"ratio full/headers (fast reader): {ratio:.1f}x  (target >= 20x: "
           f"{'met' if ratio >= 20 else 'NOT met'})")
     print(f"ratio full/headers (pydicom reader): {t_full / t_pyd:.1f}x")
+    print(f"headers alone: one thread {t_hdr_one * 1000:.1f} ms, {args.workers} threads {t_hdr_pool * 1000:.1f} ms "
+          f"(one thread x{t_hdr_pool / t_hdr_one:.2f} the speed of the pool)")
 
     # per-folder breakdown: compressed vs uncompressed data behave very differently
     print("per study folder (files, fast index ms, full read ms, ratio):")

@@ -602,7 +602,8 @@ def read_headers(paths: Iterable[Path], reader: str = "fast") -> Iterator[Header
     a reader bug on one file is that file's error, never raised.
 
     One thread parses: parsing is pure Python and holds the GIL. Spread over threads, 200
-    cached CT files took 74-85 ms instead of 36 ms on 2 cores (the threads queue for the GIL).
+    cached CT files took 74-85 ms instead of 36 ms on 2 cores (the threads queue for the GIL);
+    ``benchmarks/bench_dicom_index.py`` prints the same comparison on the real test files.
     Reading the files' heads ahead in I/O threads while this thread parses cost 30 % on cached
     files and gained 0-15 % with the page cache dropped (local disk), so it is not done.
     """

@@ -290,8 +290,8 @@ class _EncoderThreads:
     (at least 1), since its OpenMP threads would otherwise spin against the workers for the same
     cores. While the encoder is the bottleneck (any real model on a CPU) it keeps all of its
     threads. On 2 cores with the tiny model (64 px, 200 slices) end-to-end selection went from a
-    median of 710 to 897 slices/s with it (5 interleaved pairs of processes, each the median of 15
-    runs; ahead in all 5).
+    median of 773 to 956 slices/s with it (``benchmarks/bench_encoder_threads.py``: 5 interleaved
+    rounds, each the median of 15 runs; ahead in all 5).
     """
 
     def __init__(self, workers: int):
